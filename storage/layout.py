@@ -1,0 +1,121 @@
+"""Where every artifact lives under the work directory: the single owner of paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_WORKDIR = "coderflow-data"
+ENV_WORKDIR = "CODERFLOW_HOME"
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(value: str) -> str:
+    """Turn an arbitrary identifier (model name, hub id, dataset name) into one path component."""
+    cleaned = _SAFE.sub("-", value).strip("-.")
+    if not cleaned:
+        raise ValueError(f"cannot make a path component from {value!r}: use letters, digits, '.', '_' or '-'")
+    return cleaned
+
+
+def content_id(*parts: str | bytes, length: int = 16) -> str:
+    """A short, stable content hash of the given parts (used for text ids, bank ids, run ids)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:length]
+
+
+def resolve_workdir(workdir: str | os.PathLike[str] | None = None) -> Path:
+    """The work directory: the explicit argument, else $CODERFLOW_HOME, else ./coderflow-data."""
+    chosen = workdir or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR
+    return Path(chosen).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of every artifact under one work directory."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, workdir: str | os.PathLike[str] | None = None) -> Layout:
+        return cls(resolve_workdir(workdir))
+
+    # datasets -------------------------------------------------------------------------------------
+    def shard_dir(self, dataset: str, split: str) -> Path:
+        return self.root / "shards" / safe_name(dataset) / safe_name(split)
+
+    def shard_pattern(self, dataset: str, split: str) -> str:
+        return str(self.shard_dir(dataset, split) / f"{safe_name(dataset)}-{safe_name(split)}-%06d.tar")
+
+    def classnames_file(self, dataset: str) -> Path:
+        return self.root / "shards" / safe_name(dataset) / "classnames.txt"
+
+    def templates_file(self, dataset: str) -> Path:
+        return self.root / "shards" / safe_name(dataset) / "templates.txt"
+
+    # texts ----------------------------------------------------------------------------------------
+    def textbank_file(self, textbank_id: str) -> Path:
+        return self.root / "texts" / f"{textbank_id}.parquet"
+
+    def textbank_alias(self, dataset: str) -> Path:
+        """Small file naming the newest text bank built for a dataset."""
+        return self.root / "texts" / f"latest-{safe_name(dataset)}.txt"
+
+    # embeddings -----------------------------------------------------------------------------------
+    def text_embedding_dir(self, model_id: str) -> Path:
+        return self.root / "embeddings" / "text" / safe_name(model_id)
+
+    def text_embedding_part(self, model_id: str, part_id: str) -> Path:
+        return self.text_embedding_dir(model_id) / f"part-{part_id}.parquet"
+
+    def image_embedding_dir(self, model_id: str, dataset: str, split: str) -> Path:
+        return self.root / "embeddings" / "image" / safe_name(model_id) / safe_name(dataset) / safe_name(split)
+
+    def image_embedding_part(self, model_id: str, dataset: str, split: str, shard: str) -> Path:
+        return self.image_embedding_dir(model_id, dataset, split) / f"{Path(shard).stem}.parquet"
+
+    # CODER vectors ------------------------------------------------------------------------------------
+    def coder_dir(self, model_id: str, textbank_id: str, dataset: str, split: str) -> Path:
+        return (
+            self.root / "coder" / safe_name(model_id) / textbank_id / safe_name(dataset) / safe_name(split)
+        )
+
+    def coder_part(self, model_id: str, textbank_id: str, dataset: str, split: str, shard: str) -> Path:
+        return self.coder_dir(model_id, textbank_id, dataset, split) / f"{Path(shard).stem}.parquet"
+
+    # caches ---------------------------------------------------------------------------------------
+    @property
+    def llm_cache_dir(self) -> Path:
+        return self.root / "cache" / "llm"
+
+    # runs -----------------------------------------------------------------------------------------
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / safe_name(run_id)
+
+    def run_file(self, run_id: str, name: str) -> Path:
+        return self.run_dir(run_id) / name
+
+    @property
+    def database(self) -> Path:
+        return self.root / "coderflow.duckdb"
+
+    # globs the DuckDB views read --------------------------------------------------------------------
+    def view_globs(self) -> dict[str, str]:
+        r = self.root
+        return {
+            "texts": str(r / "texts" / "*.parquet"),
+            "text_embeddings": str(r / "embeddings" / "text" / "*" / "*.parquet"),
+            "image_embeddings": str(r / "embeddings" / "image" / "*" / "*" / "*" / "*.parquet"),
+            "coder": str(r / "coder" / "*" / "*" / "*" / "*" / "*.parquet"),
+            "predictions": str(r / "runs" / "*" / "predictions.parquet"),
+            "metrics": str(r / "runs" / "*" / "metrics.parquet"),
+            "runs": str(r / "runs" / "*" / "run.parquet"),
+        }

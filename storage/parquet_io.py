@@ -1,0 +1,61 @@
+"""Atomic Parquet and small-file IO: write to a temp file beside the target, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; on success rename it onto the target, else delete it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table(table: pa.Table, target: str | os.PathLike[str], schema: pa.Schema | None = None) -> Path:
+    """Write a table atomically as Parquet, cast to `schema` when given (so every file has the same types)."""
+    if schema is not None:
+        table = table.select(schema.names).cast(schema)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(target)
+
+
+def write_rows(rows: list[dict], schema: pa.Schema, target: str | os.PathLike[str]) -> Path:
+    """Write a list of row dicts atomically with the given schema."""
+    return write_table(pa.Table.from_pylist(rows, schema=schema), target)
+
+
+def write_text(text: str, target: str | os.PathLike[str]) -> Path:
+    """Write a small text file (manifest, alias) atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def read_table(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(path, columns=columns)
+
+
+def read_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Concatenate several Parquet files of one schema (an empty typed table when there are none)."""
+    tables = [pq.read_table(p, columns=columns) for p in paths]
+    if not tables:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    return pa.concat_tables(tables)

@@ -1,0 +1,120 @@
+"""Text bank rows: content-hashed text ids, the bank id, and class-name prompts from templates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from coderflow.storage.layout import content_id
+from coderflow.storage.schemas import TEXT_TYPES, TEXTS
+
+# CLIP's short ImageNet ensemble; used when a dataset ships no templates.
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {c}.",
+    "a bad photo of a {c}.",
+    "a photo of many {c}.",
+    "a sculpture of a {c}.",
+    "a rendering of a {c}.",
+    "graffiti of a {c}.",
+    "a cropped photo of the {c}.",
+    "a tattoo of a {c}.",
+    "the embroidered {c}.",
+    "a bright photo of a {c}.",
+    "a photo of a clean {c}.",
+    "a photo of a dirty {c}.",
+    "a dark photo of the {c}.",
+    "a drawing of a {c}.",
+    "a photo of my {c}.",
+    "the plastic {c}.",
+    "a photo of the cool {c}.",
+    "a close-up photo of a {c}.",
+)
+
+
+@dataclass(frozen=True)
+class Text:
+    """One generated text about a class (before it gets ids)."""
+
+    class_index: int
+    text_type: str
+    text: str
+    source: str
+    other_class_index: int | None = None
+
+
+def text_id(text: str) -> str:
+    """Content id of a text string: the same string has the same id in every bank."""
+    return content_id("text", text)
+
+
+def fill_template(template: str, class_name: str) -> str:
+    if "{c}" not in template:
+        raise ValueError(f"template {template!r} has no '{{c}}' placeholder: write it like 'a photo of a {{c}}.'")
+    return template.replace("{c}", class_name)
+
+
+def name_texts(classnames: Sequence[str], templates: Sequence[str]) -> list[Text]:
+    """Class-name prompts: every template filled with every class name."""
+    return [
+        Text(ci, "name", fill_template(t, name), "template")
+        for ci, name in enumerate(classnames)
+        for t in templates
+    ]
+
+
+def build_bank(
+    texts: Iterable[Text],
+    classnames: Sequence[str],
+    token_counts: Sequence[int] | None = None,
+    context_length: int = 77,
+) -> pa.Table:
+    """Rows of a text bank in a canonical order, deduplicated; the bank id is a hash of those rows.
+
+    token_counts, when given, is aligned with `texts` and fills n_tokens/truncated.
+    """
+    items = list(texts)
+    counts = list(token_counts) if token_counts is not None else [None] * len(items)
+    if len(counts) != len(items):
+        raise ValueError(f"token_counts has {len(counts)} entries for {len(items)} texts")
+    seen: set[tuple] = set()
+    rows = []
+    for item, n in zip(items, counts, strict=True):
+        if item.text_type not in TEXT_TYPES:
+            raise ValueError(f"text_type {item.text_type!r} is not one of {TEXT_TYPES}")
+        if not 0 <= item.class_index < len(classnames):
+            raise ValueError(f"class_index {item.class_index} is out of range for {len(classnames)} classes")
+        text = " ".join(item.text.split())
+        key = (item.class_index, item.text_type, item.other_class_index, text)
+        if not text or key in seen:
+            continue
+        seen.add(key)
+        rows.append(
+            {
+                "text_id": text_id(text),
+                "class_index": item.class_index,
+                "class_name": classnames[item.class_index],
+                "text_type": item.text_type,
+                "other_class_index": item.other_class_index,
+                "text": text,
+                "source": item.source,
+                "n_tokens": n,
+                "truncated": None if n is None else n > context_length,
+            }
+        )
+    order = {t: i for i, t in enumerate(TEXT_TYPES)}
+    rows.sort(
+        key=lambda r: (
+            r["class_index"],
+            order[r["text_type"]],
+            -1 if r["other_class_index"] is None else r["other_class_index"],
+        )
+    )
+    bank_id = content_id(
+        "bank",
+        *(f"{r['class_index']}|{r['class_name']}|{r['text_type']}|{r['other_class_index']}|{r['text']}" for r in rows),
+    )
+    for r in rows:
+        r["textbank_id"] = bank_id
+    return pa.Table.from_pylist(rows, schema=TEXTS)
