@@ -1,1 +1,2 @@
-def main(): print("ok")
+def main():
+    print("ok")

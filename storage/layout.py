@@ -84,9 +84,7 @@ class Layout:
 
     # CODER vectors ------------------------------------------------------------------------------------
     def coder_dir(self, model_id: str, textbank_id: str, dataset: str, split: str) -> Path:
-        return (
-            self.root / "coder" / safe_name(model_id) / textbank_id / safe_name(dataset) / safe_name(split)
-        )
+        return self.root / "coder" / safe_name(model_id) / textbank_id / safe_name(dataset) / safe_name(split)
 
     def coder_part(self, model_id: str, textbank_id: str, dataset: str, split: str, shard: str) -> Path:
         return self.coder_dir(model_id, textbank_id, dataset, split) / f"{Path(shard).stem}.parquet"

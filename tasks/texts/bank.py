@@ -58,9 +58,7 @@ def fill_template(template: str, class_name: str) -> str:
 def name_texts(classnames: Sequence[str], templates: Sequence[str]) -> list[Text]:
     """Class-name prompts: every template filled with every class name."""
     return [
-        Text(ci, "name", fill_template(t, name), "template")
-        for ci, name in enumerate(classnames)
-        for t in templates
+        Text(ci, "name", fill_template(t, name), "template") for ci, name in enumerate(classnames) for t in templates
     ]
 
 
