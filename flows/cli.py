@@ -1,2 +1,280 @@
-def main():
-    print("ok")
+"""The `coderflow` command line: every stage, the end-to-end run, the demo and read-only SQL."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from coderflow.config import DatasetConfig, PipelineConfig, describe_validation_error, load_yaml
+from coderflow.storage.db import QueryError, query, sql_file
+from coderflow.storage.layout import Layout
+
+app = typer.Typer(help="CLIP classification with CODER, run as Prefect flows.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+RANDOM_WEIGHTS_NOTE = (
+    "Note: model {model} has RANDOM weights (no pretrained weights are reachable offline), so accuracies are at "
+    "chance level. For real results pass --pretrained openai (or a hub id, or a checkpoint file), e.g. "
+    "`coderflow run config.yaml --model ViT-B-32 --pretrained openai`."
+)
+
+Workdir = Annotated[str | None, typer.Option(help="work directory (default $CODERFLOW_HOME or ./coderflow-data)")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file; flags override it")]
+Dataset = Annotated[str | None, typer.Option("--dataset", help="dataset name used in paths and tables")]
+Source = Annotated[str | None, typer.Option(help="image folder, or CLIP_benchmark root (path or URL)")]
+Kind = Annotated[str | None, typer.Option(help="demo | folder | wds (default: folder for a directory, else wds)")]
+Split = Annotated[str | None, typer.Option(help="split name (default test)")]
+Model = Annotated[str | None, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32")]
+Pretrained = Annotated[str | None, typer.Option(help="pretrained tag (openai), hub id or checkpoint file")]
+Device = Annotated[str | None, typer.Option(help="torch device: cpu, cuda, cuda:1")]
+BatchSize = Annotated[int | None, typer.Option(help="images per inference batch")]
+Methods = Annotated[str | None, typer.Option(help="comma-separated zero-shot methods, e.g. clip")]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def build_config(config: Path | None = None, **flags: Any) -> PipelineConfig:
+    """A PipelineConfig from an optional YAML file with flags (dotted keys) laid over it."""
+    data: dict[str, Any] = load_yaml(config) if config else {}
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    ds = data.get("dataset")
+    if isinstance(ds, dict) and ds.get("source") and "kind" not in ds:
+        src = str(ds["source"])
+        ds["kind"] = (
+            "folder" if Path(src).expanduser().is_dir() and not (Path(src) / "classnames.txt").exists() else "wds"
+        )
+    try:
+        return PipelineConfig(**data)
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc, str(config) if config else "the command-line flags")) from exc
+
+
+def _config(
+    config: Path | None,
+    workdir: str | None,
+    dataset: str | None = None,
+    source: str | None = None,
+    kind: str | None = None,
+    split: str | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    methods: str | None = None,
+) -> PipelineConfig:
+    return build_config(
+        config,
+        **{
+            "workdir": workdir,
+            "dataset.name": dataset,
+            "dataset.source": source,
+            "dataset.kind": kind,
+            "dataset.split": split,
+            "model.name": model,
+            "model.pretrained": pretrained,
+            "model.device": device,
+            "model.batch_size": batch_size,
+            "methods": methods.split(",") if methods else None,
+        },
+    )
+
+
+def _guard(fn: Any) -> Any:
+    """Turn expected errors into a one-line message and exit code 2."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, QueryError) as exc:
+        _fail(str(exc))
+
+
+def print_table(table: Any, title: str | None = None) -> None:
+    t = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        t.add_column(name)
+    for row in table.to_pylist():
+        t.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(t)
+
+
+def _report(cfg: PipelineConfig, result: dict[str, Any], seconds: float) -> None:
+    layout = Layout.at(cfg.workdir)
+    run_id = result["run_id"]
+    table = query(
+        layout,
+        sql_file("accuracy_per_method").replace(
+            "WHERE m.class_index IS NULL", f"WHERE m.class_index IS NULL AND m.run_id = '{run_id}'"
+        ),
+    )
+    print_table(table.drop_columns(["run_id"]), title=f"run {run_id}")
+    console.print(
+        f"finished in {seconds:.1f} s; results in {layout.root} (try `coderflow query --canned accuracy_per_method`)"
+    )
+    if not cfg.model.pretrained:
+        console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
+
+
+@app.command()
+def demo(
+    workdir: Workdir = None,
+    images_per_class: Annotated[int, typer.Option(help="demo images per class (10 classes)")] = 20,
+    model: Model = None,
+    pretrained: Pretrained = None,
+) -> None:
+    """Run the whole pipeline offline on the built-in procedural demo dataset."""
+    from coderflow.flows.pipeline import pipeline
+
+    cfg = _guard(lambda: _config(None, workdir, "demo", None, "demo", None, model, pretrained))
+    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"demo_images_per_class": images_per_class})})
+    start = time.perf_counter()
+    result = _guard(lambda: pipeline(cfg))
+    _report(cfg, result, time.perf_counter() - start)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="YAML config file")] = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    source: Source = None,
+    kind: Kind = None,
+    split: Split = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    device: Device = None,
+    batch_size: BatchSize = None,
+    methods: Methods = None,
+) -> None:
+    """Run the pipeline end to end on a dataset (YAML config and/or flags)."""
+    from coderflow.flows.pipeline import pipeline
+
+    cfg = _guard(
+        lambda: _config(config, workdir, dataset, source, kind, split, model, pretrained, device, batch_size, methods)
+    )
+    start = time.perf_counter()
+    result = _guard(lambda: pipeline(cfg))
+    _report(cfg, result, time.perf_counter() - start)
+
+
+@app.command()
+def ingest(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    source: Source = None,
+    kind: Kind = None,
+    split: Split = None,
+    samples_per_shard: Annotated[int | None, typer.Option(help="samples per tar shard")] = None,
+) -> None:
+    """Write a dataset split as WebDataset shards."""
+    from coderflow.flows.pipeline import ingest_dataset
+
+    cfg = _guard(lambda: _config(config, workdir, dataset, source, kind, split))
+    ds: DatasetConfig = cfg.dataset
+    if samples_per_shard:
+        ds = ds.model_copy(update={"samples_per_shard": samples_per_shard})
+    out = _guard(lambda: ingest_dataset(ds, cfg.workdir))
+    console.print(
+        f"{out['samples']} samples in {len(out['shards'])} shards" + (" (up to date)" if out["skipped"] else "")
+    )
+
+
+@app.command()
+def embed(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    split: Split = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    device: Device = None,
+    batch_size: BatchSize = None,
+) -> None:
+    """Embed an ingested split's images and its class-name texts."""
+    from coderflow.flows.pipeline import embed_images, embed_texts
+
+    cfg = _guard(lambda: _config(config, workdir, dataset, None, None, split, model, pretrained, device, batch_size))
+    images = _guard(lambda: embed_images(cfg.dataset, cfg.model, cfg.workdir, cfg.max_failure_rate))
+    texts = _guard(lambda: embed_texts(cfg.dataset, cfg.model, cfg.workdir, list(cfg.templates or []) or None))
+    console.print_json(json.dumps({"images": images, "texts": texts}))
+
+
+@app.command()
+def classify(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    split: Split = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    methods: Methods = None,
+    textbank: Annotated[str | None, typer.Option(help="text bank id (default: the dataset's newest)")] = None,
+) -> None:
+    """Classify an embedded split with every method, evaluate, and load the results into DuckDB."""
+    from coderflow.flows.pipeline import classify as classify_flow
+
+    cfg = _guard(lambda: _config(config, workdir, dataset, None, None, split, model, pretrained, None, None, methods))
+    layout = Layout.at(cfg.workdir)
+    alias = layout.textbank_alias(cfg.dataset.name)
+    if textbank is None and not alias.exists():
+        _fail(f"dataset {cfg.dataset.name!r} has no text bank in {layout.root}: run `coderflow embed` first")
+    bank = textbank or alias.read_text().strip()
+    start = time.perf_counter()
+    result = _guard(
+        lambda: classify_flow(
+            cfg.dataset, cfg.model, bank, list(cfg.methods), cfg.workdir, cfg.run_name, cfg.model_dump(mode="json")
+        )
+    )
+    _report(cfg, result, time.perf_counter() - start)
+
+
+@app.command("query")
+def query_cmd(
+    sql: Annotated[str | None, typer.Argument(help="SQL (read-only) over the views")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="read the SQL from a file")] = None,
+    canned: Annotated[str | None, typer.Option(help="a bundled question, e.g. accuracy_per_method")] = None,
+    workdir: Workdir = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+) -> None:
+    """Answer read-only SQL over texts, text_embeddings, image_embeddings, coder, predictions, metrics, runs."""
+    given = [x for x in (sql, file, canned) if x]
+    if len(given) != 1:
+        _fail("give exactly one of: SQL as an argument, --file x.sql, or --canned NAME")
+    if file is not None and not file.is_file():
+        _fail(f"SQL file {str(file)!r} not found: pass the path of a .sql file")
+    text = sql or (file.read_text() if file else sql_file(canned))
+    table = _guard(lambda: query(Layout.at(workdir), text))
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif fmt == "json":
+        console.print_json(json.dumps(table.to_pylist(), default=str))
+    else:
+        print_table(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

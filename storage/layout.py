@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_WORKDIR = "coderflow-data"
@@ -30,6 +31,33 @@ def content_id(*parts: str | bytes, length: int = 16) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()[:length]
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def is_weights_file(pretrained: str | None) -> bool:
+    """Whether `pretrained` names a local checkpoint file (rather than a tag or hub id)."""
+    return bool(pretrained) and Path(str(pretrained)).expanduser().is_file()
+
+
+def model_id(name: str, pretrained: str | None) -> str:
+    """Stable id of an architecture + weights: `ViT-B-32__openai`, `ViT-S-32-alt__random`, `RN50__file-<sha12>`."""
+    if not pretrained:
+        tag = "random"
+    elif is_weights_file(pretrained):
+        p = Path(pretrained).expanduser().resolve()
+        st = p.stat()
+        tag = f"file-{_file_digest(str(p), st.st_size, st.st_mtime_ns)}"
+    else:
+        tag = pretrained
+    return safe_name(f"{name}__{tag}")
 
 
 def resolve_workdir(workdir: str | os.PathLike[str] | None = None) -> Path:

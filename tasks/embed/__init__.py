@@ -1,1 +1,1 @@
-"""placeholder."""
+"""Embedding: open_clip image and text embeddings, L2-normalised."""

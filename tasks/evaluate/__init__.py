@@ -1,1 +1,1 @@
-"""placeholder."""
+"""Evaluation: classification metrics from predictions."""

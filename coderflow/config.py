@@ -1,0 +1,89 @@
+"""Typed configuration of every flow, with all defaults in one place; built from flags, YAML or parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_MODEL = "ViT-S-32-alt"
+DEFAULT_METHODS = ("clip",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    """Where a dataset comes from and how it is sharded."""
+
+    name: str = "demo"
+    source: str | None = Field(None, description="image folder, CLIP_benchmark root (path or URL); None for the demo")
+    kind: Literal["demo", "folder", "wds"] = "demo"
+    split: str = "test"
+    classnames_file: str | None = None
+    templates_file: str | None = None
+    samples_per_shard: int = Field(100, ge=1)
+    demo_images_per_class: int = Field(20, ge=1)
+    demo_image_size: int = Field(64, ge=16)
+    seed: int = 0
+
+    @field_validator("name", "split")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def model_post_init(self, _ctx: object) -> None:
+        if self.kind != "demo" and not self.source:
+            raise ValueError(f"dataset.kind={self.kind!r} needs dataset.source (a folder path or URL)")
+
+
+class ModelConfig(_Strict):
+    """An open_clip model: architecture name plus a pretrained tag, hub id or checkpoint file (None = random)."""
+
+    name: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    device: str = "cpu"
+    batch_size: int = Field(64, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class PipelineConfig(_Strict):
+    """The end-to-end pipeline: ingest, embed, classify, evaluate, load into DuckDB."""
+
+    workdir: str | None = None
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    templates: tuple[str, ...] | None = Field(
+        None, description="class-name templates with {c}; overrides the dataset's"
+    )
+    max_failure_rate: float = Field(0.1, ge=0.0, le=1.0, description="a stage fails above this share of bad rows")
+    run_name: str | None = None
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a dict, with a clear error when it is missing or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} not found: pass the path of a YAML file")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"config file {str(p)!r} must hold a mapping of keys (dataset:, model:, ...), not {type(data).__name__}"
+        )
+    return data
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, naming the key: 'dataset.kind: Input should be ...'."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{key}: {msg}")
+    return f"invalid configuration in {source}: " + "; ".join(parts)

@@ -1,0 +1,84 @@
+"""Reading stored embeddings and text banks into aligned numpy arrays for computation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from coderflow.storage.layout import Layout
+from coderflow.storage.parquet_io import read_table, read_tables
+from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
+
+
+def list_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list<float> column of equal-length rows as an (N, D) float32 matrix, without a Python loop."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(arr), -1)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Successfully embedded images of one split: keys, labels (-1 when missing) and the embedding matrix."""
+
+    keys: list[str]
+    labels: np.ndarray
+    x: np.ndarray
+    n_errors: int
+
+
+def load_images(layout: Layout, model_id: str, dataset: str, split: str) -> ImageSet:
+    parts = sorted(layout.image_embedding_dir(model_id, dataset, split).glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(
+            f"no image embeddings for {dataset}/{split} with model {model_id}: run `coderflow embed` first"
+        )
+    table = read_tables(parts, IMAGE_EMBEDDINGS, ["sample_key", "label", "embedding", "status"])
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    labels = ok["label"].fill_null(-1).to_numpy().astype(np.int64)
+    return ImageSet(ok["sample_key"].to_pylist(), labels, list_matrix(ok["embedding"]), table.num_rows - ok.num_rows)
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """A text bank's rows with their embeddings, in the bank's row order."""
+
+    text_ids: list[str]
+    class_index: np.ndarray
+    text_type: np.ndarray
+    other_class_index: np.ndarray
+    class_names: list[str]
+    t: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_texts(layout: Layout, textbank_id: str, model_id: str) -> TextSet:
+    bank = read_table(layout.textbank_file(textbank_id))
+    parts = sorted(layout.text_embedding_dir(model_id).glob("part-*.parquet"))
+    emb = read_tables(parts, TEXT_EMBEDDINGS, ["text_id", "embedding"])
+    index = {tid: i for i, tid in enumerate(emb["text_id"].to_pylist())}
+    ids = bank["text_id"].to_pylist()
+    missing = [t for t in ids if t not in index]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} texts of bank {textbank_id} have no {model_id} embedding: run `coderflow embed` first"
+        )
+    t = list_matrix(emb["embedding"])[[index[i] for i in ids]]
+    ci = bank["class_index"].to_numpy().astype(np.int64)
+    names: dict[int, str] = dict(zip(ci.tolist(), bank["class_name"].to_pylist(), strict=True))
+    return TextSet(
+        ids,
+        ci,
+        np.asarray(bank["text_type"].to_pylist()),
+        bank["other_class_index"].fill_null(-1).to_numpy().astype(np.int64),
+        [names[i] for i in range(max(names) + 1)] if names else [],
+        t,
+    )

@@ -1,0 +1,91 @@
+"""The DuckDB database: views over every stored Parquet table, and a guarded read-only query entry point."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from coderflow.storage.layout import Layout
+from coderflow.storage.schemas import VIEWS
+
+SQL_DIR = Path(__file__).with_name("sql")
+_ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class QueryError(ValueError):
+    """A query that coderflow refuses or that DuckDB could not run; the message says why and what to do."""
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    rel = duckdb.from_arrow(schema.empty_table())
+    cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in zip(rel.columns, rel.types, strict=True))
+    return f"SELECT {cols} WHERE false"
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def refresh_views(layout: Layout) -> Path:
+    """(Re)create the views `texts`, `image_embeddings`, ... over the files now in the work directory."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(layout.database)) as con:
+        for name, pattern in layout.view_globs().items():
+            if glob.glob(pattern):
+                body = f"SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
+            else:
+                body = _empty_select(VIEWS[name])
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+    return layout.database
+
+
+def connect_read_only(layout: Layout) -> duckdb.DuckDBPyConnection:
+    """A read-only connection that can read files under the work directory only."""
+    if not layout.database.exists():
+        refresh_views(layout)
+    con = duckdb.connect(str(layout.database), read_only=True)
+    con.execute(f"SET allowed_directories = [{_quote(str(layout.root) + '/')}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def check_read_only(sql: str) -> list[str]:
+    """Split SQL into statements and refuse anything but SELECT/EXPLAIN (writes, COPY, ATTACH, SET, ...)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"could not parse the SQL: {str(exc).splitlines()[0]}") from exc
+    if not statements:
+        raise QueryError("the SQL is empty: pass a SELECT statement")
+    for st in statements:
+        if st.type not in _ALLOWED:
+            kind = st.type.name
+            raise QueryError(f"{kind} statements are refused: `coderflow query` is read-only, use SELECT")
+    return [st.query for st in statements]
+
+
+def query(layout: Layout, sql: str) -> pa.Table:
+    """Run read-only SQL over the views; the last statement's result is returned."""
+    statements = check_read_only(sql)
+    con = connect_read_only(layout)
+    try:
+        for st in statements[:-1]:
+            con.execute(st)
+        return con.sql(statements[-1]).to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from exc
+    finally:
+        con.close()
+
+
+def sql_file(name: str) -> str:
+    """The text of a canned question in storage/sql (name with or without .sql)."""
+    path = SQL_DIR / (name if name.endswith(".sql") else f"{name}.sql")
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SQL_DIR.glob("*.sql")))
+        raise QueryError(f"no canned query {name!r}: choose one of {known}")
+    return path.read_text()

@@ -1,0 +1,99 @@
+"""Run records: the manifest (config, model, versions, commit) as JSON and as a one-row Parquet for `runs`."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from coderflow.storage.layout import Layout
+from coderflow.storage.parquet_io import write_rows, write_text
+from coderflow.storage.schemas import RUNS
+
+_PACKAGES = (
+    "coderflow",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "prefect",
+    "duckdb",
+    "pyarrow",
+    "numpy",
+    "webdataset",
+)
+
+
+def new_run_id(name: str | None = None) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{name + '-' if name else ''}{uuid.uuid4().hex[:6]}"
+
+
+def versions() -> dict[str, Any]:
+    out: dict[str, Any] = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    out["git_commit"] = _git_commit()
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def write_run(
+    layout: Layout,
+    run_id: str,
+    *,
+    flow: str,
+    status: str,
+    started_at: datetime,
+    config: dict[str, Any],
+    dataset: str | None = None,
+    model_id: str | None = None,
+    textbank_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+    finished_at: datetime | None = None,
+) -> Path:
+    """Write (or overwrite) the run's manifest.json and run.parquet atomically."""
+    manifest = {
+        "run_id": run_id,
+        "flow": flow,
+        "status": status,
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat() if finished_at else None,
+        "dataset": dataset,
+        "model_id": model_id,
+        "textbank_id": textbank_id,
+        "config": config,
+        "versions": versions(),
+        **(extra or {}),
+    }
+    write_text(json.dumps(manifest, indent=2, default=str), layout.run_file(run_id, "manifest.json"))
+    row = {
+        "run_id": run_id,
+        "flow": flow,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "status": status,
+        "dataset": dataset,
+        "model_id": model_id,
+        "textbank_id": textbank_id,
+        "config": json.dumps({**config, **(extra or {})}, default=str),
+        "versions": json.dumps(manifest["versions"]),
+    }
+    write_rows([row], RUNS, layout.run_file(run_id, "run.parquet"))
+    return layout.run_file(run_id, "manifest.json")

@@ -1,0 +1,326 @@
+"""Zero-shot scoring methods (CLIP, DCLIP, CuPL, WaffleCLIP, CODER, CODER*) on embeddings and CODER cosines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from coderflow.storage.schemas import TEXT_TYPES
+
+LOGIT_SCALE = 100.0  # CLIP's learned temperature, rounded: logits = 100 * cosine
+
+# A small built-in vocabulary for WaffleCLIP's random-word descriptors (the paper samples from a large English list).
+_WAFFLE_WORDS = """
+    able acid angle apple arch area army baby back ball band bank base bath bell belt bird blade block blood board
+    boat body bone book boot bottle bowl box brain branch brass bread brick bridge brush bucket bulb button cake
+    camera card carpet cart chain chalk cheese chest chin circle clock cloud coal coat collar comb copper cord cork
+    cotton cover crack crown cup curtain cushion door drain drawer dress drop dust engine eye face farm feather fence
+    finger flag floor fly fold foot fork frame garden glove goat grain grass gun hair hammer hand hat heart hook horn
+    house island jelly jewel kettle key knee knife knot leaf library line lip lock map match meal milk moon mouth
+    muscle nail neck needle nerve net nose nut office orange oven paint paper parcel pen pencil pin pipe plane plate
+    pocket pot potato prison pump rail rat ray ring rod roof root sail school scissors screw seed sheep shelf ship
+    shirt shoe skin skirt snake sock spade sponge spoon spring square stamp star station stem stick stitch stone
+    street sugar sun table tail thread throat thumb ticket toe tongue tooth town train tray tree trousers umbrella
+    wall watch wheel whip whistle window wing wire worm
+"""
+WAFFLE_WORDS: tuple[str, ...] = tuple(_WAFFLE_WORDS.split())
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _embeddings(images: np.ndarray, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, t = np.asarray(images, dtype=np.float32), np.asarray(texts, dtype=np.float32)
+    if x.ndim != 2 or t.ndim != 2 or x.shape[1] != t.shape[1]:
+        raise ValueError(
+            f"images {x.shape} and texts {t.shape} must be 2-D with the same embedding dim: embed both with one model"
+        )
+    return x, t
+
+
+def _class_index(class_index: np.ndarray, n_texts: int, n_classes: int) -> np.ndarray:
+    ci = np.asarray(class_index)
+    if ci.shape != (n_texts,):
+        raise ValueError(f"class_index has shape {ci.shape} for {n_texts} texts: pass one entry per text-bank row")
+    if n_classes < 1 or (ci.size and (ci.min() < 0 or ci.max() >= n_classes)):
+        bad = ci[(ci < 0) | (ci >= n_classes)][:5].tolist()
+        raise ValueError(f"class_index values {bad} are outside 0..{n_classes - 1}: pass the dataset's n_classes")
+    return ci.astype(np.int64)
+
+
+def _text_type(text_type: np.ndarray | Sequence[str], n_texts: int) -> np.ndarray:
+    tt = np.asarray(text_type, dtype=object)
+    if tt.shape != (n_texts,):
+        raise ValueError(f"text_type has shape {tt.shape} for {n_texts} texts: pass one entry per text-bank row")
+    bad = sorted(set(tt.tolist()) - set(TEXT_TYPES))
+    if bad:
+        raise ValueError(f"text_type values {bad} are not in {TEXT_TYPES}: pass the text bank's text_type column")
+    return tt
+
+
+def bank_metadata(bank: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class_index int64, text_type object, other_class_index int64 with -1 for null) from a TEXTS table."""
+    other = bank.column("other_class_index").fill_null(-1)
+    return (
+        np.asarray(bank.column("class_index").to_numpy(), dtype=np.int64),
+        np.asarray(bank.column("text_type").to_pylist(), dtype=object),
+        np.asarray(other.to_numpy(), dtype=np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices (int32) of the k highest scores per row, highest first; ties go to the lower class index."""
+    k = min(k, scores.shape[1])
+    if k < 1:
+        raise ValueError(f"k={k}: ask for at least one class")
+    return np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k].astype(np.int32)
+
+
+def margin(logits: np.ndarray) -> np.ndarray:
+    """Confidence margin: top-1 minus top-2 softmax probability of `logits`, per row (float32, in [0, 1]).
+
+    Pass logits, not cosines: multiply cosine-valued scores (every method here but `clip_logits`) by LOGIT_SCALE.
+    With a single class the margin is 1.
+    """
+    p = softmax(logits)
+    if p.shape[1] < 2:
+        return np.ones(len(p), dtype=np.float32)
+    top2 = -np.partition(-p, 1, axis=1)[:, :2]
+    return (top2[:, 0] - top2[:, 1]).astype(np.float32)
+
+
+def _normalise(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def _group_sum(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Column sums of values (N x M) per group id of each column (M,) -> (N x n_groups), zero for empty groups."""
+    out = np.zeros((values.shape[0], n_groups), dtype=np.float32)
+    if values.shape[1]:
+        order = np.argsort(groups, kind="stable")
+        present, starts = np.unique(groups[order], return_index=True)
+        out[:, present] = np.add.reduceat(values[:, order], starts, axis=1)
+    return out
+
+
+def _missing(mask_counts: np.ndarray, what: str) -> None:
+    empty = np.flatnonzero(mask_counts == 0)
+    if empty.size:
+        raise ValueError(f"classes {empty[:10].tolist()} have no {what} texts: add them to the text bank")
+
+
+def class_mean_embeddings(texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:
+    """L2-normalised mean text embedding per class (n_classes x D); every class needs at least one row."""
+    t = np.asarray(texts, dtype=np.float32)
+    ci = _class_index(class_index, len(t), n_classes)
+    counts = np.bincount(ci, minlength=n_classes)
+    _missing(counts, "selected")
+    sums = np.zeros((n_classes, t.shape[1]), dtype=np.float32)
+    np.add.at(sums, ci, t)
+    return _normalise(sums / counts[:, None])
+
+
+def mean_cosine_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:
+    """Score of class c = mean cosine of the image to the class's text rows (N x n_classes)."""
+    x, t = _embeddings(images, texts)
+    ci = _class_index(class_index, len(t), n_classes)
+    counts = np.bincount(ci, minlength=n_classes)
+    _missing(counts, "selected")
+    return _group_sum(x @ t.T, ci, n_classes) / counts.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+def clip_logits(
+    images: np.ndarray,
+    texts: np.ndarray,
+    class_index: np.ndarray,
+    text_type: np.ndarray | Sequence[str],
+    n_classes: int,
+    scale: float = LOGIT_SCALE,
+) -> np.ndarray:
+    """CLIP prompt ensemble: class weight = normalised mean of its 'name' prompts; logits = scale * X @ W.T."""
+    x, t = _embeddings(images, texts)
+    keep = _text_type(text_type, len(t)) == "name"
+    ci = _class_index(class_index, len(t), n_classes)
+    return scale * (x @ class_mean_embeddings(t[keep], ci[keep], n_classes).T)
+
+
+def dclip_scores(
+    images: np.ndarray,
+    texts: np.ndarray,
+    class_index: np.ndarray,
+    text_type: np.ndarray | Sequence[str],
+    n_classes: int,
+) -> np.ndarray:
+    """DCLIP (Menon & Vondrick 2023): mean cosine over the class's 'att' descriptors; no 'att' -> its 'name' texts."""
+    x, t = _embeddings(images, texts)
+    tt = _text_type(text_type, len(t))
+    ci = _class_index(class_index, len(t), n_classes)
+    has_att = np.bincount(ci[tt == "att"], minlength=n_classes) > 0
+    keep = (tt == "att") | ((tt == "name") & ~has_att[ci])
+    return mean_cosine_scores(x, t[keep], ci[keep], n_classes)
+
+
+def cupl_scores(
+    images: np.ndarray,
+    texts: np.ndarray,
+    class_index: np.ndarray,
+    text_type: np.ndarray | Sequence[str],
+    n_classes: int,
+) -> np.ndarray:
+    """CuPL (Pratt et al. 2023): cosine to the normalised mean of all the class's texts except 'ovo' ones."""
+    x, t = _embeddings(images, texts)
+    keep = _text_type(text_type, len(t)) != "ovo"
+    ci = _class_index(class_index, len(t), n_classes)
+    return x @ class_mean_embeddings(t[keep], ci[keep], n_classes).T
+
+
+def waffle_texts(
+    classnames: Sequence[str],
+    n_pairs: int = 15,
+    seed: int = 0,
+    n_words: int = 2,
+    n_chars: int = 5,
+    vocabulary: Sequence[str] = WAFFLE_WORDS,
+) -> list[list[str]]:
+    """WaffleCLIP (Roth et al. 2023) prompts: for each class, 2 * n_pairs texts (list index = class index).
+
+    As in WaffleCLIP, the descriptors are random and shared by every class (only the class name differs), drawn once
+    from `seed`: n_pairs pairs of one random-word descriptor (n_words distinct words of `vocabulary`) and one
+    random-character descriptor (n_words groups of n_chars lowercase letters), each written as
+    "a photo of a {c}, which has {descriptor}.". Score them with `waffle_scores` (mean cosine per class).
+    """
+    if n_pairs < 1 or n_words < 1 or n_chars < 1:
+        raise ValueError(f"n_pairs={n_pairs}, n_words={n_words}, n_chars={n_chars}: all must be at least 1")
+    if len(set(vocabulary)) < n_words:
+        raise ValueError(f"vocabulary has {len(set(vocabulary))} distinct words, fewer than n_words={n_words}")
+    rng = np.random.default_rng(seed)
+    words = sorted(set(vocabulary))
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    descriptors = []
+    for _ in range(n_pairs):
+        descriptors.append(" ".join(rng.choice(words, size=n_words, replace=False)))
+        descriptors.append(" ".join("".join(rng.choice(letters, size=n_chars)) for _ in range(n_words)))
+    return [[f"a photo of a {name}, which has {d}." for d in descriptors] for name in classnames]
+
+
+def waffle_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:
+    """WaffleCLIP score: mean cosine over the class's waffle prompts (embedded from `waffle_texts`)."""
+    return mean_cosine_scores(images, texts, class_index, n_classes)
+
+
+def coder_scores(
+    cosines: np.ndarray,
+    class_index: np.ndarray,
+    text_type: np.ndarray | Sequence[str],
+    n_classes: int,
+) -> np.ndarray:
+    """CODER zero-shot scores from CODER vectors (cosines = X @ T.T, N x M in text-bank row order).
+
+    Score of class c = mean of the list [every 'att' cosine of c, every 'ana' cosine of c, max over c's 'name' and
+    'syno' cosines]: one term for the name/synonym group, one per attribute or analogous-class text. A class with
+    no att/ana texts scores its max term; 'ovo' texts are not used here (see `coder_rerank`).
+    """
+    c = np.asarray(cosines, dtype=np.float32)
+    if c.ndim != 2:
+        raise ValueError(f"cosines has shape {c.shape}: pass the (images x texts) CODER matrix")
+    tt = _text_type(text_type, c.shape[1])
+    ci = _class_index(class_index, c.shape[1], n_classes)
+    aa = np.flatnonzero((tt == "att") | (tt == "ana"))
+    ns = np.flatnonzero((tt == "name") | (tt == "syno"))
+    n_aa = np.bincount(ci[aa], minlength=n_classes).astype(np.float32)
+    has_max = np.bincount(ci[ns], minlength=n_classes) > 0
+    _missing(n_aa + has_max, "name, syno, att or ana")
+    total = _group_sum(c[:, aa], ci[aa], n_classes)
+    if ns.size:
+        order = ns[np.argsort(ci[ns], kind="stable")]
+        present, starts = np.unique(ci[order], return_index=True)
+        total[:, present] += np.maximum.reduceat(c[:, order], starts, axis=1)
+    return total / (n_aa + has_max)
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """CODER* output: new predictions, the candidates in their new order, and what was re-ranked."""
+
+    pred: np.ndarray  # (N,) int32 new top-1
+    top_k: np.ndarray  # (N, K) int32 candidates, re-ordered for re-ranked rows, score order otherwise
+    reranked: np.ndarray  # (N,) bool: margin below the threshold
+    n_reranked: int
+    n_changed: int  # re-ranked rows whose top-1 changed
+
+
+def coder_rerank(
+    cosines: np.ndarray,
+    scores: np.ndarray,
+    class_index: np.ndarray,
+    text_type: np.ndarray | Sequence[str],
+    other_class_index: np.ndarray,
+    n_classes: int,
+    threshold: float = 0.5,
+    k: int = 5,
+) -> RerankResult:
+    """CODER*: re-rank uncertain predictions with one-to-one ('ovo') texts; never looks at labels.
+
+    A row is re-ranked when the margin of softmax(100 * scores) (top-1 minus top-2 probability) is below
+    `threshold` (a threshold above 1 re-ranks every row). Its top-k classes by score (k is capped at n_classes) are
+    the candidates. For candidates a, b: gap(a, b) = mean cosine to
+    the ovo texts of (class a, other b) minus mean cosine to those of (class b, other a); gap is 0 unless both
+    directions have ovo texts. A candidate's score is the mean of its gaps to the other k - 1 candidates; candidates
+    are re-ordered by that score (ties keep the original order) and the first is the new prediction.
+    """
+    c = np.asarray(cosines, dtype=np.float32)
+    s = np.asarray(scores, dtype=np.float32)
+    if c.ndim != 2 or s.shape != (len(c), n_classes):
+        raise ValueError(f"cosines {c.shape} and scores {s.shape}: pass (N x texts) cosines and (N x n_classes) scores")
+    tt = _text_type(text_type, c.shape[1])
+    ci = _class_index(class_index, c.shape[1], n_classes)
+    oc = np.asarray(other_class_index, dtype=np.int64)
+    if oc.shape != ci.shape:
+        raise ValueError(f"other_class_index has shape {oc.shape} for {len(ci)} texts: pass one entry per text")
+    if k < 2 or n_classes < 2:
+        raise ValueError(f"k={k} with n_classes={n_classes}: re-ranking needs k >= 2 candidates from >= 2 classes")
+    k = min(k, n_classes)
+    ovo = np.flatnonzero(tt == "ovo")
+    if ((oc[ovo] < 0) | (oc[ovo] >= n_classes)).any():
+        raise ValueError(f"ovo texts have other_class_index {sorted(set(oc[ovo].tolist()))[:5]}: set it to a class")
+
+    candidates = top_k(s, k)
+    reranked = margin(LOGIT_SCALE * s) < threshold
+    new_top = candidates.copy()
+    rows = np.flatnonzero(reranked)
+    if rows.size and ovo.size:
+        # one group per (class, other) pair that has ovo texts; pair_id[a, b] = its group, or -1
+        pair = ci[ovo] * n_classes + oc[ovo]
+        pairs, group = np.unique(pair, return_inverse=True)
+        pair_id = np.full(n_classes * n_classes, -1, dtype=np.int64)
+        pair_id[pairs] = np.arange(len(pairs))
+        pair_id = pair_id.reshape(n_classes, n_classes)
+        means = _group_sum(c[np.ix_(rows, ovo)], group, len(pairs)) / np.bincount(group).astype(np.float32)
+
+        cand = candidates[rows]  # (R, K)
+        ab = pair_id[cand[:, :, None], cand[:, None, :]]  # (R, K, K) group of (a, b)
+        ba = ab.transpose(0, 2, 1)
+        valid = (ab >= 0) & (ba >= 0)
+        mean_ab = np.take_along_axis(means, ab.clip(min=0).reshape(len(rows), -1), axis=1).reshape(ab.shape)
+        gap = np.where(valid, mean_ab - mean_ab.transpose(0, 2, 1), 0.0)
+        cand_score = gap.sum(axis=2) / (k - 1)  # gap(a, a) is 0: diagonal never valid
+        order = np.argsort(-cand_score, axis=1, kind="stable")
+        new_top[rows] = np.take_along_axis(cand, order, axis=1)
+    pred = new_top[:, 0]
+    return RerankResult(
+        pred=pred,
+        top_k=new_top,
+        reranked=reranked,
+        n_reranked=int(reranked.sum()),
+        n_changed=int((pred != candidates[:, 0]).sum()),
+    )

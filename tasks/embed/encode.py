@@ -1,0 +1,105 @@
+"""Image and text encoding: decoding samples to tensors, batched inference, per-row status for bad images."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from coderflow.storage.schemas import IMAGE_EMBEDDINGS
+from coderflow.storage.shards import image_entry, sample_label
+from coderflow.tasks.embed.model import LoadedModel
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode image bytes to RGB (palette/alpha, CMYK and 16-bit images included)."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        span = max(float(arr.max() - arr.min()), 1.0)
+        img = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
+    if img.mode in ("P", "PA", "LA", "RGBA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+def _prepare(sample: dict[str, Any], preprocess: Any) -> tuple[dict[str, Any], torch.Tensor | None]:
+    row = {"sample_key": sample.get("__key__"), "label": sample_label(sample), "status": "ok", "error": None}
+    entry = image_entry(sample)
+    if entry is None:
+        row.update(status="error", error="sample has no image entry")
+        return row, None
+    try:
+        return row, preprocess(decode_image(entry[1]))
+    except Exception as exc:  # any decoder failure is a per-row error, the shard goes on
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+        return row, None
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+@torch.inference_mode()
+def encode_images(batch: torch.Tensor, lm: LoadedModel) -> np.ndarray:
+    feats = lm.model.encode_image(batch.to(lm.device))
+    return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+
+
+def embed_samples(
+    samples: Iterable[dict[str, Any]],
+    lm: LoadedModel,
+    batch_size: int,
+    meta: dict[str, str],
+    decode_threads: int = 2,
+) -> pa.Table:
+    """Embed raw WebDataset samples; rows keep input order and carry status/error for undecodable images.
+
+    `meta` fills the constant columns (dataset, split, shard). Decoding runs in a thread pool while the model
+    runs on the previous batch's tensors.
+    """
+    rows: list[dict[str, Any]] = []
+    embeddings: list[np.ndarray | None] = []
+    with ThreadPoolExecutor(max_workers=max(1, decode_threads)) as pool:
+        for chunk in _batches(samples, batch_size):
+            prepared = list(pool.map(lambda s: _prepare(s, lm.preprocess), chunk))
+            ok = [t for _, t in prepared if t is not None]
+            vecs = iter(encode_images(torch.stack(ok), lm)) if ok else iter(())
+            for row, tensor in prepared:
+                rows.append(row)
+                embeddings.append(next(vecs) if tensor is not None else None)
+    for row, vec in zip(rows, embeddings, strict=True):
+        row.update(meta, model_id=lm.model_id, embedding=None if vec is None else vec.tolist())
+    return pa.Table.from_pylist(rows, schema=IMAGE_EMBEDDINGS)
+
+
+def token_counts(texts: Sequence[str], lm: LoadedModel) -> list[int]:
+    """Token count of each text with start/end tokens (compare with lm.context_length to find truncation)."""
+    encode = getattr(lm.tokenizer, "encode", None)
+    if encode is None:  # HF tokenizers: count non-padding ids of an untruncated encoding
+        inner = lm.tokenizer.tokenizer
+        return [len(inner(t)["input_ids"]) for t in texts]
+    return [len(encode(t)) + 2 for t in texts]
+
+
+@torch.inference_mode()
+def encode_texts(texts: Sequence[str], lm: LoadedModel, batch_size: int = 256) -> np.ndarray:
+    """L2-normalised text embeddings (len(texts) x D), truncated at the model's context length."""
+    out = []
+    for chunk in _batches(texts, batch_size):
+        tokens = lm.tokenizer(list(chunk)).to(lm.device)
+        out.append(torch.nn.functional.normalize(lm.model.encode_text(tokens).float(), dim=-1).cpu().numpy())
+    dim = int(getattr(lm.model, "embed_dim", 0) or 0)
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)

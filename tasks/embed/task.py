@@ -1,0 +1,94 @@
+"""Prefect tasks: embed one image shard (skipped when its Parquet exists) and a text bank (new texts only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow.compute as pc
+from prefect import get_run_logger, task
+
+from coderflow.config import ModelConfig
+from coderflow.storage.layout import Layout, content_id
+from coderflow.storage.parquet_io import read_table, write_rows, write_table
+from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
+from coderflow.storage.shards import iter_samples, list_shards
+from coderflow.tasks.embed.encode import embed_samples, encode_texts
+from coderflow.tasks.embed.model import load_model, model_id
+
+
+@task(name="embed-shard", retries=1, retry_delay_seconds=2)
+def embed_shard(shard: str, dataset: str, split: str, model: ModelConfig, workdir: str) -> dict[str, Any]:
+    """Embed every sample of one shard into one Parquet file; its atomic presence marks the shard done."""
+    layout = Layout.at(workdir)
+    mid = model_id(model.name, model.pretrained)
+    out = layout.image_embedding_part(mid, dataset, split, shard)
+    if out.exists():
+        n_err = pc.sum(pc.equal(read_table(out, ["status"])["status"], "error")).as_py() or 0
+        return {"path": str(out), "rows": read_table(out, ["status"]).num_rows, "errors": n_err, "skipped": True}
+    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    table = embed_samples(
+        iter_samples(shard), lm, model.batch_size, {"dataset": dataset, "split": split, "shard": out.stem}
+    )
+    write_table(table, out, IMAGE_EMBEDDINGS)
+    errors = table.filter(pc.equal(table["status"], "error"))
+    log = get_run_logger()
+    for key, err in zip(errors["sample_key"].to_pylist(), errors["error"].to_pylist(), strict=True):
+        log.warning("shard %s sample %s: %s", out.stem, key, err)
+    return {"path": str(out), "rows": table.num_rows, "errors": errors.num_rows, "skipped": False}
+
+
+@task(name="embed-text-bank")
+def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> dict[str, Any]:
+    """Embed the bank's texts that this model has not embedded yet (in any bank); returns counts."""
+    layout = Layout.at(workdir)
+    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    bank = read_table(layout.textbank_file(textbank_id), ["text_id", "text", "truncated"])
+    known: set[str] = set()
+    for part in sorted(layout.text_embedding_dir(lm.model_id).glob("part-*.parquet")):
+        known.update(read_table(part, ["text_id"])["text_id"].to_pylist())
+    todo: dict[str, str] = {}
+    for tid, text in zip(bank["text_id"].to_pylist(), bank["text"].to_pylist(), strict=True):
+        if tid not in known:
+            todo.setdefault(tid, text)
+    if todo:
+        ids = sorted(todo)
+        vecs = encode_texts([todo[i] for i in ids], lm)
+        rows = [
+            {"text_id": i, "model_id": lm.model_id, "embedding": v.tolist()} for i, v in zip(ids, vecs, strict=True)
+        ]
+        write_rows(rows, TEXT_EMBEDDINGS, layout.text_embedding_part(lm.model_id, content_id(*ids)))
+    n_trunc = sum(bool(v) for v in bank["truncated"].to_pylist())
+    get_run_logger().info(
+        "text bank %s on %s: %d new embeddings, %d reused, %d truncated at %d tokens",
+        textbank_id, lm.model_id, len(todo), bank.num_rows - len(todo), n_trunc, lm.context_length,
+    )  # fmt: skip
+    return {"model_id": lm.model_id, "new": len(todo), "reused": bank.num_rows - len(todo), "truncated": n_trunc}
+
+
+@task(name="list-shards")
+def list_split_shards(dataset: str, split: str, workdir: str) -> list[str]:
+    shards = list_shards(Layout.at(workdir).shard_dir(dataset, split))
+    if not shards:
+        raise FileNotFoundError(f"no shards for {dataset}/{split} in {workdir}: run `coderflow ingest` first")
+    return [str(s) for s in shards]
+
+
+@task(name="check-failures")
+def summarize_shards(results: list[dict[str, Any]], max_failure_rate: float) -> dict[str, Any]:
+    """Totals over shards; fails the stage when the share of rows that failed exceeds `max_failure_rate`."""
+    rows = sum(r["rows"] for r in results)
+    errors = sum(r["errors"] for r in results)
+    skipped = sum(r["skipped"] for r in results)
+    if rows and errors / rows > max_failure_rate:
+        raise RuntimeError(
+            f"{errors} of {rows} images failed to embed ({errors / rows:.1%} > max_failure_rate {max_failure_rate}): "
+            "see the `error` column of image_embeddings, fix the data or raise max_failure_rate"
+        )
+    return {"shards": len(results), "shards_skipped": skipped, "rows": rows, "errors": errors}
+
+
+@task(name="describe-model")
+def describe_model(model: ModelConfig) -> dict[str, Any]:
+    """Model id, preprocess config and text context of a model, for run manifests."""
+    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    return {"model_id": lm.model_id, "preprocess": lm.preprocess_config(), "context_length": lm.context_length}

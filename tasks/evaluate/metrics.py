@@ -1,0 +1,35 @@
+"""Classification metrics over label/prediction arrays: top-1, top-5, mean and per-class recall."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def classification_metrics(labels: np.ndarray, topk: np.ndarray, n_classes: int) -> list[tuple[str, int | None, float]]:
+    """Metrics as (metric, class_index, value) rows; `topk` is (N, k) class indices, best first.
+
+    top1/top5 are accuracies over all samples; mean_per_class_recall averages the recall of classes that occur
+    in `labels` (as CLIP_benchmark does); per-class rows use metric 'recall' with class_index set.
+    """
+    labels = np.asarray(labels)
+    topk = np.asarray(topk)
+    if labels.ndim != 1 or topk.ndim != 2 or len(labels) != len(topk):
+        raise ValueError(f"labels {labels.shape} and topk {topk.shape} must be (N,) and (N, k)")
+    if len(labels) == 0:
+        return []
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes}); got min {labels.min()} max {labels.max()}")
+    hit1 = topk[:, 0] == labels
+    hit5 = (topk[:, :5] == labels[:, None]).any(axis=1)
+    counts = np.bincount(labels, minlength=n_classes)
+    correct = np.bincount(labels, weights=hit1.astype(np.float64), minlength=n_classes)
+    present = counts > 0
+    recall = np.divide(correct, counts, out=np.zeros(n_classes), where=present)
+    rows: list[tuple[str, int | None, float]] = [
+        ("top1", None, float(hit1.mean())),
+        ("top5", None, float(hit5.mean())),
+        ("mean_per_class_recall", None, float(recall[present].mean())),
+        ("n_samples", None, float(len(labels))),
+    ]
+    rows += [("recall", int(c), float(recall[c])) for c in np.flatnonzero(present)]
+    return rows

@@ -1,0 +1,218 @@
+"""Dataset sources as plain sample iterators: the procedural demo, an image folder, CLIP_benchmark shards."""
+
+from __future__ import annotations
+
+import io
+import math
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+from PIL import Image, ImageDraw
+
+from coderflow.storage.shards import IMAGE_EXTENSIONS, read_lines, validate_classnames
+
+DEMO_CLASSES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "diamond",
+    "horizontal stripes",
+    "vertical stripes",
+    "checkerboard",
+    "dots",
+)
+
+
+@dataclass
+class Source:
+    """A dataset ready to be written as shards: class names, templates (may be empty) and its samples."""
+
+    classnames: list[str]
+    templates: list[str]
+    samples: Iterator[dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# demo ---------------------------------------------------------------------------------------------------
+def _draw_demo(class_index: int, rng: np.random.Generator, size: int) -> Image.Image:
+    bg = tuple(int(v) for v in rng.integers(0, 256, 3))
+    fg = tuple(255 - v for v in bg)
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    c = size / 2 + rng.uniform(-size / 8, size / 8, 2)
+    r = size * rng.uniform(0.2, 0.35)
+    name = DEMO_CLASSES[class_index]
+    if name == "circle":
+        d.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=fg)
+    elif name == "square":
+        d.rectangle([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=fg)
+    elif name == "triangle":
+        d.polygon([(c[0], c[1] - r), (c[0] - r, c[1] + r), (c[0] + r, c[1] + r)], fill=fg)
+    elif name == "cross":
+        w = r / 3
+        d.rectangle([c[0] - r, c[1] - w, c[0] + r, c[1] + w], fill=fg)
+        d.rectangle([c[0] - w, c[1] - r, c[0] + w, c[1] + r], fill=fg)
+    elif name == "ring":
+        d.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], outline=fg, width=max(2, int(r / 4)))
+    elif name == "diamond":
+        d.polygon([(c[0], c[1] - r), (c[0] + r, c[1]), (c[0], c[1] + r), (c[0] - r, c[1])], fill=fg)
+    elif name in ("horizontal stripes", "vertical stripes"):
+        step = int(rng.integers(6, 14))
+        for k in range(0, size, 2 * step):
+            box = [0, k, size, k + step] if name.startswith("h") else [k, 0, k + step, size]
+            d.rectangle(box, fill=fg)
+    elif name == "checkerboard":
+        step = int(rng.integers(8, 20))
+        for i in range(0, size, step):
+            for j in range(0, size, step):
+                if (i // step + j // step) % 2 == 0:
+                    d.rectangle([i, j, i + step, j + step], fill=fg)
+    else:  # dots
+        for _ in range(int(rng.integers(6, 14))):
+            x, y = rng.uniform(0, size, 2)
+            s = size * rng.uniform(0.03, 0.06)
+            d.ellipse([x - s, y - s, x + s, y + s], fill=fg)
+    arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 12, (size, size, 3)).astype(np.int16)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return img.rotate(float(rng.uniform(-math.pi, math.pi) * 10), fillcolor=bg)
+
+
+def demo_source(images_per_class: int = 20, image_size: int = 64, seed: int = 0) -> Source:
+    """The built-in demo: procedural shape and texture images, generated offline and deterministic per seed."""
+    if images_per_class < 1:
+        raise ValueError(f"images_per_class={images_per_class}: use at least 1")
+
+    def samples() -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng(seed)
+        for i in range(images_per_class * len(DEMO_CLASSES)):
+            ci = i % len(DEMO_CLASSES)
+            buf = io.BytesIO()
+            _draw_demo(ci, rng, image_size).save(buf, format="PNG")
+            yield {
+                "__key__": f"demo{i:06d}",
+                "png": buf.getvalue(),
+                "cls": ci,
+                "json": {"class_name": DEMO_CLASSES[ci]},
+            }
+
+    info = {"kind": "demo", "images_per_class": images_per_class, "image_size": image_size, "seed": seed}
+    return Source(list(DEMO_CLASSES), [], samples(), info)
+
+
+# image folder -------------------------------------------------------------------------------------------
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+
+
+def folder_source(root: str | Path, classnames_file: str | Path | None = None) -> Source:
+    """An image folder with one sub-folder per class (class name = folder name, or from a classnames file).
+
+    With a classnames file, line i names class i and sub-folders are matched to lines in sorted order of the
+    folder names. Image bytes are stored as they are; decoding (and recording unreadable files) happens later.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"dataset folder {str(root)!r} does not exist: pass a folder with one sub-folder per class"
+        )
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(
+            f"dataset folder {str(root)!r} has no class sub-folders: put each class's images in root/<class>/"
+        )
+    files = {f: sorted(p for p in f.rglob("*") if _is_image(p)) for f in folders}
+    for f, imgs in files.items():
+        if not imgs:
+            exts = ", ".join(IMAGE_EXTENSIONS)
+            raise ValueError(f"class folder {str(f)!r} has no images ({exts}): add images or remove the folder")
+    if classnames_file is not None:
+        names = validate_classnames(read_lines(Path(classnames_file)), str(classnames_file))
+        if len(names) != len(folders):
+            raise ValueError(
+                f"classnames file {str(classnames_file)!r} has {len(names)} names for {len(folders)} class folders: "
+                "give one line per sub-folder, in sorted folder order"
+            )
+    else:
+        names = validate_classnames([f.name.replace("_", " ") for f in folders], str(root))
+
+    def samples() -> Iterator[dict[str, Any]]:
+        i = 0
+        for ci, f in enumerate(folders):
+            for p in files[f]:
+                ext = p.suffix.lower().lstrip(".")
+                yield {
+                    "__key__": f"s{i:08d}",
+                    ext: p.read_bytes(),
+                    "cls": ci,
+                    "json": {"path": str(p.relative_to(root)), "class_name": names[ci]},
+                }
+                i += 1
+
+    info = {"kind": "folder", "root": str(root), "images": sum(len(v) for v in files.values())}
+    return Source(names, [], samples(), info)
+
+
+# CLIP_benchmark WebDataset layout ------------------------------------------------------------------------
+def wds_shard_urls(root: str, split: str) -> list[str]:
+    """Shard URLs of a CLIP_benchmark-style dataset: `<root>/<split>/nshards.txt` or a listing of `*.tar`."""
+    fs, base = fsspec.core.url_to_fs(root)
+    split_dir = posixpath.join(base, split)
+    nshards = posixpath.join(split_dir, "nshards.txt")
+    if fs.exists(nshards):
+        n = int(fs.cat_file(nshards).decode().strip())
+        names = [posixpath.join(split_dir, f"{i}.tar") for i in range(n)]
+    else:
+        try:
+            names = sorted(p for p in fs.ls(split_dir, detail=False) if p.endswith(".tar"))
+        except (FileNotFoundError, NotImplementedError) as exc:
+            raise FileNotFoundError(
+                f"no shards under {root!r} for split {split!r}: expected {split}/nshards.txt or {split}/*.tar"
+            ) from exc
+    if not names:
+        raise FileNotFoundError(
+            f"no .tar shards in {root}/{split}: expected CLIP_benchmark's layout <root>/<split>/N.tar"
+        )
+    return [fs.unstrip_protocol(n) for n in names]
+
+
+def read_remote_lines(url: str) -> list[str] | None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return None
+    return [line.strip() for line in fs.cat_file(path).decode("utf-8").splitlines() if line.strip()]
+
+
+def wds_source(root: str, split: str, classnames_file: str | None = None, templates_file: str | None = None) -> Source:
+    """A CLIP_benchmark WebDataset dataset (local path or any fsspec/http URL): samples re-keyed per shard order."""
+    root = root.rstrip("/")
+    names = read_remote_lines(classnames_file or f"{root}/classnames.txt")
+    if names is None:
+        raise FileNotFoundError(f"{root}/classnames.txt not found: pass classnames_file with one class name per line")
+    names = validate_classnames(names, classnames_file or f"{root}/classnames.txt")
+    templates = read_remote_lines(templates_file or f"{root}/zeroshot_classification_templates.txt") or []
+    urls = wds_shard_urls(root, split)
+
+    def samples() -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        for url in urls:
+            with fsspec.open(url, "rb") as f:
+                yield from wds.tariterators.tar_file_expander([{"stream": f, "url": url}])
+
+    info = {"kind": "wds", "root": root, "split": split, "shards": len(urls)}
+    return Source(names, templates, _group(samples()), info)
+
+
+def _group(files: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Group tar members (fname, data) into samples by key, as WebDataset does."""
+    import webdataset as wds
+
+    for sample in wds.tariterators.group_by_keys(files):
+        yield {k: v for k, v in sample.items() if k not in ("__url__", "__local_path__")}

@@ -1,0 +1,41 @@
+"""Prefect tasks for run bookkeeping: the run record (manifest) and refreshing the DuckDB views."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import task
+
+from coderflow.storage.db import refresh_views
+from coderflow.storage.layout import Layout
+from coderflow.storage.runs import write_run
+
+
+@task(name="record-run")
+def record_run(
+    run_id: str,
+    workdir: str,
+    *,
+    flow: str,
+    status: str,
+    started_at: datetime,
+    config: dict[str, Any],
+    dataset: str | None = None,
+    model_id: str | None = None,
+    textbank_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write the run's manifest.json and run.parquet (finished_at is set unless the run is still running)."""
+    finished = None if status == "running" else datetime.now(timezone.utc)
+    path = write_run(
+        Layout.at(workdir), run_id, flow=flow, status=status, started_at=started_at, config=config,
+        dataset=dataset, model_id=model_id, textbank_id=textbank_id, extra=extra, finished_at=finished,
+    )  # fmt: skip
+    return str(path)
+
+
+@task(name="refresh-database")
+def refresh_database(workdir: str) -> str:
+    """Recreate the DuckDB views over everything now stored."""
+    return str(refresh_views(Layout.at(workdir)))

@@ -1,0 +1,96 @@
+"""Embedding: image decoding of odd modes, per-row errors, text token counts, and checkpoint loading."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from coderflow.tasks.embed.encode import decode_image, embed_samples, encode_texts, token_counts
+from coderflow.tasks.embed.model import load_model
+
+torch.set_num_threads(1)
+
+
+def _encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "img",
+    [
+        Image.new("CMYK", (8, 8), (0, 50, 100, 0)),
+        Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000),
+        Image.new("P", (8, 8)),
+        Image.new("RGBA", (8, 8), (10, 20, 30, 0)),
+        Image.new("L", (8, 8), 7),
+    ],
+    ids=["cmyk", "16bit", "palette", "rgba", "gray"],
+)
+def test_decode_odd_modes(img: Image.Image):
+    fmt = "JPEG" if img.mode == "CMYK" else "PNG"
+    out = decode_image(_encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (8, 8)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model("ViT-S-32-alt")
+
+
+def test_embed_samples_records_bad_rows(lm):
+    good = _encode(Image.new("RGB", (40, 30), (200, 10, 10)))
+    samples = [
+        {"__key__": "a", "png": good, "cls": b"1"},
+        {"__key__": "b", "jpg": b"garbage", "cls": b"0"},
+        {"__key__": "c", "txt": b"no image"},
+        {"__key__": "d", "png": good},
+    ]
+    table = embed_samples(samples, lm, batch_size=3, meta={"dataset": "d", "split": "test", "shard": "s0"})
+    rows = table.to_pylist()
+    assert [r["sample_key"] for r in rows] == ["a", "b", "c", "d"]
+    assert [r["status"] for r in rows] == ["ok", "error", "error", "ok"]
+    assert "UnidentifiedImageError" in rows[1]["error"] and rows[2]["error"] == "sample has no image entry"
+    assert rows[0]["label"] == 1 and rows[3]["label"] is None
+    a, d = np.array(rows[0]["embedding"]), np.array(rows[3]["embedding"])
+    assert np.isclose(np.linalg.norm(a), 1, atol=1e-5) and np.allclose(a, d, atol=1e-5)  # same image, same vector
+    assert rows[0]["model_id"] == "ViT-S-32-alt__random"
+
+
+def test_text_embeddings_and_truncation(lm):
+    long = "word " * 100
+    assert token_counts(["a photo of a cat.", long], lm)[1] > lm.context_length
+    vecs = encode_texts(["a photo of a cat.", "a photo of a dog.", "a photo of a cat."], lm, batch_size=2)
+    assert vecs.shape == (3, 256)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    assert np.allclose(vecs[0], vecs[2], atol=1e-5) and not np.allclose(vecs[0], vecs[1])
+
+
+def test_checkpoint_file_loads_through_pretrained(lm, tmp_path: Path):
+    """A state_dict saved to a file loads through the same `pretrained=` path a user takes for real weights."""
+    import open_clip
+
+    model, _, _ = open_clip.create_model_and_transforms("ViT-S-32-alt", pretrained=None)
+    ckpt = tmp_path / "my-weights.pt"
+    torch.save(model.state_dict(), ckpt)
+    loaded = load_model("ViT-S-32-alt", str(ckpt))
+    assert loaded.model_id.startswith("ViT-S-32-alt__file-")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(x), loaded.model.encode_image(x), atol=1e-5)
+        assert not torch.allclose(lm.model.encode_image(x), loaded.model.encode_image(x), atol=1e-3)
+
+
+def test_unknown_model_and_bad_weights(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Nope'"):
+        load_model("ViT-Nope")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not load weights"):
+        load_model("ViT-S-32-alt", str(bad))

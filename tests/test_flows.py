@@ -1,0 +1,112 @@
+"""End to end through real Prefect flows (test-harness server): the demo pipeline, re-runs, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from coderflow.flows.cli import app
+from coderflow.storage.db import query
+from coderflow.storage.layout import Layout
+
+pytestmark = pytest.mark.flow
+runner = CliRunner()
+
+
+def test_demo_pipeline_outputs(demo_run):
+    layout = Layout.at(demo_run["workdir"])
+    q = lambda sql: query(layout, sql).to_pylist()  # noqa: E731
+    assert q("SELECT count(*) AS n, count(DISTINCT shard) AS s FROM image_embeddings") == [{"n": 30, "s": 3}]
+    assert q("SELECT count(*) AS n FROM image_embeddings WHERE status <> 'ok'") == [{"n": 0}]
+    n_texts = q("SELECT count(*) AS n FROM texts WHERE text_type = 'name'")[0]["n"]
+    assert n_texts == 10 * 18  # demo classes x default templates
+    assert q("SELECT count(*) AS n FROM texts JOIN text_embeddings USING (text_id)")[0]["n"] == n_texts
+    preds = q("SELECT method, count(*) AS n, min(len(top5)) AS k FROM predictions GROUP BY method")
+    assert preds == [{"method": "clip", "n": 30, "k": 5}]
+    metrics = {r["metric"]: r["value"] for r in q("SELECT metric, value FROM metrics WHERE class_index IS NULL")}
+    assert set(metrics) == {"top1", "top5", "mean_per_class_recall", "n_samples"}
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["n_samples"] == 30
+    assert q("SELECT count(*) AS n FROM metrics WHERE metric = 'recall'") == [{"n": 10}]
+    run = q("SELECT run_id, status, model_id, versions, config FROM runs")
+    assert len(run) == 1 and run[0]["status"] == "completed" and run[0]["model_id"] == "ViT-S-32-alt__random"
+    assert json.loads(run[0]["versions"])["open_clip_torch"]
+    manifest = json.loads(layout.run_file(run[0]["run_id"], "manifest.json").read_text())
+    assert manifest["config"]["dataset"]["kind"] == "demo" and manifest["textbank_id"]
+    assert manifest["preprocess"]["size"] == [224, 224]
+    for canned in ("accuracy_per_method", "per_class_recall", "confused_pairs"):
+        result = runner.invoke(app, ["query", "--canned", canned, "--workdir", str(layout.root), "--format", "json"])
+        assert result.exit_code == 0, result.output
+
+
+def test_rerun_reuses_shards_and_texts(demo_run):
+    from coderflow.flows.pipeline import pipeline
+
+    layout = Layout.at(demo_run["workdir"])
+    parts = sorted(layout.root.glob("embeddings/image/*/*/*/*.parquet"))
+    mtimes = [p.stat().st_mtime_ns for p in parts]
+    result = pipeline(demo_run["config"])
+    assert result["images"]["shards_skipped"] == 3
+    assert result["texts"]["new"] == 0
+    assert [p.stat().st_mtime_ns for p in parts] == mtimes
+    rows = query(layout, "SELECT count(*) AS n, count(DISTINCT run_id) AS r FROM predictions").to_pylist()
+    assert rows == [{"n": 60, "r": 2}]  # one new run; embeddings not duplicated
+    assert query(layout, "SELECT count(*) AS n FROM image_embeddings").to_pylist() == [{"n": 30}]
+
+
+def test_run_on_image_folder_records_bad_images(prefect_server, image_folder: Path, tmp_path: Path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"dataset:\n  name: colors\n  source: {image_folder}\n  samples_per_shard: 5\n"
+        "model:\n  batch_size: 8\nmax_failure_rate: 0.5\n"
+    )
+    result = runner.invoke(app, ["run", str(config), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    assert "RANDOM weights" in result.output
+    layout = Layout.at(tmp_path / "w")
+    rows = query(layout, "SELECT status, count(*) AS n FROM image_embeddings GROUP BY status ORDER BY status")
+    assert rows.to_pylist() == [{"status": "error", "n": 1}, {"status": "ok", "n": 12}]
+    assert query(layout, "SELECT count(*) AS n FROM predictions").to_pylist() == [{"n": 12}]
+
+
+def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_dir: Path, tmp_path: Path):
+    workdir = tmp_path / "w"
+    args = ["--workdir", str(workdir), "--dataset", "cb", "--source", str(clip_benchmark_dir), "--kind", "wds"]
+    assert runner.invoke(app, ["ingest", *args]).exit_code == 0
+    out = runner.invoke(app, ["embed", "--workdir", str(workdir), "--dataset", "cb"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["classify", "--workdir", str(workdir), "--dataset", "cb"])
+    assert out.exit_code == 0, out.output
+    texts = query(Layout.at(workdir), "SELECT text FROM texts ORDER BY class_index, text").to_pylist()
+    assert [t["text"] for t in texts] == [
+        "a blurry photo of a cat.", "a photo of a cat.", "a blurry photo of a dog.", "a photo of a dog.",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--source", "/no/such/folder", "--kind", "folder"], "does not exist"),
+        (["run", "--model", "ViT-Nope"], "unknown open_clip model"),
+        (["run", "--methods", "clip,nope"], "unknown zero-shot method"),
+        (["query", "DROP VIEW metrics"], "DROP statements are refused"),
+        (["query", "SELECT * FROM nowhere"], "nowhere"),
+        (["query", "--file", "/no/such.sql"], "not found"),
+        (["classify", "--dataset", "never-ingested"], "no text bank"),
+    ],
+)
+def test_cli_errors_are_one_line(prefect_server, tmp_path: Path, args, message):
+    result = runner.invoke(app, [*args, "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_errors_name_the_key(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  nmae: x\nmodel:\n  batch_size: many\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    assert "dataset.nmae: unknown key" in result.output and "model.batch_size" in result.output

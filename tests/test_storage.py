@@ -1,0 +1,132 @@
+"""Storage: layout names, atomic writes, shard writing/reading, class-list validation, DuckDB guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from coderflow.storage import db
+from coderflow.storage.layout import Layout, content_id, model_id, safe_name
+from coderflow.storage.parquet_io import read_table, write_table
+from coderflow.storage.schemas import METRICS
+from coderflow.storage.shards import ingest_info, iter_samples, list_shards, validate_classnames, write_split
+
+
+def test_safe_name_and_ids():
+    assert safe_name("hf-hub:org/model name") == "hf-hub-org-model-name"
+    with pytest.raises(ValueError, match="path component"):
+        safe_name("///")
+    assert content_id("a", "bc") != content_id("ab", "c")  # parts are length-prefixed
+    assert model_id("ViT-B-32", None) == "ViT-B-32__random"
+    assert model_id("ViT-B-32", "openai") == "ViT-B-32__openai"
+
+
+def test_model_id_of_a_file_is_its_content(tmp_path: Path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights-1")
+    b.write_bytes(b"weights-1")
+    assert model_id("RN50", str(a)) == model_id("RN50", str(b))
+    assert model_id("RN50", str(a)).startswith("RN50__file-")
+    b.write_bytes(b"weights-2")
+    assert model_id("RN50", str(a)) != model_id("RN50", str(b))
+
+
+def test_workdir_from_env(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("CODERFLOW_HOME", str(tmp_path / "w"))
+    assert Layout.at().root == (tmp_path / "w").resolve()
+    assert Layout.at(tmp_path / "x").root == (tmp_path / "x").resolve()
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
+    target = tmp_path / "t.parquet"
+    write_table(pa.table({"a": [1]}), target)
+    bad = pa.table({"a": ["not-an-int"]})
+    with pytest.raises(pa.ArrowInvalid):
+        write_table(bad, target, pa.schema([("a", pa.int64())]))
+    assert read_table(target)["a"].to_pylist() == [1]  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temp file left
+
+
+def test_write_split_roundtrip_and_replace(tmp_path: Path):
+    shard_dir = tmp_path / "shards" / "x" / "test"
+    samples = [{"__key__": f"k{i}", "png": b"img%d" % i, "cls": i % 2, "json": {"i": i}} for i in range(5)]
+    shards = write_split(iter(samples), shard_dir, "x-%06d.tar", 2, {"kind": "t"})
+    assert [p.name for p in shards] == ["x-000000.tar", "x-000001.tar", "x-000002.tar"]
+    got = [s for sh in shards for s in iter_samples(sh)]
+    assert [s["__key__"] for s in got] == [f"k{i}" for i in range(5)]
+    assert got[3]["png"] == b"img3" and got[3]["cls"] == b"1"
+    assert ingest_info(shard_dir)["samples"] == 5
+    # a second ingest replaces the split as a whole
+    write_split(iter(samples[:1]), shard_dir, "x-%06d.tar", 2, {"kind": "t"})
+    assert len(list_shards(shard_dir)) == 1
+    assert sorted(p.name for p in shard_dir.parent.iterdir()) == ["test"]
+
+
+def test_write_split_failure_keeps_previous(tmp_path: Path):
+    shard_dir = tmp_path / "s"
+    write_split(iter([{"__key__": "a", "png": b"1", "cls": 0}]), shard_dir, "p-%06d.tar", 10, {})
+
+    def broken():
+        yield {"__key__": "b", "png": b"2", "cls": 0}
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_split(broken(), shard_dir, "p-%06d.tar", 10, {})
+    assert [s["__key__"] for s in iter_samples(list_shards(shard_dir)[0])] == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [([], "empty"), (["a", " ", "b"], "class 1 has an empty name"), (["a", "b", "a"], "'a' appears twice")],
+)
+def test_validate_classnames(names, message):
+    with pytest.raises(ValueError, match=message):
+        validate_classnames(names, "classnames.txt")
+
+
+def _metrics_file(layout: Layout) -> None:
+    row = {"run_id": "r1", "dataset": "d", "split": "test", "model_id": "m", "method": "clip", "shots": None}
+    table = pa.Table.from_pylist([{**row, "seed": None, "metric": "top1", "class_index": None, "value": 0.5}], METRICS)
+    write_table(table, layout.run_file("r1", "metrics.parquet"))
+
+
+def test_views_exist_before_any_data(tmp_path: Path):
+    layout = Layout.at(tmp_path)
+    out = db.query(layout, "SELECT count(*) AS n FROM predictions")
+    assert out["n"].to_pylist() == [0]
+    cols = db.query(layout, "SELECT * FROM metrics").column_names
+    assert cols == METRICS.names
+
+
+def test_query_reads_views_and_refuses_writes(tmp_path: Path):
+    layout = Layout.at(tmp_path)
+    _metrics_file(layout)
+    db.refresh_views(layout)
+    assert db.query(layout, "SELECT value FROM metrics WHERE metric = 'top1'")["value"].to_pylist() == [0.5]
+    outside = tmp_path.parent / "outside.parquet"
+    write_table(pa.table({"a": [1]}), outside)
+    refused = {
+        "CREATE TABLE t (a INT)": "CREATE statements are refused",
+        "INSERT INTO metrics VALUES (1)": "INSERT statements are refused",
+        f"COPY (SELECT 1) TO '{tmp_path}/x.csv'": "COPY statements are refused",
+        f"ATTACH '{tmp_path}/other.db'": "ATTACH statements are refused",
+        "SET enable_external_access = true": "SET statements are refused",
+        f"SELECT * FROM read_parquet('{outside}')": "disabled by configuration",
+        "SELEC 1": "could not parse",
+        "SELECT nope FROM metrics": "nope",
+        "": "empty",
+    }
+    for sql, message in refused.items():
+        with pytest.raises(db.QueryError, match=message):
+            db.query(layout, sql)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_canned_sql_files_exist():
+    for name in ("accuracy_per_method", "per_class_recall", "confused_pairs"):
+        assert "SELECT" in db.sql_file(name)
+    with pytest.raises(db.QueryError, match="choose one of"):
+        db.sql_file("nope")
