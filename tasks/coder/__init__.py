@@ -1,0 +1,1 @@
+"""CODER vectors: cosine similarities of images to every text of a text bank."""
