@@ -34,7 +34,7 @@ def image_folder(tmp_path: Path) -> Path:
     """An image folder with 3 classes x 4 images, one of them corrupt."""
     root = tmp_path / "images"
     rng = np.random.default_rng(0)
-    for ci, name in enumerate(["red_apple", "green_leaf", "blue_sky"]):
+    for name in ["red_apple", "green_leaf", "blue_sky"]:
         d = root / name
         d.mkdir(parents=True)
         for i in range(4):
