@@ -9,7 +9,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_MODEL = "ViT-S-32-alt"
-DEFAULT_METHODS = ("clip",)
+ZERO_SHOT_METHODS = ("clip", "dclip", "cupl", "waffle", "coder", "coder_rerank")
+DEFAULT_METHODS = ZERO_SHOT_METHODS
+TEXT_TYPES = ("name", "att", "ana", "syno", "ovo")
 
 
 class _Strict(BaseModel):
@@ -52,12 +54,69 @@ class ModelConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
+class LLMConfig(_Strict):
+    """An OpenAI-compatible endpoint. The API key comes only from $OPENAI_API_KEY and is never stored."""
+
+    model: str = Field("gpt-4o-mini", description="model name the endpoint serves")
+    base_url: str | None = Field(None, description="endpoint URL; default $OPENAI_BASE_URL, else api.openai.com")
+    max_concurrency: int = Field(4, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(512, ge=16)
+
+
+class TextsConfig(_Strict):
+    """How the text bank is generated: which generator, which text types, how many of each."""
+
+    generator: Literal["offline", "llm"] = "offline"
+    types: tuple[Literal["name", "att", "ana", "syno", "ovo"], ...] = TEXT_TYPES
+    n_att: int = Field(5, ge=1)
+    n_ana: int = Field(5, ge=1)
+    n_syno: int = Field(3, ge=1)
+    n_ovo: int = Field(3, ge=1)
+    ana_max_cosine: float = Field(0.9, description="drop look-alikes this close to a class-name prompt")
+    ana_retries: int = Field(2, ge=0)
+    ovo_pairs: Literal["nearest", "confused"] = Field(
+        "nearest", description="nearest class pairs by prompt embedding, or pairs confused by zero-shot CLIP"
+    )
+    ovo_budget: int = Field(20, ge=0, description="at most this many class pairs get one-vs-one texts")
+    llm: LLMConfig = LLMConfig()
+
+    @field_validator("types")
+    @classmethod
+    def _names_always(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("name", *v)))
+
+
+class CoderConfig(_Strict):
+    """How CODER vectors are materialised: dense cosines to every text, or only each image's top-k texts."""
+
+    format: Literal["dense", "sparse"] = Field(
+        "dense", description="dense: 4 bytes x texts per image; sparse: top_k (index, value) pairs per image"
+    )
+    top_k: int = Field(256, ge=1, description="texts kept per image in the sparse format")
+    batch_size: int = Field(2048, ge=1, description="images per matrix product")
+
+
+class ClassifyConfig(_Strict):
+    """Parameters of the zero-shot methods."""
+
+    rerank_threshold: float = Field(0.5, ge=0, description="CODER*: re-rank when top1 - top2 probability is below")
+    rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
+    waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
+    waffle_seed: int = 0
+
+
 class PipelineConfig(_Strict):
     """The end-to-end pipeline: ingest, embed, classify, evaluate, load into DuckDB."""
 
     workdir: str | None = None
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
+    texts: TextsConfig = TextsConfig()
+    coder: CoderConfig = CoderConfig()
+    classify: ClassifyConfig = ClassifyConfig()
     methods: tuple[str, ...] = DEFAULT_METHODS
     templates: tuple[str, ...] | None = Field(
         None, description="class-name templates with {c}; overrides the dataset's"

@@ -16,6 +16,7 @@ from rich.table import Table
 from coderflow.config import DatasetConfig, PipelineConfig, describe_validation_error, load_yaml
 from coderflow.storage.db import QueryError, query, sql_file
 from coderflow.storage.layout import Layout
+from coderflow.tasks.texts.llm import LLMConfigError
 
 app = typer.Typer(help="CLIP classification with CODER, run as Prefect flows.", no_args_is_help=True)
 console = Console()
@@ -37,7 +38,7 @@ Model = Annotated[str | None, typer.Option("--model", help="open_clip architectu
 Pretrained = Annotated[str | None, typer.Option(help="pretrained tag (openai), hub id or checkpoint file")]
 Device = Annotated[str | None, typer.Option(help="torch device: cpu, cuda, cuda:1")]
 BatchSize = Annotated[int | None, typer.Option(help="images per inference batch")]
-Methods = Annotated[str | None, typer.Option(help="comma-separated zero-shot methods, e.g. clip")]
+Methods = Annotated[str | None, typer.Option(help="comma-separated zero-shot methods, e.g. clip,coder")]
 
 
 def _fail(message: str) -> None:
@@ -102,7 +103,7 @@ def _guard(fn: Any) -> Any:
     """Turn expected errors into a one-line message and exit code 2."""
     try:
         return fn()
-    except (ValueError, FileNotFoundError, QueryError) as exc:
+    except (ValueError, FileNotFoundError, QueryError, LLMConfigError) as exc:
         _fail(str(exc))
 
 
@@ -208,13 +209,85 @@ def embed(
     device: Device = None,
     batch_size: BatchSize = None,
 ) -> None:
-    """Embed an ingested split's images and its class-name texts."""
-    from coderflow.flows.pipeline import embed_images, embed_texts
+    """Embed an ingested split's images (one task per shard; finished shards are skipped)."""
+    from coderflow.flows.pipeline import embed_images
 
     cfg = _guard(lambda: _config(config, workdir, dataset, None, None, split, model, pretrained, device, batch_size))
     images = _guard(lambda: embed_images(cfg.dataset, cfg.model, cfg.workdir, cfg.max_failure_rate))
-    texts = _guard(lambda: embed_texts(cfg.dataset, cfg.model, cfg.workdir, list(cfg.templates or []) or None))
-    console.print_json(json.dumps({"images": images, "texts": texts}))
+    console.print_json(json.dumps(images))
+
+
+@app.command()
+def texts(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    split: Split = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    generator: Annotated[str | None, typer.Option(help="offline (WordNet) | llm (OpenAI-compatible endpoint)")] = None,
+    types: Annotated[str | None, typer.Option(help="comma-separated: name,att,ana,syno,ovo")] = None,
+    llm_model: Annotated[str | None, typer.Option(help="model name the LLM endpoint serves")] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="endpoint URL (default $OPENAI_BASE_URL)")] = None,
+    ovo_pairs: Annotated[
+        str | None, typer.Option(help="nearest | confused: which class pairs get one-vs-one texts")
+    ] = None,
+    ovo_budget: Annotated[int | None, typer.Option(help="at most this many class pairs get one-vs-one texts")] = None,
+) -> None:
+    """Generate the dataset's text bank (offline or with an LLM) and embed its new texts."""
+    from coderflow.flows.pipeline import text_bank
+
+    cfg = _guard(
+        lambda: build_config(
+            config,
+            **{
+                "workdir": workdir, "dataset.name": dataset, "dataset.split": split, "model.name": model,
+                "model.pretrained": pretrained, "texts.generator": generator,
+                "texts.types": types.split(",") if types else None, "texts.llm.model": llm_model,
+                "texts.llm.base_url": llm_base_url, "texts.ovo_pairs": ovo_pairs, "texts.ovo_budget": ovo_budget,
+            },
+        )
+    )  # fmt: skip
+    templates = list(cfg.templates) if cfg.templates else None
+    out = _guard(lambda: text_bank(cfg.dataset, cfg.model, cfg.texts, cfg.workdir, templates))
+    console.print_json(json.dumps(out, default=str))
+
+
+@app.command()
+def coder(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    split: Split = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="dense | sparse (top-k per image)")] = None,
+    top_k: Annotated[int | None, typer.Option(help="texts kept per image in the sparse format")] = None,
+    textbank: Annotated[str | None, typer.Option(help="text bank id (default: the dataset's newest)")] = None,
+) -> None:
+    """Materialise CODER vectors (image-to-text cosines) of an embedded split to Parquet."""
+    from coderflow.flows.pipeline import build_coder
+
+    cfg = _guard(
+        lambda: build_config(
+            config,
+            **{
+                "workdir": workdir, "dataset.name": dataset, "dataset.split": split, "model.name": model,
+                "model.pretrained": pretrained, "coder.format": fmt, "coder.top_k": top_k,
+            },
+        )
+    )  # fmt: skip
+    bank = textbank or _newest_bank(cfg)
+    out = _guard(lambda: build_coder(cfg.dataset, cfg.model, bank, cfg.coder, cfg.workdir))
+    console.print_json(json.dumps(out))
+
+
+def _newest_bank(cfg: PipelineConfig) -> str:
+    layout = Layout.at(cfg.workdir)
+    alias = layout.textbank_alias(cfg.dataset.name)
+    if not alias.exists():
+        _fail(f"dataset {cfg.dataset.name!r} has no text bank in {layout.root}: run `coderflow texts` first")
+    return alias.read_text().strip()
 
 
 @app.command()
@@ -238,11 +311,13 @@ def classify(
         _fail(f"dataset {cfg.dataset.name!r} has no text bank in {layout.root}: run `coderflow embed` first")
     bank = textbank or alias.read_text().strip()
     start = time.perf_counter()
-    result = _guard(
-        lambda: classify_flow(
-            cfg.dataset, cfg.model, bank, list(cfg.methods), cfg.workdir, cfg.run_name, cfg.model_dump(mode="json")
-        )
-    )
+    kwargs = {
+        "workdir": cfg.workdir,
+        "run_name": cfg.run_name,
+        "params": cfg.classify,
+        "config": cfg.model_dump(mode="json"),
+    }
+    result = _guard(lambda: classify_flow(cfg.dataset, cfg.model, bank, list(cfg.methods), **kwargs))
     _report(cfg, result, time.perf_counter() - start)
 
 

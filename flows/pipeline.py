@@ -1,27 +1,39 @@
-"""The pipeline flows: ingest-dataset, embed-images, embed-texts, classify, and pipeline composing them."""
+"""The pipeline flows: ingest-dataset, embed-images, text-bank, build-coder, classify, and pipeline composing them."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, unmapped
 
-from coderflow.config import DatasetConfig, ModelConfig, PipelineConfig
+from coderflow.config import ClassifyConfig, CoderConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
 from coderflow.storage.layout import Layout
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.classify.task import classify_zero_shot
-from coderflow.tasks.embed.task import describe_model, embed_shard, embed_text_bank, list_split_shards, summarize_shards
+from coderflow.tasks.coder.task import build_coder_shard
+from coderflow.tasks.embed.task import (
+    describe_model,
+    embed_shard,
+    embed_text_bank,
+    list_image_parts,
+    list_split_shards,
+    summarize_shards,
+)
 from coderflow.tasks.evaluate.task import evaluate_run
 from coderflow.tasks.ingest.task import ingest_split
 from coderflow.tasks.runs import record_run, refresh_database
-from coderflow.tasks.texts.task import build_name_bank
+from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank
+
+
+def _root(workdir: str | None) -> str:
+    return str(Layout.at(workdir).root)
 
 
 @flow(name="ingest-dataset")
 def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> dict[str, Any]:
     """Write a dataset split as WebDataset shards under the work directory."""
-    return ingest_split(dataset, str(Layout.at(workdir).root))
+    return ingest_split(dataset, _root(workdir))
 
 
 @flow(name="embed-images")
@@ -29,20 +41,53 @@ def embed_images(
     dataset: DatasetConfig, model: ModelConfig, workdir: str | None = None, max_failure_rate: float = 0.1
 ) -> dict[str, Any]:
     """Embed every shard of a split (one mapped task per shard; finished shards are skipped)."""
-    root = str(Layout.at(workdir).root)
+    root = _root(workdir)
     shards = list_split_shards(dataset.name, dataset.split, root)
     futures = embed_shard.map(shards, unmapped(dataset.name), unmapped(dataset.split), unmapped(model), unmapped(root))
-    return summarize_shards([f.result() for f in futures], max_failure_rate)
+    result = summarize_shards([f.result() for f in futures], max_failure_rate)
+    refresh_database(root)
+    return result
 
 
-@flow(name="embed-texts")
-def embed_texts(
-    dataset: DatasetConfig, model: ModelConfig, workdir: str | None = None, templates: list[str] | None = None
+@flow(name="text-bank")
+def text_bank(
+    dataset: DatasetConfig,
+    model: ModelConfig,
+    texts: TextsConfig | None = None,
+    workdir: str | None = None,
+    templates: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Build the dataset's class-name text bank and embed the texts this model has not embedded yet."""
-    root = str(Layout.at(workdir).root)
-    bank = build_name_bank(dataset.name, model, root, templates)
-    return {**bank, **embed_text_bank(bank["textbank_id"], model, root)}
+    """Generate the dataset's text bank and embed the texts this model has not embedded yet."""
+    root = _root(workdir)
+    bank = build_text_bank(dataset.name, dataset.split, model, texts or TextsConfig(), root, templates)
+    result = {**bank, "embedded": embed_text_bank(bank["textbank_id"], model, root)}
+    refresh_database(root)
+    return result
+
+
+@flow(name="build-coder")
+def build_coder(
+    dataset: DatasetConfig,
+    model: ModelConfig,
+    textbank_id: str,
+    coder: CoderConfig | None = None,
+    workdir: str | None = None,
+) -> dict[str, Any]:
+    """Materialise CODER vectors for every embedded shard of a split (one mapped task per shard)."""
+    root = _root(workdir)
+    mid = describe_model(model)["model_id"]
+    parts = list_image_parts(mid, dataset.name, dataset.split, root)
+    futures = build_coder_shard.map(
+        parts, unmapped(textbank_id), unmapped(mid), unmapped(dataset.name), unmapped(dataset.split),
+        unmapped(coder or CoderConfig()), unmapped(root),
+    )  # fmt: skip
+    results = [f.result() for f in futures]
+    refresh_database(root)
+    return {
+        "shards": len(results),
+        "shards_skipped": sum(r["skipped"] for r in results),
+        "rows": sum(r["rows"] for r in results),
+    }
 
 
 @flow(name="classify")
@@ -53,26 +98,33 @@ def classify(
     methods: list[str],
     workdir: str | None = None,
     run_name: str | None = None,
+    params: ClassifyConfig | None = None,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Classify with every method over the stored embeddings, evaluate, record the run and refresh DuckDB."""
-    root = str(Layout.at(workdir).root)
+    root = _root(workdir)
+    params = params or ClassifyConfig()
     run_id = new_run_id(run_name)
-    started = datetime.now(timezone.utc)
     described = describe_model(model)
     mid = described["model_id"]
+    waffle_textbank_id = None
+    if "waffle" in methods:  # WaffleCLIP's prompts are a seeded bank of their own, embedded once like any text
+        waffle_textbank_id = build_waffle_bank(dataset.name, model, params, root)
+        embed_text_bank(waffle_textbank_id, model, root)
     record = {
         "flow": "classify",
-        "started_at": started,
+        "started_at": datetime.now(UTC),
         "config": config or {"dataset": dataset.model_dump(), "model": model.model_dump(), "methods": methods},
         "dataset": dataset.name,
         "model_id": mid,
         "textbank_id": textbank_id,
-        "extra": {"preprocess": described["preprocess"]},
+        "extra": {"preprocess": described["preprocess"], "waffle_textbank_id": waffle_textbank_id},
     }
     record_run(run_id, root, status="running", **record)
     try:
-        result = classify_zero_shot(run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root)
+        result = classify_zero_shot(
+            run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root, params, waffle_textbank_id
+        )
         metrics = evaluate_run(run_id, mid, result["n_classes"], root)
     except BaseException:
         record_run(run_id, root, status="failed", **record)
@@ -86,13 +138,16 @@ def classify(
 
 @flow(name="pipeline")
 def pipeline(config: PipelineConfig) -> dict[str, Any]:
-    """End to end: ingest, embed images and texts, classify with every method, evaluate, load into DuckDB."""
-    root = str(Layout.at(config.workdir).root)
-    ingest_dataset(config.dataset, root)
-    images = embed_images(config.dataset, config.model, root, config.max_failure_rate)
-    texts = embed_texts(config.dataset, config.model, root, list(config.templates) if config.templates else None)
+    """End to end: ingest, embed images, text bank, CODER, classify with every method, evaluate, DuckDB."""
+    root = _root(config.workdir)
+    ds, model = config.dataset, config.model
+    ingest_dataset(ds, root)
+    images = embed_images(ds, model, root, config.max_failure_rate)
+    templates = list(config.templates) if config.templates else None
+    texts = text_bank(ds, model, config.texts, root, templates)
+    coder = build_coder(ds, model, texts["textbank_id"], config.coder, root)
     run = classify(
-        config.dataset, config.model, texts["textbank_id"], list(config.methods), root, config.run_name,
-        config.model_dump(mode="json"),
+        ds, model, texts["textbank_id"], list(config.methods), workdir=root, run_name=config.run_name,
+        params=config.classify, config=config.model_dump(mode="json"),
     )  # fmt: skip
-    return {**run, "images": images, "texts": texts}
+    return {**run, "images": images, "texts": texts, "coder": coder}

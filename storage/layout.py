@@ -93,6 +93,10 @@ class Layout:
     def textbank_file(self, textbank_id: str) -> Path:
         return self.root / "texts" / f"{textbank_id}.parquet"
 
+    def textbank_report(self, textbank_id: str) -> Path:
+        """How the bank was generated: counts, dropped candidates, pairs, LLM usage."""
+        return self.root / "texts" / f"{textbank_id}.report.json"
+
     def textbank_alias(self, dataset: str) -> Path:
         """Small file naming the newest text bank built for a dataset."""
         return self.root / "texts" / f"latest-{safe_name(dataset)}.txt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +34,16 @@ def write_table(table: pa.Table, target: str | os.PathLike[str], schema: pa.Sche
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(target)
+
+
+def write_stream(tables: Iterable[pa.Table], schema: pa.Schema, target: str | os.PathLike[str]) -> int:
+    """Stream tables (row groups) into one Parquet file atomically; memory holds one table at a time. Returns rows."""
+    rows = 0
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for table in tables:
+            writer.write_table(table.select(schema.names).cast(schema))
+            rows += table.num_rows
+    return rows
 
 
 def write_rows(rows: list[dict], schema: pa.Schema, target: str | os.PathLike[str]) -> Path:

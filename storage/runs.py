@@ -6,7 +6,7 @@ import json
 import platform
 import subprocess
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ _PACKAGES = (
 
 
 def new_run_id(name: str | None = None) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{name + '-' if name else ''}{uuid.uuid4().hex[:6]}"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
@@ -27,7 +27,7 @@ def record_run(
     extra: dict[str, Any] | None = None,
 ) -> str:
     """Write the run's manifest.json and run.parquet (finished_at is set unless the run is still running)."""
-    finished = None if status == "running" else datetime.now(timezone.utc)
+    finished = None if status == "running" else datetime.now(UTC)
     path = write_run(
         Layout.at(workdir), run_id, flow=flow, status=status, started_at=started_at, config=config,
         dataset=dataset, model_id=model_id, textbank_id=textbank_id, extra=extra, finished_at=finished,

@@ -21,15 +21,26 @@ def test_demo_pipeline_outputs(demo_run):
     q = lambda sql: query(layout, sql).to_pylist()  # noqa: E731
     assert q("SELECT count(*) AS n, count(DISTINCT shard) AS s FROM image_embeddings") == [{"n": 30, "s": 3}]
     assert q("SELECT count(*) AS n FROM image_embeddings WHERE status <> 'ok'") == [{"n": 0}]
-    n_texts = q("SELECT count(*) AS n FROM texts WHERE text_type = 'name'")[0]["n"]
+    n_texts = q("SELECT count(*) AS n FROM texts WHERE text_type = 'name' AND source = 'template'")[0]["n"]
     assert n_texts == 10 * 18  # demo classes x default templates
-    assert q("SELECT count(*) AS n FROM texts JOIN text_embeddings USING (text_id)")[0]["n"] == n_texts
-    preds = q("SELECT method, count(*) AS n, min(len(top5)) AS k FROM predictions GROUP BY method")
-    assert preds == [{"method": "clip", "n": 30, "k": 5}]
-    metrics = {r["metric"]: r["value"] for r in q("SELECT metric, value FROM metrics WHERE class_index IS NULL")}
+    n_all = q("SELECT count(*) AS n FROM texts")[0]["n"]
+    assert q("SELECT count(*) AS n FROM texts JOIN text_embeddings USING (text_id)")[0]["n"] == n_all
+    preds = q("SELECT method, count(*) AS n, min(len(top5)) AS k FROM predictions GROUP BY method ORDER BY method")
+    methods = ["clip", "coder", "coder_rerank", "cupl", "dclip", "waffle"]
+    assert preds == [{"method": m, "n": 30, "k": 5} for m in methods]
+    sql = "SELECT metric, value FROM metrics WHERE class_index IS NULL AND method = 'clip'"
+    metrics = {r["metric"]: r["value"] for r in q(sql)}
     assert set(metrics) == {"top1", "top5", "mean_per_class_recall", "n_samples"}
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["n_samples"] == 30
-    assert q("SELECT count(*) AS n FROM metrics WHERE metric = 'recall'") == [{"n": 10}]
+    assert q("SELECT count(*) AS n FROM metrics WHERE metric = 'recall'") == [{"n": 10 * len(methods)}]
+    # the generated texts are there, and CODER vectors cover every image with one cosine per text of the bank
+    types = {r["text_type"] for r in q("SELECT DISTINCT text_type FROM texts")}
+    assert types == {"name", "att", "ana", "syno", "ovo"}
+    coder = q(
+        "SELECT count(*) AS n, min(len(c.vector)) AS lo, max(len(c.vector)) AS hi, any_value(b.m) AS m "
+        "FROM coder c JOIN (SELECT textbank_id, count(*) AS m FROM texts GROUP BY 1) b USING (textbank_id)"
+    )[0]
+    assert coder["n"] == 30 and coder["lo"] == coder["hi"] == coder["m"]
     run = q("SELECT run_id, status, model_id, versions, config FROM runs")
     assert len(run) == 1 and run[0]["status"] == "completed" and run[0]["model_id"] == "ViT-S-32-alt__random"
     assert json.loads(run[0]["versions"])["open_clip_torch"]
@@ -49,10 +60,11 @@ def test_rerun_reuses_shards_and_texts(demo_run):
     mtimes = [p.stat().st_mtime_ns for p in parts]
     result = pipeline(demo_run["config"])
     assert result["images"]["shards_skipped"] == 3
-    assert result["texts"]["new"] == 0
+    assert result["coder"]["shards_skipped"] == 3
+    assert result["texts"]["embedded"]["new"] == 0
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
-    rows = query(layout, "SELECT count(*) AS n, count(DISTINCT run_id) AS r FROM predictions").to_pylist()
-    assert rows == [{"n": 60, "r": 2}]  # one new run; embeddings not duplicated
+    rows = query(layout, "SELECT count(*) AS n, count(DISTINCT run_id) AS r FROM predictions WHERE method = 'clip'")
+    assert rows.to_pylist() == [{"n": 60, "r": 2}]  # one new run; embeddings not duplicated
     assert query(layout, "SELECT count(*) AS n FROM image_embeddings").to_pylist() == [{"n": 30}]
 
 
@@ -60,7 +72,7 @@ def test_run_on_image_folder_records_bad_images(prefect_server, image_folder: Pa
     config = tmp_path / "run.yaml"
     config.write_text(
         f"dataset:\n  name: colors\n  source: {image_folder}\n  samples_per_shard: 5\n"
-        "model:\n  batch_size: 8\nmax_failure_rate: 0.5\n"
+        "model:\n  batch_size: 8\nmax_failure_rate: 0.5\nmethods: [clip]\ntexts:\n  types: [name, att]\n"
     )
     result = runner.invoke(app, ["run", str(config), "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 0, result.output
@@ -75,11 +87,15 @@ def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_di
     workdir = tmp_path / "w"
     args = ["--workdir", str(workdir), "--dataset", "cb", "--source", str(clip_benchmark_dir), "--kind", "wds"]
     assert runner.invoke(app, ["ingest", *args]).exit_code == 0
-    out = runner.invoke(app, ["embed", "--workdir", str(workdir), "--dataset", "cb"])
+    for stage in (["embed"], ["texts", "--types", "name"], ["coder", "--format", "sparse", "--top-k", "3"]):
+        out = runner.invoke(app, [*stage, "--workdir", str(workdir), "--dataset", "cb"])
+        assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["classify", "--workdir", str(workdir), "--dataset", "cb", "--methods", "clip,coder"])
     assert out.exit_code == 0, out.output
-    out = runner.invoke(app, ["classify", "--workdir", str(workdir), "--dataset", "cb"])
-    assert out.exit_code == 0, out.output
-    texts = query(Layout.at(workdir), "SELECT text FROM texts ORDER BY class_index, text").to_pylist()
+    sparse = query(Layout.at(workdir), "SELECT len(indices) AS k, vector IS NULL AS dense_null FROM coder").to_pylist()
+    assert sparse == [{"k": 3, "dense_null": True}] * 6
+    sql = "SELECT text FROM texts WHERE source = 'template' ORDER BY class_index, text"
+    texts = query(Layout.at(workdir), sql).to_pylist()
     assert [t["text"] for t in texts] == [
         "a blurry photo of a cat.", "a photo of a cat.", "a blurry photo of a dog.", "a photo of a dog.",
     ]  # fmt: skip
@@ -95,6 +111,7 @@ def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_di
         (["query", "SELECT * FROM nowhere"], "nowhere"),
         (["query", "--file", "/no/such.sql"], "not found"),
         (["classify", "--dataset", "never-ingested"], "no text bank"),
+        (["texts", "--dataset", "never-ingested"], "not ingested"),
     ],
 )
 def test_cli_errors_are_one_line(prefect_server, tmp_path: Path, args, message):

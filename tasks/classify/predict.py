@@ -24,12 +24,13 @@ def prediction_table(
     shots: int | None = None,
     seed: int | None = None,
     pred: np.ndarray | None = None,
+    top5: np.ndarray | None = None,
 ) -> pa.Table:
     """Predictions of one method; `logits=False` means cosine-valued scores (scaled by 100 for the margin).
 
-    `pred` overrides the top-1 (used by re-ranking methods); top5 stays the score order.
+    `pred` and `top5` override the score order (used by re-ranking methods).
     """
-    top5 = top_k(scores, 5)
+    top5 = top_k(scores, 5) if top5 is None else np.asarray(top5, dtype=np.int32)
     best = top5[:, 0] if pred is None else np.asarray(pred, dtype=np.int32)
     n = len(keys)
     columns = {

@@ -2,27 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from coderflow.config import ZERO_SHOT_METHODS, ClassifyConfig
 from coderflow.storage.arrays import TextSet
 from coderflow.tasks.classify import methods as m
 
-# method name -> (scores(x, texts) -> (N, C), whether the scores are logits rather than cosines)
-Scorer = Callable[[np.ndarray, TextSet], np.ndarray]
-METHODS: dict[str, tuple[Scorer, bool]] = {
-    "clip": (lambda x, ts: m.clip_logits(x, ts.t, ts.class_index, ts.text_type, ts.n_classes), True),
-}
+
+@dataclass
+class MethodResult:
+    """Scores of one method; `logits` says whether they are logits (else cosines). pred/top5 override the order."""
+
+    scores: np.ndarray
+    logits: bool
+    pred: np.ndarray | None = None
+    top5: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def check_methods(names: list[str] | tuple[str, ...]) -> None:
-    unknown = [n for n in names if n not in METHODS]
+def check_methods(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in ZERO_SHOT_METHODS]
     if unknown:
-        raise ValueError(f"unknown zero-shot method(s) {unknown}: choose from {sorted(METHODS)}")
+        raise ValueError(f"unknown zero-shot method(s) {unknown}: choose from {list(ZERO_SHOT_METHODS)}")
 
 
-def score(method: str, x: np.ndarray, texts: TextSet) -> tuple[np.ndarray, bool]:
-    check_methods([method])
-    fn, is_logits = METHODS[method]
-    return fn(x, texts), is_logits
+def run_methods(
+    methods: Sequence[str], x: np.ndarray, bank: TextSet, params: ClassifyConfig, waffle: TextSet | None = None
+) -> dict[str, MethodResult]:
+    """Every requested method over the same image embeddings; the image-text cosines are computed once."""
+    check_methods(methods)
+    n = bank.n_classes
+    meta = (bank.class_index, bank.text_type)
+    out: dict[str, MethodResult] = {}
+    cosines = x @ bank.t.T if {"coder", "coder_rerank"} & set(methods) else None
+    coder = m.coder_scores(cosines, *meta, n) if cosines is not None else None
+    for name in methods:
+        if name == "clip":
+            out[name] = MethodResult(m.clip_logits(x, bank.t, *meta, n), logits=True)
+        elif name == "dclip":
+            out[name] = MethodResult(m.dclip_scores(x, bank.t, *meta, n), logits=False)
+        elif name == "cupl":
+            out[name] = MethodResult(m.cupl_scores(x, bank.t, *meta, n), logits=False)
+        elif name == "waffle":
+            if waffle is None:
+                raise ValueError("method 'waffle' needs the waffle text bank: build it with the embed-texts stage")
+            out[name] = MethodResult(m.waffle_scores(x, waffle.t, waffle.class_index, n), logits=False)
+        elif name == "coder":
+            out[name] = MethodResult(coder, logits=False)
+        else:  # coder_rerank
+            r = m.coder_rerank(
+                cosines, coder, *meta, bank.other_class_index, n, threshold=params.rerank_threshold, k=params.rerank_k
+            )
+            top5 = r.top_k[:, :5] if r.top_k.shape[1] >= min(5, n) else None
+            info = {"n_reranked": r.n_reranked, "n_changed": r.n_changed, "threshold": params.rerank_threshold}
+            out[name] = MethodResult(coder, logits=False, pred=r.pred, top5=top5, info=info)
+    return out

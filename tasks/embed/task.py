@@ -73,6 +73,16 @@ def list_split_shards(dataset: str, split: str, workdir: str) -> list[str]:
     return [str(s) for s in shards]
 
 
+@task(name="list-embedded-shards")
+def list_image_parts(model_id: str, dataset: str, split: str, workdir: str) -> list[str]:
+    parts = sorted(Layout.at(workdir).image_embedding_dir(model_id, dataset, split).glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(
+            f"no image embeddings for {dataset}/{split} with {model_id}: run `coderflow embed` first"
+        )
+    return [str(p) for p in parts]
+
+
 @task(name="check-failures")
 def summarize_shards(results: list[dict[str, Any]], max_failure_rate: float) -> dict[str, Any]:
     """Totals over shards; fails the stage when the share of rows that failed exceeds `max_failure_rate`."""

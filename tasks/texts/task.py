@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prefect import get_run_logger, task
 
-from coderflow.config import ModelConfig
+from coderflow.config import ClassifyConfig, ModelConfig, TextsConfig
+from coderflow.storage.arrays import load_images
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import write_table, write_text
 from coderflow.storage.schemas import TEXTS
 from coderflow.storage.shards import read_lines, validate_classnames
-from coderflow.tasks.embed.encode import token_counts
 from coderflow.tasks.embed.model import load_model
-from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, build_bank, name_texts
+from coderflow.tasks.texts.make import make_bank, waffle_bank
 
 
 def dataset_classes(layout: Layout, dataset: str) -> tuple[list[str], list[str]]:
@@ -26,22 +27,54 @@ def dataset_classes(layout: Layout, dataset: str) -> tuple[list[str], list[str]]
     return names, read_lines(tpath) if tpath.exists() else []
 
 
-@task(name="build-name-bank")
-def build_name_bank(
-    dataset: str, model: ModelConfig, workdir: str, templates: list[str] | None = None
+@task(name="build-text-bank", retries=2, retry_delay_seconds=5)
+def build_text_bank(
+    dataset: str, split: str, model: ModelConfig, texts: TextsConfig, workdir: str, templates: list[str] | None = None
 ) -> dict[str, Any]:
-    """Class-name prompts from the given templates, else the dataset's, else CLIP's default list."""
+    """Generate and store the dataset's text bank; LLM replies are cached, so a retry costs no new calls.
+
+    Templates: the given ones, else the dataset's, else CLIP's default list.
+    """
     layout = Layout.at(workdir)
+    log = get_run_logger()
     classnames, stored = dataset_classes(layout, dataset)
-    chosen = list(templates or stored or DEFAULT_TEMPLATES)
-    texts = name_texts(classnames, chosen)
     lm = load_model(model.name, model.pretrained, model.device, model.precision)
-    bank = build_bank(texts, classnames, token_counts([t.text for t in texts], lm), lm.context_length)
+    images = None
+    if "ovo" in texts.types and texts.ovo_pairs == "confused":
+        try:
+            images = load_images(layout, lm.model_id, dataset, split).x
+        except FileNotFoundError:
+            log.warning("no image embeddings yet for %s/%s: one-vs-one pairs fall back to 'nearest'", dataset, split)
+    bank, report = make_bank(classnames, list(templates or stored), texts, lm, layout.llm_cache_dir, images)
     bank_id = bank["textbank_id"][0].as_py()
     path = layout.textbank_file(bank_id)
     if not path.exists():
         write_table(bank, path, TEXTS)
+    write_text(json.dumps(report, indent=2, default=str), layout.textbank_report(bank_id))
     write_text(bank_id, layout.textbank_alias(dataset))
-    n_trunc = sum(bool(v) for v in bank["truncated"].to_pylist())
-    get_run_logger().info("text bank %s: %d texts, %d truncated", bank_id, bank.num_rows, n_trunc)
-    return {"textbank_id": bank_id, "path": str(path), "n_texts": bank.num_rows, "n_classes": len(classnames)}
+    if report.get("not_found"):
+        log.warning("not found by the %s generator (name texts only): %s", texts.generator, report["not_found"])
+    log.info(
+        "text bank %s: %d texts %s, %d truncated", bank_id, bank.num_rows, report.get("counts", {}), report["truncated"]
+    )
+    usage = report.get("generator", {}).get("usage") if isinstance(report.get("generator"), dict) else None
+    return {
+        "textbank_id": bank_id,
+        "path": str(path),
+        "n_texts": bank.num_rows,
+        "n_classes": len(classnames),
+        "usage": usage,
+    }
+
+
+@task(name="build-waffle-bank")
+def build_waffle_bank(dataset: str, model: ModelConfig, params: ClassifyConfig, workdir: str) -> str:
+    """The WaffleCLIP prompt bank of a dataset's classes (seeded); returns its id."""
+    layout = Layout.at(workdir)
+    classnames, _ = dataset_classes(layout, dataset)
+    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    bank = waffle_bank(classnames, params, lm)
+    bank_id = bank["textbank_id"][0].as_py()
+    if not layout.textbank_file(bank_id).exists():
+        write_table(bank, layout.textbank_file(bank_id), TEXTS)
+    return bank_id

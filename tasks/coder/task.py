@@ -1,0 +1,47 @@
+"""Prefect task: materialise the CODER vectors of one embedded shard to Parquet (skipped when done)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from prefect import task
+
+from coderflow.config import CoderConfig
+from coderflow.storage.arrays import TextSet, list_matrix, load_texts
+from coderflow.storage.layout import Layout
+from coderflow.storage.parquet_io import read_table, write_stream
+from coderflow.storage.schemas import CODER
+from coderflow.tasks.coder.build import coder_table, iter_coder
+
+
+@lru_cache(maxsize=2)
+def _texts(root: str, textbank_id: str, model_id: str) -> TextSet:
+    return load_texts(Layout.at(root), textbank_id, model_id)  # read once per process, not once per shard
+
+
+@task(name="build-coder-shard")
+def build_coder_shard(
+    image_part: str, textbank_id: str, model_id: str, dataset: str, split: str, cfg: CoderConfig, workdir: str
+) -> dict[str, Any]:
+    """Cosines of every successfully embedded image of the shard to every text of the bank, streamed per batch."""
+    layout = Layout.at(workdir)
+    out = layout.coder_part(model_id, textbank_id, dataset, split, image_part)
+    if out.exists():
+        return {"path": str(out), "rows": read_table(out, ["sample_key"]).num_rows, "skipped": True}
+    texts = _texts(str(layout.root), textbank_id, model_id)
+    table = read_table(Path(image_part), ["sample_key", "label", "embedding", "status"])
+    table = table.filter(pc.equal(table["status"], "ok"))
+    x = list_matrix(table["embedding"]) if table.num_rows else np.zeros((0, texts.t.shape[1]), np.float32)
+    keys, labels = table["sample_key"].to_pylist(), table["label"].fill_null(-1).to_numpy()
+    top_k = min(cfg.top_k, len(texts.text_ids)) if cfg.format == "sparse" else None
+    meta = {"dataset": dataset, "split": split, "model_id": model_id, "textbank_id": textbank_id}
+    batches = (
+        coder_table(b, keys[b.start : b.start + len(b)], labels[b.start : b.start + len(b)], **meta)
+        for b in iter_coder(x, texts.t, cfg.batch_size, top_k)
+    )
+    rows = write_stream(batches, CODER, out)
+    return {"path": str(out), "rows": rows, "skipped": False}

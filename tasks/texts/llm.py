@@ -1,0 +1,434 @@
+"""LLM text generator over any OpenAI-compatible endpoint: structured outputs, tolerant parsing, retries, disk cache."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+from pydantic import BaseModel, ValidationError
+
+from coderflow.storage.parquet_io import write_text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SYSTEM_PROMPT = (
+    "You help build an image classifier. You write short, concrete, visual phrases. "
+    "Answer only with the JSON object that is asked for."
+)
+MAX_ITEM_CHARS = 120
+
+
+class LLMConfigError(RuntimeError):
+    """The endpoint rejected the configuration (bad API key, unknown model): retrying cannot help."""
+
+
+# response models (structured outputs), one per text type -------------------------------------------------
+class Attributes(BaseModel):
+    attributes: list[str]
+
+
+class Lookalikes(BaseModel):
+    things: list[str]
+
+
+class Synonyms(BaseModel):
+    synonyms: list[str]
+
+
+class Differences(BaseModel):
+    differences: list[str]
+
+
+@dataclass
+class Usage:
+    """Requests sent, replies served from the cache, tokens spent and requests that gave nothing."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str
+    subject: str
+    response_model: type[BaseModel]
+    prompt: str
+    n: int
+
+    @property
+    def field(self) -> str:
+        return next(iter(self.response_model.model_fields))
+
+    def messages(self) -> list[dict[str, str]]:
+        fmt = f'Reply with a JSON object {{"{self.field}": ["<phrase>", "<phrase>"]}} and nothing else.'
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"{self.prompt} {fmt}"}]
+
+
+@dataclass
+class _Reply:
+    items: list[str]
+    mode: str
+    raw: str = ""
+    problem: str = ""
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+# tolerant parsing ----------------------------------------------------------------------------------------
+_FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.S)
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:)?')  # a JSON string, and the colon when it is a key
+_BULLET = re.compile(r"^\s*(?:[-*+\u2022]|\d+\s*[.):]|\(\d+\)|[a-z][.)])\s+(.+)$")
+
+
+def _items_from_json(data: Any, key: str) -> list[str] | None:
+    if isinstance(data, dict):
+        value = data.get(key)
+        if not isinstance(value, list):
+            value = next((v for v in data.values() if isinstance(v, list)), None)
+        return None if value is None else _items_from_json(value, key)
+    if isinstance(data, list):
+        out = []
+        for item in data:
+            if isinstance(item, dict):
+                item = next((v for v in item.values() if isinstance(v, str)), None)
+            if isinstance(item, str | int | float) and not isinstance(item, bool):
+                out.append(str(item))
+        return out
+    return None
+
+
+def _json_spans(text: str) -> list[str]:
+    spans = [*_FENCE.findall(text), text]
+    for opener, closer in ("{}", "[]"):
+        start, end = text.find(opener), text.rfind(closer)
+        if 0 <= start < end:
+            spans.append(text[start : end + 1])
+    return spans
+
+
+def parse_items(text: str | None, key: str = "items") -> list[str]:
+    """Phrases from a free-form reply: a JSON object or list (in code fences or not), else bullet/numbered lines,
+    else the non-empty lines."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    for span in _json_spans(text):
+        try:
+            items = _items_from_json(json.loads(span), key)
+        except (json.JSONDecodeError, ValueError):
+            continue
+        if items is not None:
+            return items
+    body = (_FENCE.findall(text + "```") or [text])[0].strip() if "```" in text else text
+    cut_short = body.count("{") + body.count("[") > body.count("}") + body.count("]")
+    if body.startswith(("{", "[")) and cut_short:  # JSON cut at the length limit: keep its complete strings
+        return [json.loads(f'"{s}"') for s, colon in _STRING.findall(body) if not colon]
+    lines = [ln for ln in text.replace("```", "\n").splitlines() if ln.strip()]
+    bullets = [m.group(1) for m in map(_BULLET.match, lines) if m]
+    if bullets:
+        return bullets
+    return [ln for ln in lines if not ln.rstrip().endswith(":") and not ln.strip().startswith(("{", "}", "[", "]"))]
+
+
+def clean_items(items: Sequence[str], n: int) -> list[str]:
+    """Strip quotes, list markers and end punctuation; drop empty, overlong and repeated phrases; keep n."""
+    out: dict[str, str] = {}
+    for item in items:
+        m = _BULLET.match(item)
+        text = " ".join((m.group(1) if m else item).split()).strip(" \"'`*.,;:")
+        if text.startswith("<") and text.endswith(">"):
+            continue  # the format hint's placeholder, copied
+        if text and len(text) <= MAX_ITEM_CHARS and text.lower() not in out:
+            out[text.lower()] = text
+    return list(out.values())[:n]
+
+
+# requests ------------------------------------------------------------------------------------------------
+def attribute_request(classname: str, n: int) -> Request:
+    prompt = (
+        f"List {n} distinct visual attributes that identify a {classname} in a photo. Each is a short noun phrase "
+        f"that completes the sentence '{classname} which has ...', for example 'a long curved beak'."
+    )
+    return Request("att", classname, Attributes, prompt, n)
+
+
+def analogy_request(classname: str, n: int, exclude: Sequence[str] = ()) -> Request:
+    prompt = (
+        f"List {n} other things (animals, objects, plants or scenes) that look similar to a {classname} in a photo "
+        f"but are not a {classname}. Each is a short noun phrase, for example 'a wolf'."
+    )
+    if exclude:
+        prompt += f" Do not list any of: {', '.join(sorted(set(exclude)))}."
+    return Request("ana", classname, Lookalikes, prompt, n)
+
+
+def synonym_request(classname: str, n: int) -> Request:
+    prompt = (
+        f"List up to {n} synonyms or other common names for '{classname}' that name exactly the same thing. "
+        f"Each is a word or a short phrase, not '{classname}' itself."
+    )
+    return Request("syno", classname, Synonyms, prompt, n)
+
+
+def difference_request(a: str, b: str, n: int) -> Request:
+    prompt = (
+        f"List {n} short visual differences that tell a {a} apart from a {b} in a photo. Each is a short noun "
+        f"phrase that completes the sentence 'a {a} which, unlike a {b}, has ...', for example 'a shorter tail'."
+    )
+    return Request("ovo", f"{a} | {b}", Differences, prompt, n)
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    headers = error.response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class LLMGenerator:
+    """Texts from an LLM behind an OpenAI-compatible chat-completions endpoint, cached on disk per request."""
+
+    def __init__(
+        self,
+        model: str,
+        cache_dir: str | os.PathLike[str],
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_workers: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        content_retries: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+    ) -> None:
+        if not model:
+            raise LLMConfigError("no LLM model name given: pass the model your endpoint serves, e.g. 'gpt-4o-mini'")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if not base_url:
+                raise LLMConfigError("no API key: set OPENAI_API_KEY, or OPENAI_BASE_URL for a local server")
+            key = "no-key"  # local servers (llama.cpp, vLLM) accept any key
+        self._secret = key
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
+        self.base_url = str(self.client.base_url)
+        self.model = model
+        self.source = f"llm:{model}"
+        self.cache_dir = Path(cache_dir)
+        self.max_workers = max_workers
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.content_retries = content_retries
+        self.params = {"temperature": temperature, "max_tokens": max_tokens}
+        self.usage = Usage()
+        self.failures: list[dict[str, str]] = []
+        self._structured: bool | None = None  # None: not known yet; False: endpoint lacks structured outputs
+        self._lock = threading.Lock()
+
+    # the generator interface -------------------------------------------------------------------------
+    def attributes(self, classnames: Sequence[str], n: int) -> list[list[str]]:
+        return self.run([attribute_request(c, n) for c in classnames])
+
+    def analogies(
+        self, classnames: Sequence[str], n: int, exclude: Sequence[Sequence[str]] | None = None
+    ) -> list[list[str]]:
+        excl = exclude or [() for _ in classnames]
+        return self.run([analogy_request(c, n, e) for c, e in zip(classnames, excl, strict=True)])
+
+    def synonyms(self, classnames: Sequence[str], n: int) -> list[list[str]]:
+        return self.run([synonym_request(c, n) for c in classnames])
+
+    def differences(self, pairs: Sequence[tuple[str, str]], n: int) -> list[list[str]]:
+        return self.run([difference_request(a, b, n) for a, b in pairs])
+
+    def report(self) -> dict[str, Any]:
+        return {"source": self.source, "usage": asdict(self.usage), "failures": list(self.failures)}
+
+    # running requests ----------------------------------------------------------------------------------
+    def run(self, requests: Sequence[Request]) -> list[list[str]]:
+        """Answer requests concurrently (at most max_workers in flight), in order; [] where a request failed."""
+        if not requests:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(requests)))) as pool:
+            return list(pool.map(self.ask, requests))
+
+    def cache_key(self, request: Request) -> str:
+        payload = {
+            "model": self.model,
+            "messages": request.messages(),
+            "params": self.params,
+            "schema": request.response_model.model_json_schema(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def ask(self, request: Request) -> list[str]:
+        """One request: from the cache, else from the endpoint, retrying refusals and empty replies a bounded number
+        of times. Replies are cached, refusals and empty ones too (so a re-run makes no call); transient HTTP
+        failures are not. Raises LLMConfigError on a bad key or model; records other failures and returns []."""
+        key = self.cache_key(request)
+        path = self.cache_dir / f"{key}.json"
+        if path.exists():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            with self._lock:
+                self.usage.cache_hits += 1
+            if not record["items"]:
+                self._failed(request, f"{record['problem']} (cached)")
+            return record["items"]
+        for _ in range(self.content_retries + 1):
+            try:
+                reply = self._complete(request)
+            except _Unavailable as exc:
+                self._failed(request, str(exc))
+                return []
+            if reply.items:
+                break
+        record = {
+            "key": key,
+            "model": self.model,
+            "kind": request.kind,
+            "subject": request.subject,
+            "messages": request.messages(),
+            "params": self.params,
+            "mode": reply.mode,
+            "items": reply.items,
+            "problem": "" if reply.items else reply.problem,
+            "raw": reply.raw,
+            "usage": reply.usage,
+        }
+        write_text(json.dumps(record, indent=1, ensure_ascii=False), path)
+        if not reply.items:
+            self._failed(request, reply.problem)
+        return reply.items
+
+    def _failed(self, request: Request, problem: str) -> None:
+        with self._lock:
+            self.usage.failed += 1
+            self.failures.append({"kind": request.kind, "subject": request.subject, "problem": problem})
+        log.warning("LLM gave nothing for %s %r: %s", request.kind, request.subject, problem)
+
+    def _complete(self, request: Request) -> _Reply:
+        """One answer: structured outputs first, a plain completion with tolerant parsing when they fail."""
+        messages: Any = request.messages()
+        if self._structured is not False:
+            try:
+                completion = self._call(
+                    lambda: self.client.chat.completions.parse(
+                        model=self.model, messages=messages, response_format=request.response_model, **self.params
+                    )
+                )
+                usage = self._add_usage(completion)
+                message = completion.choices[0].message
+                if message.refusal:
+                    return _Reply([], "structured", message.refusal, f"refused: {message.refusal[:200]}", usage)
+                raw = message.content or ""
+                items = getattr(message.parsed, request.field) if message.parsed else parse_items(raw, request.field)
+                return _Reply(clean_items(items, request.n), "structured", raw, "empty reply", usage)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                log.info("endpoint rejected structured outputs (%s): using plain completions", type(exc).__name__)
+                self._structured = False
+            except openai.LengthFinishReasonError as exc:  # cut at max_tokens: keep the complete items, if any
+                usage = self._add_usage(exc.completion)
+                raw = exc.completion.choices[0].message.content or ""
+                items = clean_items(parse_items(raw, request.field), request.n)
+                if items:
+                    return _Reply(items, "structured-truncated", raw, "", usage)
+                log.info("reply for %r cut at max_tokens: asking again in plain mode", request.subject)
+            except (ValidationError, ValueError) as exc:
+                log.info("unparseable structured reply for %r (%s): asking again in plain mode", request.subject, exc)
+            except openai.ContentFilterFinishReasonError:
+                return _Reply([], "structured", "", "refused: content filter")
+        try:
+            completion = self._call(
+                lambda: self.client.chat.completions.create(model=self.model, messages=messages, **self.params)
+            )
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            raise LLMConfigError(
+                f"the LLM endpoint {self.base_url} rejected the request (HTTP {exc.status_code}: "
+                f"{self._redact(exc.message)[:200]}): check the model name and the generation parameters {self.params}"
+            ) from None
+        usage = self._add_usage(completion)
+        message = completion.choices[0].message if completion.choices else None
+        if message is None:
+            return _Reply([], "plain", "", "no choices in reply", usage)
+        if getattr(message, "refusal", None):
+            return _Reply([], "plain", message.refusal, f"refused: {message.refusal[:200]}", usage)
+        raw = message.content or ""
+        return _Reply(clean_items(parse_items(raw, request.field), request.n), "plain", raw, "empty reply", usage)
+
+    def _add_usage(self, completion: Any) -> dict[str, int]:
+        usage = getattr(completion, "usage", None)
+        got = {
+            "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+        }
+        with self._lock:
+            self.usage.prompt_tokens += got["prompt_tokens"]
+            self.usage.completion_tokens += got["completion_tokens"]
+        return got
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if len(self._secret) >= 4 else text
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Send one HTTP request, retrying transient errors (429, 5xx, timeouts, connection) with backoff."""
+        for attempt in range(self.max_retries + 1):
+            with self._lock:
+                self.usage.calls += 1
+            try:
+                return fn()
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise LLMConfigError(
+                    f"the LLM endpoint {self.base_url} refused the API key (HTTP {exc.status_code}): "
+                    "check OPENAI_API_KEY (or the api_key argument) and OPENAI_BASE_URL"
+                ) from None
+            except openai.NotFoundError as exc:
+                raise LLMConfigError(
+                    f"model {self.model!r} or the chat-completions route is unknown at {self.base_url} (HTTP 404: "
+                    f"{self._redact(exc.message)[:200]}): check the model name and OPENAI_BASE_URL"
+                ) from None
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.ConflictError,
+                openai.APIConnectionError,
+            ) as exc:
+                what = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
+                if attempt == self.max_retries:
+                    raise _Unavailable(f"{what} after {attempt + 1} attempts at {self.base_url}") from None
+                delay = min(self.backoff * 2**attempt, self.max_backoff)
+                if isinstance(exc, openai.APIStatusError):
+                    delay = min(_retry_after(exc) or delay, self.max_backoff)
+                log.warning("LLM request failed (%s); retry %d/%d in %.2fs", what, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+class _Unavailable(Exception):
+    """Transient errors outlasted the retries."""

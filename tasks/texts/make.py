@@ -1,0 +1,87 @@
+"""Making a whole text bank from a TextsConfig: the generator, one-vs-one pairs, generation and token counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from coderflow.config import ClassifyConfig, TextsConfig
+from coderflow.tasks.classify.methods import class_mean_embeddings, waffle_texts
+from coderflow.tasks.embed.encode import encode_texts, token_counts
+from coderflow.tasks.embed.model import LoadedModel
+from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, Text, build_bank, name_texts
+from coderflow.tasks.texts.generate import TextGenerator, generate_texts
+from coderflow.tasks.texts.pairs import confused_pairs, nearest_pairs
+
+
+def make_generator(cfg: TextsConfig, llm_cache_dir: Path) -> TextGenerator:
+    """The configured generator: WordNet offline, or an OpenAI-compatible LLM with an on-disk reply cache."""
+    if cfg.generator == "offline":
+        from coderflow.tasks.texts.offline import WordNetGenerator
+
+        return WordNetGenerator()
+    from coderflow.tasks.texts.llm import LLMGenerator
+
+    llm = cfg.llm
+    return LLMGenerator(
+        model=llm.model, cache_dir=llm_cache_dir, base_url=llm.base_url, max_workers=llm.max_concurrency,
+        timeout=llm.timeout, max_retries=llm.max_retries, temperature=llm.temperature, max_tokens=llm.max_tokens,
+    )  # fmt: skip
+
+
+def ovo_pairs(
+    cfg: TextsConfig, classnames: Sequence[str], templates: Sequence[str], lm: LoadedModel, images: np.ndarray | None
+) -> tuple[list[tuple[int, int]], str]:
+    """Class pairs for one-vs-one texts, and how they were chosen ('confused' needs image embeddings)."""
+    if cfg.ovo_budget == 0 or len(classnames) < 2:
+        return [], "none"
+    names = name_texts(classnames, templates)
+    t = encode_texts([x.text for x in names], lm)
+    w = class_mean_embeddings(t, np.array([x.class_index for x in names]), len(classnames))
+    if cfg.ovo_pairs == "confused" and images is not None and len(images):
+        return confused_pairs(100.0 * images @ w.T, cfg.ovo_budget), "confused"
+    return nearest_pairs(w, cfg.ovo_budget), "nearest"
+
+
+def make_bank(
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    cfg: TextsConfig,
+    lm: LoadedModel,
+    llm_cache_dir: Path,
+    images: np.ndarray | None = None,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The bank table and a report (counts, dropped candidates, pairs, generator usage, classes not found)."""
+    templates = list(templates) or list(DEFAULT_TEMPLATES)
+    generated = [t for t in cfg.types if t != "name"]
+    report: dict[str, Any] = {"generator": cfg.generator, "types": list(cfg.types)}
+    if generated:
+        generator = make_generator(cfg, llm_cache_dir)
+        pairs, how = ovo_pairs(cfg, classnames, templates, lm, images) if "ovo" in generated else ([], "none")
+        texts, gen_report = generate_texts(
+            classnames, templates, generator, generated, embed=lambda xs: encode_texts(xs, lm), pairs=pairs,
+            n_att=cfg.n_att, n_ana=cfg.n_ana, n_syno=cfg.n_syno, n_ovo=cfg.n_ovo,
+            ana_max_cosine=cfg.ana_max_cosine, ana_retries=cfg.ana_retries,
+        )  # fmt: skip
+        report |= gen_report.to_dict() | {"pairs": [list(p) for p in pairs], "pairs_from": how}
+        not_found = getattr(generator, "not_found", None)
+        if not_found is not None:
+            report["not_found"] = not_found(classnames)
+    else:
+        texts = name_texts(classnames, templates)
+    bank = build_bank(texts, classnames, token_counts([t.text for t in texts], lm), lm.context_length)
+    report["n_texts"] = bank.num_rows
+    report["truncated"] = sum(bool(v) for v in bank["truncated"].to_pylist())
+    return bank, report
+
+
+def waffle_bank(classnames: Sequence[str], params: ClassifyConfig, lm: LoadedModel) -> pa.Table:
+    """WaffleCLIP prompts (random word / character descriptors, seeded) as a bank of 'name' rows of its own."""
+    prompts = waffle_texts(classnames, n_pairs=params.waffle_pairs, seed=params.waffle_seed)
+    source = f"waffle:seed={params.waffle_seed}"
+    texts = [Text(ci, "name", p, source) for ci, ps in enumerate(prompts) for p in ps]
+    return build_bank(texts, classnames, token_counts([t.text for t in texts], lm), lm.context_length)

@@ -1,0 +1,65 @@
+"""A real small LLM (SmolLM2-135M via xllamacpp's OpenAI-compatible server) through the LLM generator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from coderflow.tasks.texts.bank import build_bank
+from coderflow.tasks.texts.generate import ANA_FORMAT, ATT_FORMAT, generate_texts
+from coderflow.tasks.texts.llm import LLMGenerator
+
+GGUF = Path(os.environ.get("CODERFLOW_TEST_GGUF", Path(__file__).parents[1] / ".cache" / "models" / "smollm2.gguf"))
+xllamacpp = pytest.importorskip("xllamacpp", reason="pip install xllamacpp to run the local-LLM test")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not GGUF.is_file(), reason=f"no GGUF at {GGUF}: run scripts/fetch_test_llm.sh"),
+]
+
+
+@pytest.fixture(scope="module")
+def llama_url():
+    params = xllamacpp.CommonParams()
+    params.model.path = str(GGUF)
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0  # a free port; the server reports the one it took
+    params.n_parallel = 2
+    params.n_ctx = 2048
+    params.cpuparams.n_threads = 2
+    params.cpuparams_batch.n_threads = 2
+    server = xllamacpp.Server(params)  # starts serving HTTP at once
+    yield server.listening_address + "/v1"
+    del server  # stops the server
+
+
+def test_small_llm_text_bank_end_to_end(llama_url, tmp_path):
+    classes = ["tench", "goldfish", "golden retriever"]
+
+    def generator() -> LLMGenerator:
+        return LLMGenerator(
+            "smollm2", tmp_path, base_url=llama_url, max_workers=2, timeout=60, max_tokens=32, content_retries=0
+        )
+
+    gen = generator()
+    texts, report = generate_texts(
+        classes, ["a photo of a {c}."], gen, types=("att", "ana"), n_att=3, n_ana=3, ana_retries=0
+    )
+    by_type = {k: [t for t in texts if t.text_type == k] for k in ("name", "att", "ana")}
+    assert len(by_type["name"]) == 3
+    assert by_type["att"] and by_type["ana"], report
+    for t in by_type["att"] + by_type["ana"]:
+        fmt = ATT_FORMAT if t.text_type == "att" else ANA_FORMAT
+        prefix = fmt.split("{x}")[0].format(c=classes[t.class_index])
+        assert t.text.startswith(prefix) and len(t.text) > len(prefix) + 1 and t.text.endswith(".")
+    bank = build_bank(texts, classes)
+    assert bank.num_rows >= 5
+    assert gen.usage.calls >= 6 and gen.usage.completion_tokens > 0
+
+    again = generator()
+    texts2, _ = generate_texts(
+        classes, ["a photo of a {c}."], again, types=("att", "ana"), n_att=3, n_ana=3, ana_retries=0
+    )
+    assert again.usage.calls == 0 and again.usage.cache_hits == 6  # failed requests are cached too
+    assert {t.text for t in texts2} == {t.text for t in texts}
