@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
 
 import duckdb
@@ -13,6 +14,8 @@ from coderflow.storage.schemas import VIEWS
 
 SQL_DIR = Path(__file__).with_name("sql")
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+# EXPLAIN [ANALYZE] [(options)] <statement>: ANALYZE runs the statement, so the inner one must be a SELECT too
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?(?P<inner>.*)$", re.I | re.S)
 
 
 class QueryError(ValueError):
@@ -65,7 +68,21 @@ def check_read_only(sql: str) -> list[str]:
         if st.type not in _ALLOWED:
             kind = st.type.name
             raise QueryError(f"{kind} statements are refused: `coderflow query` is read-only, use SELECT")
+        if st.type == duckdb.StatementType.EXPLAIN:
+            _check_explained(st.query)
     return [st.query for st in statements]
+
+
+def _check_explained(sql: str) -> None:
+    """Refuse EXPLAIN of anything but a SELECT (EXPLAIN ANALYZE COPY ... TO would write a file); fails closed."""
+    match = _EXPLAIN.match(sql)
+    try:
+        inner = duckdb.extract_statements(match["inner"]) if match else []
+    except duckdb.Error:
+        inner = []
+    if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
+        got = inner[0].type.name if len(inner) == 1 else "an unrecognised statement"
+        raise QueryError(f"EXPLAIN of {got} is refused: `coderflow query` is read-only, EXPLAIN a SELECT only")
 
 
 def query(layout: Layout, sql: str) -> pa.Table:

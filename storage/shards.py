@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import webdataset as wds
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 INGEST_MARKER = "_ingest.json"
+# A shard-level problem (unreadable, truncated or empty tar) travels as one sample whose key is
+# `<shard stem>#shard` and whose only entry is SHARD_ERROR (the message); embedding records it as an error row.
+SHARD_ERROR = "shard_error"
+SHARD_ERROR_SUFFIX = "#shard"
 
 
 def write_split(
@@ -65,13 +70,69 @@ def ingest_info(shard_dir: Path) -> dict[str, Any] | None:
 
 
 def list_shards(shard_dir: Path) -> list[Path]:
-    return sorted(p for p in shard_dir.glob("*.tar") if p.is_file())
+    """The split's tar shards in name order (hidden staging files are never listed)."""
+    return sorted(p for p in shard_dir.glob("*.tar") if p.is_file() and not p.name.startswith("."))
+
+
+def shard_error_sample(name: str, message: str) -> dict[str, Any]:
+    """The stand-in sample that reports a problem with a whole shard (see SHARD_ERROR)."""
+    stem = Path(name.rstrip("/").rsplit("/", 1)[-1]).name.split(".")[0] or "shard"
+    return {"__key__": f"{stem}{SHARD_ERROR_SUFFIX}", SHARD_ERROR: message}
+
+
+def read_tar_samples(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
+    """Samples of one tar stream, grouped by key; a truncated, unreadable or empty tar ends with an error sample.
+
+    Every complete sample before the damage is yielded; the error sample names the shard and the last member read,
+    so a bad shard never stops the stage and never disappears silently.
+    """
+    expander = wds.tariterators.tar_file_expander
+    last: dict[str, str | None] = {"fname": None}
+
+    def members() -> Iterator[dict[str, Any]]:
+        for member in expander([{"stream": stream, "url": name}]):
+            last["fname"] = member.get("fname", last["fname"])
+            yield member
+
+    count = 0
+    try:
+        for sample in wds.tariterators.group_by_keys(members()):
+            count += 1
+            yield {k: v for k, v in sample.items() if k not in ("__url__", "__local_path__")}
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        reason = str(exc.args[0] if exc.args else type(exc).__name__).split(" @ ")[0]
+        where = f"after member {last['fname']!r}" if last["fname"] else "at its start"
+        yield shard_error_sample(
+            name,
+            f"shard {name} is truncated or unreadable {where} ({type(exc).__name__}: {reason}); "
+            f"{count} samples before it were kept: re-create the shard (re-run `coderflow ingest`)",
+        )
+        return
+    if count == 0:
+        yield shard_error_sample(name, f"shard {name} holds no samples (empty tar)")
 
 
 def iter_samples(shard: str | Path) -> Iterator[dict[str, Any]]:
-    """Raw samples of one tar shard (bytes values, no decoding), in file order."""
-    dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
-    yield from dataset
+    """Raw samples of one local tar shard (bytes values, no decoding), in file order.
+
+    Never raises on a damaged shard: a zero-byte, truncated, corrupt or empty tar yields the samples it can and then
+    one shard-error sample (`<shard>#shard`), which the embedding stage stores as a row with status 'error'.
+    """
+    try:
+        f = open(shard, "rb")  # noqa: SIM115 (closed below, after the generator is consumed)
+    except OSError as exc:
+        yield shard_error_sample(str(shard), f"shard {shard} cannot be opened ({type(exc).__name__}: {exc.strerror})")
+        return
+    with f:
+        yield from read_tar_samples(f, str(shard))
+
+
+def sample_error(sample: dict[str, Any]) -> str | None:
+    """The message of a shard-error sample, else None."""
+    raw = sample.get(SHARD_ERROR)
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 def image_entry(sample: dict[str, Any]) -> tuple[str, bytes] | None:
@@ -83,19 +144,49 @@ def image_entry(sample: dict[str, Any]) -> tuple[str, bytes] | None:
 
 
 def sample_label(sample: dict[str, Any]) -> int | None:
+    """The integer class label of a sample, or None when it has none (or it is not an integer)."""
     raw = sample.get("cls")
     if raw is None:
         return None
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     try:
         return int(text.strip())
     except ValueError:
         return None
 
 
+def label_problem(sample: dict[str, Any], n_classes: int | None) -> str | None:
+    """Why a sample's label is unusable (not an integer, or outside [0, n_classes)), else None.
+
+    A sample without any `cls` entry is fine: it is embedded and predicted, and left out of the metrics.
+    """
+    raw = sample.get("cls")
+    if raw is None:
+        return None
+    label = sample_label(sample)
+    if label is None:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return f"label {text.strip()[:40]!r} is not an integer class index"
+    if n_classes is not None and not 0 <= label < n_classes:
+        return f"label {label} out of range for {n_classes} classes"
+    return None
+
+
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines of a small text file (classnames.txt, templates.txt)."""
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def class_lines(text: str) -> list[str]:
+    """Class names, one per line: stripped, trailing blank lines dropped, blank lines inside kept as ''.
+
+    Dropping an inner blank line would shift every later class index by one, so it is kept for
+    validate_classnames to refuse with its line number.
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def validate_classnames(names: list[str], source: str) -> list[str]:
@@ -105,7 +196,7 @@ def validate_classnames(names: list[str], source: str) -> list[str]:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if not name.strip():
-            raise ValueError(f"{source}: class {i} has an empty name; give every class a name")
+            raise ValueError(f"{source}: class {i} has an empty name (line {i + 1}); give every class a name")
         if name in seen:
             raise ValueError(f"{source}: class name {name!r} appears twice (lines {seen[name] + 1} and {i + 1})")
         seen[name] = i

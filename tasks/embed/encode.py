@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS
-from coderflow.storage.shards import image_entry, sample_label
+from coderflow.storage.shards import image_entry, label_problem, sample_error, sample_label
 from coderflow.tasks.embed.model import LoadedModel
 
 
@@ -33,8 +33,14 @@ def decode_image(data: bytes) -> Image.Image:
     return img.convert("RGB")
 
 
-def _prepare(sample: dict[str, Any], preprocess: Any) -> tuple[dict[str, Any], torch.Tensor | None]:
+def _prepare(
+    sample: dict[str, Any], preprocess: Any, n_classes: int | None = None
+) -> tuple[dict[str, Any], torch.Tensor | None]:
     row = {"sample_key": sample.get("__key__"), "label": sample_label(sample), "status": "ok", "error": None}
+    problem = sample_error(sample) or label_problem(sample, n_classes)
+    if problem is not None:  # a damaged shard, or a label no class matches: recorded, not embedded
+        row.update(status="error", error=problem[:500])
+        return row, None
     entry = image_entry(sample)
     if entry is None:
         row.update(status="error", error="sample has no image entry")
@@ -64,17 +70,21 @@ def embed_samples(
     batch_size: int,
     meta: dict[str, str],
     decode_threads: int = 2,
+    n_classes: int | None = None,
 ) -> pa.Table:
     """Embed raw WebDataset samples; rows keep input order and carry status/error for undecodable images.
 
     `meta` fills the constant columns (dataset, split, shard). Decoding runs in a thread pool while the model
-    runs on the previous batch's tensors.
+    runs on the previous batch's tensors. With `n_classes`, a label outside [0, n_classes) (or one that is not an
+    integer) makes the row status 'error' ("label 12 out of range for 10 classes"), so classification and metrics
+    never see it; a sample without a label stays 'ok' (predicted, left out of the metrics). A shard-error sample
+    (see storage.shards.SHARD_ERROR) becomes an error row keyed `<shard>#shard`.
     """
     rows: list[dict[str, Any]] = []
     embeddings: list[np.ndarray | None] = []
     with ThreadPoolExecutor(max_workers=max(1, decode_threads)) as pool:
         for chunk in _batches(samples, batch_size):
-            prepared = list(pool.map(lambda s: _prepare(s, lm.preprocess), chunk))
+            prepared = list(pool.map(lambda s: _prepare(s, lm.preprocess, n_classes), chunk))
             ok = [t for _, t in prepared if t is not None]
             vecs = iter(encode_images(torch.stack(ok), lm)) if ok else iter(())
             for row, tensor in prepared:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import math
 import posixpath
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,15 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageDraw
 
-from coderflow.storage.shards import IMAGE_EXTENSIONS, read_lines, validate_classnames
+from coderflow.storage.shards import (
+    IMAGE_EXTENSIONS,
+    class_lines,
+    label_problem,
+    read_tar_samples,
+    sample_error,
+    shard_error_sample,
+    validate_classnames,
+)
 
 DEMO_CLASSES: tuple[str, ...] = (
     "circle",
@@ -84,25 +93,31 @@ def _draw_demo(class_index: int, rng: np.random.Generator, size: int) -> Image.I
     return img.rotate(float(rng.uniform(-math.pi, math.pi) * 10), fillcolor=bg)
 
 
-def demo_source(images_per_class: int = 20, image_size: int = 64, seed: int = 0) -> Source:
-    """The built-in demo: procedural shape and texture images, generated offline and deterministic per seed."""
+def demo_source(images_per_class: int = 20, image_size: int = 64, seed: int = 0, split: str = "test") -> Source:
+    """The built-in demo: procedural shape and texture images, generated offline, deterministic per (seed, split)."""
     if images_per_class < 1:
         raise ValueError(f"images_per_class={images_per_class}: use at least 1")
 
     def samples() -> Iterator[dict[str, Any]]:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
         for i in range(images_per_class * len(DEMO_CLASSES)):
             ci = i % len(DEMO_CLASSES)
             buf = io.BytesIO()
             _draw_demo(ci, rng, image_size).save(buf, format="PNG")
             yield {
-                "__key__": f"demo{i:06d}",
+                "__key__": f"demo-{split}-{i:06d}",
                 "png": buf.getvalue(),
                 "cls": ci,
                 "json": {"class_name": DEMO_CLASSES[ci]},
             }
 
-    info = {"kind": "demo", "images_per_class": images_per_class, "image_size": image_size, "seed": seed}
+    info = {
+        "kind": "demo",
+        "images_per_class": images_per_class,
+        "image_size": image_size,
+        "seed": seed,
+        "split": split,
+    }
     return Source(list(DEMO_CLASSES), [], samples(), info)
 
 
@@ -120,7 +135,7 @@ def folder_source(root: str | Path, classnames_file: str | Path | None = None) -
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"dataset folder {str(root)!r} does not exist: pass a folder with one sub-folder per class"
+            f"dataset.source: dataset folder {str(root)!r} does not exist: pass a folder with one sub-folder per class"
         )
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
@@ -133,7 +148,11 @@ def folder_source(root: str | Path, classnames_file: str | Path | None = None) -
             exts = ", ".join(IMAGE_EXTENSIONS)
             raise ValueError(f"class folder {str(f)!r} has no images ({exts}): add images or remove the folder")
     if classnames_file is not None:
-        names = validate_classnames(read_lines(Path(classnames_file)), str(classnames_file))
+        if not Path(classnames_file).is_file():
+            raise FileNotFoundError(
+                f"dataset.classnames_file: {str(classnames_file)!r} not found: pass a file with one class name per line"
+            )
+        names = validate_classnames(class_lines(Path(classnames_file).read_text("utf-8")), str(classnames_file))
         if len(names) != len(folders):
             raise ValueError(
                 f"classnames file {str(classnames_file)!r} has {len(names)} names for {len(folders)} class folders: "
@@ -182,37 +201,91 @@ def wds_shard_urls(root: str, split: str) -> list[str]:
     return [fs.unstrip_protocol(n) for n in names]
 
 
-def read_remote_lines(url: str) -> list[str] | None:
+def read_remote_lines(url: str, classes: bool = False) -> list[str] | None:
+    """Stripped lines of a small local or remote text file (None if it is missing); blank lines are dropped, except
+    inside a class list (`classes=True`), where they are kept so that validation can refuse them."""
     fs, path = fsspec.core.url_to_fs(url)
     if not fs.exists(path):
         return None
-    return [line.strip() for line in fs.cat_file(path).decode("utf-8").splitlines() if line.strip()]
+    text = fs.cat_file(path).decode("utf-8")
+    return class_lines(text) if classes else [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def wds_source(root: str, split: str, classnames_file: str | None = None, templates_file: str | None = None) -> Source:
     """A CLIP_benchmark WebDataset dataset (local path or any fsspec/http URL): samples re-keyed per shard order."""
     root = root.rstrip("/")
-    names = read_remote_lines(classnames_file or f"{root}/classnames.txt")
+    names = read_remote_lines(classnames_file or f"{root}/classnames.txt", classes=True)
     if names is None:
-        raise FileNotFoundError(f"{root}/classnames.txt not found: pass classnames_file with one class name per line")
+        raise FileNotFoundError(
+            f"dataset.source: {classnames_file or root + '/classnames.txt'} not found: "
+            "pass dataset.classnames_file with one class name per line"
+        )
     names = validate_classnames(names, classnames_file or f"{root}/classnames.txt")
     templates = read_remote_lines(templates_file or f"{root}/zeroshot_classification_templates.txt") or []
     urls = wds_shard_urls(root, split)
 
     def samples() -> Iterator[dict[str, Any]]:
-        import webdataset as wds
-
-        for url in urls:
-            with fsspec.open(url, "rb") as f:
-                yield from wds.tariterators.tar_file_expander([{"stream": f, "url": url}])
+        for url in urls:  # grouped per shard: samples never merge across a shard boundary
+            try:
+                f = fsspec.open(url, "rb").open()
+            except OSError as exc:
+                yield shard_error_sample(url, f"source shard {url} cannot be opened ({type(exc).__name__}: {exc})")
+                continue
+            with f:
+                for sample in read_tar_samples(f, url):
+                    yield {**sample, "__url__": url}
 
     info = {"kind": "wds", "root": root, "split": split, "shards": len(urls)}
-    return Source(names, templates, _group(samples()), info)
+    return Source(names, templates, samples(), info)
 
 
-def _group(files: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Group tar members (fname, data) into samples by key, as WebDataset does."""
-    import webdataset as wds
+# checks while ingesting -----------------------------------------------------------------------------------
+def check_samples(
+    samples: Iterator[dict[str, Any]],
+    n_classes: int,
+    report: dict[str, Any],
+    warn: Callable[[str], None] | None = None,
+    max_warnings: int = 20,
+) -> Iterator[dict[str, Any]]:
+    """Pass samples through, making keys unique and counting problems in `report` (updated in place).
 
-    for sample in wds.tariterators.group_by_keys(files):
-        yield {k: v for k, v in sample.items() if k not in ("__url__", "__local_path__")}
+    Duplicate keys (e.g. two source shards that both hold `s0000001`): the first keeps its key, a later one is
+    stored as `<key>_dup<n>` with a warning, so no sample is lost and every row of image_embeddings has its own key.
+    Labels that are not integers or lie outside [0, n_classes) are counted and warned about here; the embedding
+    stage gives those rows status 'error'. Shard-level errors from the source are counted and passed on.
+    """
+    report.setdefault("duplicate_keys", 0)
+    report.setdefault("bad_labels", 0)
+    report.setdefault("shard_errors", [])
+    seen: set[str] = set()
+    said = 0
+
+    def say(message: str) -> None:
+        nonlocal said
+        said += 1
+        if warn is not None and said <= max_warnings:
+            warn(message)
+
+    for sample in samples:
+        url = sample.pop("__url__", None)
+        where = f" (source shard {url})" if url else ""
+        key = str(sample["__key__"])
+        error = sample_error(sample)
+        if error is not None:
+            report["shard_errors"].append(error)
+            say(error)
+        elif (problem := label_problem(sample, n_classes)) is not None:
+            report["bad_labels"] += 1
+            say(f"sample {key!r}{where}: {problem}")
+        if key in seen:
+            n = 1
+            while f"{key}_dup{n}" in seen:
+                n += 1
+            report["duplicate_keys"] += 1
+            say(f"sample key {key!r}{where} was seen before: stored as {key}_dup{n!s}")
+            key = f"{key}_dup{n}"
+            sample["__key__"] = key
+        seen.add(key)
+        yield sample
+    if warn is not None and said > max_warnings:
+        warn(f"{said - max_warnings} more problems not shown (see the ingest marker and image_embeddings.error)")

@@ -10,14 +10,15 @@ from coderflow.config import DatasetConfig
 from coderflow.storage.layout import Layout, safe_name
 from coderflow.storage.parquet_io import write_text
 from coderflow.storage.shards import ingest_info, list_shards, write_split
-from coderflow.tasks.ingest.sources import Source, demo_source, folder_source, wds_source
+from coderflow.tasks.ingest.sources import Source, check_samples, demo_source, folder_source, wds_source
 
 
 def make_source(cfg: DatasetConfig) -> Source:
+    """The configured dataset as a Source (class names, templates, lazy samples)."""
     if cfg.kind == "demo":
-        return demo_source(cfg.demo_images_per_class, cfg.demo_image_size, cfg.seed)
+        return demo_source(cfg.demo_images_per_class, cfg.demo_image_size, cfg.seed, cfg.split)
     if cfg.kind == "folder":
-        return folder_source(cfg.source, cfg.classnames_file)
+        return folder_source(cfg.source.replace("{split}", cfg.split), cfg.classnames_file)  # one folder per split
     return wds_source(cfg.source, cfg.split, cfg.classnames_file, cfg.templates_file)
 
 
@@ -36,9 +37,13 @@ def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
     write_text("\n".join(source.classnames) + "\n", layout.classnames_file(cfg.name))
     write_text("\n".join(source.templates) + ("\n" if source.templates else ""), layout.templates_file(cfg.name))
     pattern = f"{safe_name(cfg.name)}-{safe_name(cfg.split)}-%06d.tar"
+    problems: dict[str, Any] = {}  # filled while the samples stream through, stored in the marker at the end
+    samples = check_samples(source.samples, len(source.classnames), problems, warn=log.warning)
     shards = write_split(
-        source.samples, shard_dir, pattern, cfg.samples_per_shard, {"config": fingerprint, **source.info}
+        samples, shard_dir, pattern, cfg.samples_per_shard, {"config": fingerprint, **source.info, "problems": problems}
     )
     info = ingest_info(shard_dir) or {}
     log.info("ingested %s/%s: %d samples in %d shards", cfg.name, cfg.split, info.get("samples", 0), len(shards))
-    return {"shards": [str(p) for p in shards], "samples": info.get("samples", 0), "skipped": False}
+    counts = {"duplicate_keys": problems["duplicate_keys"], "bad_labels": problems["bad_labels"]}
+    counts["shard_errors"] = len(problems["shard_errors"])
+    return {"shards": [str(p) for p in shards], "samples": info.get("samples", 0), "skipped": False, "problems": counts}

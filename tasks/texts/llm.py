@@ -10,6 +10,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -237,7 +238,7 @@ class LLMGenerator:
             key = "no-key"  # local servers (llama.cpp, vLLM) accept any key
         self._secret = key
         self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
-        self.base_url = str(self.client.base_url)
+        self.base_url = _display_url(str(self.client.base_url))  # for messages: no user:password@, no ?query
         self.model = model
         self.source = f"llm:{model}"
         self.cache_dir = Path(cache_dir)
@@ -294,8 +295,8 @@ class LLMGenerator:
         failures are not. Raises LLMConfigError on a bad key or model; records other failures and returns []."""
         key = self.cache_key(request)
         path = self.cache_dir / f"{key}.json"
-        if path.exists():
-            record = json.loads(path.read_text(encoding="utf-8"))
+        record = self._cached(path)
+        if record is not None:
             with self._lock:
                 self.usage.cache_hits += 1
             if not record["items"]:
@@ -327,6 +328,19 @@ class LLMGenerator:
             self._failed(request, reply.problem)
         return reply.items
 
+    def _cached(self, path: Path) -> dict[str, Any] | None:
+        """A cached reply, or None when there is none or the file is unreadable (then the request is asked again)."""
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(record.get("items"), list) and isinstance(record.get("problem", ""), str):
+                return record
+        except (OSError, ValueError, AttributeError):
+            pass
+        log.warning("LLM cache file %s is unreadable: asking the endpoint again", path.name)
+        return None
+
     def _failed(self, request: Request, problem: str) -> None:
         with self._lock:
             self.usage.failed += 1
@@ -344,6 +358,8 @@ class LLMGenerator:
                     )
                 )
                 usage = self._add_usage(completion)
+                if not getattr(completion, "choices", None):
+                    return _Reply([], "structured", "", "no choices in reply", usage)
                 message = completion.choices[0].message
                 if message.refusal:
                     return _Reply([], "structured", message.refusal, f"refused: {message.refusal[:200]}", usage)
@@ -374,7 +390,7 @@ class LLMGenerator:
                 f"{self._redact(exc.message)[:200]}): check the model name and the generation parameters {self.params}"
             ) from None
         usage = self._add_usage(completion)
-        message = completion.choices[0].message if completion.choices else None
+        message = completion.choices[0].message if getattr(completion, "choices", None) else None
         if message is None:
             return _Reply([], "plain", "", "no choices in reply", usage)
         if getattr(message, "refusal", None):
@@ -418,8 +434,13 @@ class LLMGenerator:
                 openai.InternalServerError,
                 openai.ConflictError,
                 openai.APIConnectionError,
+                json.JSONDecodeError,  # a body that is not JSON (a proxy's error page): transient like a 5xx
+                TypeError,  # JSON that is not a chat completion ({} or a list): the client cannot read it
+                AttributeError,
             ) as exc:
                 what = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
+                if isinstance(exc, json.JSONDecodeError | TypeError | AttributeError):
+                    what = "a response body that is not a chat completion"
                 if attempt == self.max_retries:
                     raise _Unavailable(f"{what} after {attempt + 1} attempts at {self.base_url}") from None
                 delay = min(self.backoff * 2**attempt, self.max_backoff)
@@ -428,6 +449,17 @@ class LLMGenerator:
                 log.warning("LLM request failed (%s); retry %d/%d in %.2fs", what, attempt + 1, self.max_retries, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _display_url(url: str) -> str:
+    """The URL without credentials or query (an Azure-style `?api-key=` or `user:key@` must not reach a message)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    if parts.username or parts.password:
+        netloc = f"***@{netloc}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class _Unavailable(Exception):

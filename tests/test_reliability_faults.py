@@ -1,0 +1,247 @@
+"""Faults: a disk that fills up mid-write, and the process killed (SIGKILL) while embedding or generating texts.
+
+What must hold: no half-written file is ever read (temp files are `.<name>.*.tmp` beside the target and no glob that
+feeds a view or a loader matches them), a finished shard is not redone on re-run, the final tables hold exactly one
+row per sample, and LLM replies that were paid for before the kill are not requested again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fake_openai import API_KEY, FakeOpenAI, structured
+from typer.testing import CliRunner
+
+from coderflow.flows.cli import app
+from coderflow.storage import db, parquet_io
+from coderflow.storage.arrays import load_images
+from coderflow.storage.layout import Layout
+from coderflow.storage.parquet_io import read_table, write_stream, write_table, write_text
+from coderflow.storage.schemas import IMAGE_EMBEDDINGS, METRICS
+from coderflow.storage.shards import list_shards, write_split
+
+runner = CliRunner()
+CLI = str(Path(sys.executable).with_name("coderflow"))
+MODEL_ID = "ViT-S-32-alt__random"
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _only(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# disk full ------------------------------------------------------------------------------------------------
+def test_disk_full_in_parquet_write_leaves_no_partial_file(tmp_path: Path, monkeypatch):
+    target = tmp_path / "t.parquet"
+    write_table(pa.table({"a": [1]}), target)
+    real = pq.write_table
+
+    def half_then_full(table, where, **kw):  # write some bytes, then fail like a full disk
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pq, "write_table", half_then_full)
+    with pytest.raises(OSError, match=re.escape(f"could not write {target}: No space left on device")) as info:
+        write_table(pa.table({"a": [2]}), target)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(pq, "write_table", real)
+    assert _only(tmp_path) == ["t.parquet"] and read_table(target)["a"].to_pylist() == [1]
+
+
+def test_disk_full_on_rename_leaves_no_partial_file(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(parquet_io.os, "replace", _enospc)
+    with pytest.raises(OSError, match="No space left on device"):
+        write_text("manifest", tmp_path / "manifest.json")
+    assert _only(tmp_path) == []
+
+
+def test_disk_full_mid_stream_leaves_no_partial_file(tmp_path: Path, monkeypatch):
+    schema = pa.schema([("a", pa.int64())])
+    calls = {"n": 0}
+    real = pq.ParquetWriter.write_table
+
+    def second_fails(self, table, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            _enospc()
+        return real(self, table, *a, **kw)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", second_fails)
+    with pytest.raises(OSError, match=r"could not write .*coder\.parquet: No space left"):
+        write_stream((pa.table({"a": [i]}) for i in range(3)), schema, tmp_path / "coder.parquet")
+    assert _only(tmp_path) == []
+
+
+def test_disk_full_while_writing_shards_keeps_the_previous_split(tmp_path: Path, monkeypatch):
+    import webdataset as wds
+
+    shard_dir = tmp_path / "shards" / "d" / "test"
+    write_split(iter([{"__key__": "old", "png": b"1", "cls": 0}]), shard_dir, "d-%06d.tar", 2, {})
+    real = wds.TarWriter.write
+    calls = {"n": 0}
+
+    def third_fails(self, obj):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            _enospc()
+        return real(self, obj)
+
+    monkeypatch.setattr(wds.TarWriter, "write", third_fails)
+    samples = ({"__key__": f"k{i}", "png": b"x", "cls": 0} for i in range(5))
+    with pytest.raises(OSError, match="No space left"):
+        write_split(samples, shard_dir, "d-%06d.tar", 2, {})
+    assert _only(shard_dir.parent) == ["test"] and [p.name for p in list_shards(shard_dir)] == ["d-000000.tar"]
+
+
+# temp files are never read --------------------------------------------------------------------------------
+def _image_rows(keys: list[str], shard: str) -> pa.Table:
+    rows = [
+        {"sample_key": k, "dataset": "d", "split": "test", "shard": shard, "label": 0, "model_id": MODEL_ID,
+         "embedding": [1.0, 0.0], "status": "ok", "error": None}
+        for k in keys
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows, IMAGE_EMBEDDINGS)
+
+
+def test_leftover_temp_files_are_invisible_to_views_and_loaders(tmp_path: Path):
+    """What a kill mid-write leaves (`.<name>.<random>.tmp`, half written) is matched by no glob."""
+    layout = Layout.at(tmp_path)
+    part = layout.image_embedding_part(MODEL_ID, "d", "test", "d-test-000000.tar")
+    write_table(_image_rows(["a", "b"], part.stem), part)
+    metrics = layout.run_file("r1", "metrics.parquet")
+    row = {"run_id": "r1", "dataset": "d", "split": "test", "model_id": "m", "method": "clip", "shots": None}
+    write_table(pa.Table.from_pylist([{**row, "seed": None, "metric": "top1", "class_index": None, "value": 1.0}], METRICS), metrics)  # fmt: skip
+    globs = layout.view_globs()
+    folders = {Path(g).parent for g in globs.values() if "*" not in str(Path(g).parent)}
+    folders |= {part.parent, metrics.parent, layout.text_embedding_dir(MODEL_ID), layout.root / "texts"}
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (
+            "d-test-000001.parquet",
+            "predictions.parquet",
+            "metrics.parquet",
+            "run.parquet",
+            "part-x.parquet",
+        ):
+            (folder / f".{name}.k1ll3d.tmp").write_bytes(b"PAR1 half written")
+    db.refresh_views(layout)
+    for view in globs:
+        db.query(layout, f"SELECT count(*) FROM {view}")  # a temp file read here would raise
+    assert db.query(layout, "SELECT count(*) AS n FROM image_embeddings").to_pylist() == [{"n": 2}]
+    assert db.query(layout, "SELECT count(*) AS n FROM metrics").to_pylist() == [{"n": 1}]
+    assert load_images(layout, MODEL_ID, "d", "test").keys == ["a", "b"]
+    tmp_shard = layout.shard_dir("d", "test") / ".d-test-000009.tar.k1ll3d.tmp"
+    tmp_shard.parent.mkdir(parents=True)
+    tmp_shard.write_bytes(b"")
+    assert list_shards(tmp_shard.parent) == []
+
+
+# killed processes -----------------------------------------------------------------------------------------
+def _env(**extra: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    out = log.open("wb")
+    return subprocess.Popen([CLI, *args], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 240) -> None:
+    """SIGKILL the process (group) as soon as `ready()` holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"process ended (rc {proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the process never reached the point where it should be killed")
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+def _ingest_demo(workdir: Path, images_per_class: int, per_shard: int) -> None:
+    from coderflow.config import DatasetConfig
+    from coderflow.flows.pipeline import ingest_dataset
+
+    ingest_dataset(DatasetConfig(demo_images_per_class=images_per_class, samples_per_shard=per_shard), str(workdir))
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_embedding_killed_mid_run_then_resumed(prefect_server, tmp_path: Path):
+    workdir = tmp_path / "w"
+    _ingest_demo(workdir, images_per_class=16, per_shard=8)  # 160 images in 20 shards
+    shards = list_shards(Layout.at(workdir).shard_dir("demo", "test"))
+    out_dir = Layout.at(workdir).image_embedding_dir(MODEL_ID, "demo", "test")
+    log = tmp_path / "embed.log"
+    proc = _start(["embed", "--workdir", str(workdir), "--batch-size", "4"], log, _env())
+    _kill_when(proc, lambda: any(out_dir.glob("*.parquet")), log)
+    assert proc.returncode == -signal.SIGKILL
+
+    done = sorted(out_dir.glob("*.parquet"))
+    assert 1 <= len(done) < len(shards), "the kill came too late to test a resume"
+    for part in done:  # every visible file is whole
+        assert pq.read_table(part).num_rows == 8
+    (out_dir / f".{shards[-1].stem}.parquet.k1ll3d.tmp").write_bytes(b"PAR1 half written")  # as a kill mid-write
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+
+    result = runner.invoke(app, ["embed", "--workdir", str(workdir), "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # finished shards were not redone
+    assert len(list(out_dir.glob("*.parquet"))) == len(shards)
+    rows = db.query(
+        Layout.at(workdir),
+        "SELECT count(*) AS n, count(DISTINCT sample_key) AS keys, count(*) FILTER (status = 'ok') AS ok "
+        "FROM image_embeddings",
+    ).to_pylist()
+    assert rows == [{"n": 160, "keys": 160, "ok": 160}]
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_text_generation_killed_mid_run_keeps_paid_replies(prefect_server, tmp_path: Path):
+    workdir = tmp_path / "w"
+    _ingest_demo(workdir, images_per_class=1, per_shard=10)  # 10 classes -> 10 attribute requests
+    cache = Layout.at(workdir).llm_cache_dir
+    with FakeOpenAI() as server:
+        server.responder = lambda req: dataclasses.replace(structured(req), delay=1.0)
+        args = ["texts", "--workdir", str(workdir), "--generator", "llm", "--types", "name,att"]
+        args += ["--llm-model", "fake-model", "--llm-base-url", server.base_url]
+        env = _env(OPENAI_API_KEY=API_KEY, OPENAI_LOG="debug")
+        log = tmp_path / "texts.log"
+        proc = _start(args, log, env)
+        _kill_when(proc, lambda: len(list(cache.glob("*.json"))) >= 2, log)
+        paid = {p: p.stat().st_mtime_ns for p in cache.glob("*.json")}
+        sent_before = len(server.requests)
+        assert 2 <= len(paid) < 10 and sent_before >= len(paid)
+
+        server.responder = structured
+        result = runner.invoke(app, [*args], env={"OPENAI_API_KEY": API_KEY})
+        assert result.exit_code == 0, result.output
+        assert len(server.requests) - sent_before == 10 - len(paid)  # cached replies were not asked again
+        assert {p: p.stat().st_mtime_ns for p in paid} == paid
+        assert len(list(cache.glob("*.json"))) == 10
+    n = db.query(Layout.at(workdir), "SELECT count(*) AS n FROM texts WHERE text_type = 'att'").to_pylist()[0]["n"]
+    assert n > 0
+    # the key is in no log line of the killed run (OPENAI_LOG=debug) and in no file of the work directory
+    assert API_KEY not in log.read_text(errors="replace") and API_KEY not in result.output
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
