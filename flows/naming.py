@@ -1,0 +1,73 @@
+"""Flow run names and tags that say what a run works on (dataset, model, methods), for the Prefect UI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prefect.context import FlowRunContext
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    """A field of a pydantic model or of its JSON form (deployment runs may hold either)."""
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _parts(params: Mapping[str, Any]) -> dict[str, Any]:
+    """dataset, split, model and methods named by a flow's parameters (pipeline: inside `config`)."""
+    source = params.get("config") if params.get("config") is not None and "dataset" not in params else params
+    dataset, model = _get(source, "dataset"), _get(source, "model")
+    return {
+        "dataset": _get(dataset, "name", "demo"),
+        "split": _get(dataset, "split", "test"),
+        "model": _get(model, "name"),
+        "pretrained": _get(model, "pretrained"),
+        "methods": _get(source, "methods"),
+    }
+
+
+def describe_run(params: Mapping[str, Any], with_model: bool = True, with_methods: bool = False) -> str:
+    """'demo/test ViT-S-32-alt [clip,coder]' from a flow's parameters."""
+    p = _parts(params)
+    name = f"{p['dataset']}/{p['split']}"
+    if with_model and p["model"]:
+        name += f" {p['model']}" + (f":{p['pretrained']}" if p["pretrained"] else "")
+    if with_methods and p["methods"]:
+        name += f" [{','.join(p['methods'])}]"
+    return name
+
+
+def run_tags(params: Mapping[str, Any]) -> list[str]:
+    """Tags for filtering runs in the UI: dataset:<name>, model:<architecture>."""
+    p = _parts(params)
+    tags = [f"dataset:{p['dataset']}"]
+    if p["model"]:
+        tags.append(f"model:{p['model']}")
+    return tags
+
+
+def run_namer(with_model: bool = True, with_methods: bool = False) -> Callable[[], str]:
+    """A `flow_run_name` callable: names the run from the parameters it was started with."""
+
+    def name() -> str:
+        ctx = FlowRunContext.get()
+        return describe_run(ctx.parameters if ctx else {}, with_model, with_methods)
+
+    return name
+
+
+def tag_flow_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """An `on_running` hook: adds dataset/model tags to the run (keeping deployment tags)."""
+    from prefect.client.orchestration import get_client
+
+    ctx = FlowRunContext.get()
+    params = ctx.parameters if ctx and ctx.parameters else (flow_run.parameters or {})
+    tags = sorted({*(flow_run.tags or []), *run_tags(params)})
+    if set(tags) != set(flow_run.tags or []):
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, tags=tags)
+        flow_run.tags = tags

@@ -1,0 +1,1 @@
+"""Run reports for the Prefect UI: pure table formatting (tables.py) and the artifact tasks (task.py)."""

@@ -1,0 +1,69 @@
+"""Pure formatting of run reports: metric rows, markdown tables, artifact keys and per-run SQL (no Prefect)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+METRIC_COLUMNS = ("method", "shots", "top1", "top5", "mean_per_class_recall", "n_samples")
+CONFUSED_COLUMNS = ("method", "true_class", "predicted_class", "n")
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from free-form parts."""
+    key = re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+    return re.sub(r"-{2,}", "-", key) or "coderflow"
+
+
+def for_run(sql: str, run_id: str, order_by: str, limit: int | None = None) -> str:
+    """A canned question (storage/sql) restricted to one run: its own LIMIT dropped, wrapped in a filter."""
+    body = re.sub(r"\s+LIMIT\s+\d+\s*$", "", sql.strip().rstrip(";").strip(), flags=re.IGNORECASE)
+    run = "'" + run_id.replace("'", "''") + "'"
+    tail = f" LIMIT {int(limit)}" if limit is not None else ""
+    return f"SELECT * FROM ({body}) AS q WHERE q.run_id = {run} ORDER BY {order_by}{tail}"
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+def select_columns(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows reduced to `columns` (missing ones as None), floats rounded to 4 places: a table artifact's rows."""
+    return [{c: _cell(row.get(c)) for c in columns} for row in rows]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub-flavoured markdown table; '|' in values is escaped, None is blank."""
+
+    def fmt(v: Any) -> str:
+        return "" if v is None else str(_cell(v)).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def confused_pairs_markdown(rows: Sequence[Mapping[str, Any]], run_id: str) -> str:
+    """The report of a run's most confused (true, predicted) class pairs per method."""
+    head = f"## Most confused class pairs, run `{run_id}`\n\n"
+    if not rows:
+        return head + "No misclassified samples."
+    return head + markdown_table(rows, CONFUSED_COLUMNS)
+
+
+def outputs_markdown(run_id: str, files: Mapping[str, str | Path]) -> str:
+    """Where a run's outputs are: one line per file with its path (a file:// link for absolute paths)."""
+    lines = [f"## Outputs of run `{run_id}`", ""]
+    for label, path in files.items():
+        p = Path(path)
+        link = f"[`{p}`]({p.as_uri()})" if p.is_absolute() else f"`{p}`"
+        lines.append(f"- **{label}**: {link}")
+    lines += [
+        "",
+        f"Query them with `coderflow query --workdir ... \"SELECT * FROM metrics WHERE run_id = '{run_id}'\"`.",
+    ]
+    return "\n".join(lines)

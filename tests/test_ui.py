@@ -1,0 +1,185 @@
+"""The Prefect UI shows a demo pipeline run, its tags and its metrics artifact (headless Chromium over DevTools)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import tiny_demo_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots are kept here (gitignored)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.flow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install chromium"),
+]
+
+CLICK_BY_TEXT = """(text => {
+  const hits = [...document.querySelectorAll('*')].filter(e => !e.children.length && e.textContent.trim() === text);
+  const el = hits.map(e => e.closest('a, button, [role=tab]') || e).pop();
+  if (el) el.click();
+  return Boolean(el);
+})(%s)"""
+
+
+class Chromium:
+    """Headless Chromium driven through the DevTools protocol (the `websockets` client that Prefect installs)."""
+
+    def __init__(self, profile: Path, width: int = 1400, height: int = 1000) -> None:
+        from websockets.sync.client import connect
+
+        args = [
+            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-breakpad",
+            f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank",
+        ]  # fmt: skip
+        profile.mkdir(parents=True)
+        self.log = profile.parent / "chromium.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.ws = connect(self._page_socket(profile / "DevToolsActivePort"), max_size=None, open_timeout=30)
+        except BaseException:
+            self.close()
+            raise
+        self._ids = itertools.count(1)
+
+    def _page_socket(self, port_file: Path, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if port_file.exists() and port_file.read_text().strip():
+                port = int(port_file.read_text().split()[0])
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+                        pages = [t for t in json.load(r) if t["type"] == "page"]
+                    if pages:
+                        return pages[0]["webSocketDebuggerUrl"]
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        raise RuntimeError(f"chromium did not open its DevTools port:\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self._ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def evaluate(self, js: str) -> Any:
+        return self.send("Runtime.evaluate", expression=js, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+
+    def wait_for_text(self, *needles: str, timeout: float = 60) -> str:
+        """The page's visible text once it holds every needle (the UI renders from API calls after load)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            if all(n in text for n in needles):
+                return text
+            if time.monotonic() > deadline:
+                missing = [n for n in needles if n not in text]
+                raise AssertionError(f"the page never showed {missing}; it shows:\n{text[:3000]}")
+            time.sleep(0.3)
+
+    def click_text(self, text: str) -> None:
+        assert self.evaluate(CLICK_BY_TEXT % json.dumps(text)), f"nothing to click labelled {text!r}"
+
+    def screenshot(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+        return path
+
+    def close(self) -> None:
+        """Close the browser the polite way (DevTools), then make sure it is gone."""
+        with contextlib.suppress(Exception):
+            if getattr(self, "ws", None):
+                with contextlib.suppress(Exception):
+                    self.send("Browser.close")
+                self.ws.close()
+            self.proc.wait(15)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def ui_demo_run(prefect_cli_server, tmp_path_factory) -> dict[str, Any]:
+    """The tiny demo pipeline, run by `coderflow run` against the shared server; its pipeline and classify runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowRunFilter
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tmp = tmp_path_factory.mktemp("ui-demo")
+    config = tiny_demo_config(tmp / "work")
+    workdir = config.pop("workdir")
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "coderflow.flows.cli", "run", str(tmp / "tiny.yaml"), "--workdir", workdir]
+    done = subprocess.run(cmd, env=prefect_cli_server.env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"coderflow run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    with temporary_settings({PREFECT_API_URL: prefect_cli_server.api_url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name={"any_": ["pipeline"]}))
+        mine = [r for r in runs if (r.parameters.get("config") or {}).get("workdir") == workdir]
+        assert len(mine) == 1, f"expected one pipeline run with workdir {workdir}, found {len(mine)}"
+        pipeline = mine[0]
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [pipeline.id]}))
+        classify = next(c for c in children if client.read_flow(c.flow_id).name == "classify")
+    return {"pipeline": pipeline, "classify": classify, "url": prefect_cli_server.url}
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    chromium = Chromium(tmp_path / "profile")
+    yield chromium
+    chromium.close()
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG screenshot"
+
+
+def test_ui_shows_the_run_and_its_metrics_artifact(ui_demo_run, browser: Chromium):
+    url, pipeline, classify = ui_demo_run["url"], ui_demo_run["pipeline"], ui_demo_run["classify"]
+    name = "demo/test ViT-S-32-alt [clip]"
+    assert pipeline.name == classify.name == name
+
+    # the pipeline run: its name, state and tags
+    browser.open(f"{url}/runs/flow-run/{pipeline.id}")
+    browser.wait_for_text(name, "Completed", "dataset:demo", "model:ViT-S-32-alt", "Subflow Runs")
+    browser.click_text("Subflow Runs")  # the stages, each named after its dataset and model
+    browser.wait_for_text("ingest-dataset", "embed-images", "text-bank", "build-coder", "classify", "demo/test")
+    _assert_png(browser.screenshot(ARTIFACTS / "ui-pipeline-run.png"))
+
+    # its classify sub-flow run lists the report artifacts
+    browser.open(f"{url}/runs/flow-run/{classify.id}")
+    browser.wait_for_text(name, "Completed", "Parent Run", "Task runs")
+    browser.click_text("Artifacts")
+    browser.wait_for_text("metrics-demo", "confused-pairs-demo", "outputs-demo")
+    _assert_png(browser.screenshot(ARTIFACTS / "ui-classify-artifacts.png"))
+
+    # the metrics artifact is a table with one row per method
+    browser.click_text("metrics-demo")
+    text = browser.wait_for_text("Accuracy per method", "top1", "mean_per_class_recall", "n_samples", "clip")
+    assert "20" in text  # n_samples
+    _assert_png(browser.screenshot(ARTIFACTS / "ui-metrics-artifact.png"))
