@@ -1,0 +1,135 @@
+"""`coderflow demo` end to end: wall time and peak RSS of the first run and of a re-run of the unchanged demo.
+
+Each run is a child process (`coderflow demo --workdir W`, same W both times) with its own PREFECT_HOME, so the
+ephemeral Prefect server starts in both (a fixed cost, measured below with a trivial flow). Peak RSS comes from
+os.wait4's rusage (the largest of the process and its waited-for children, i.e. the ephemeral server too).
+The re-run is broken down by flow and task from the Prefect database that the runs wrote (start/end times).
+Target: re-run < 10% of the first run's wall time.
+
+    python benchmarks/end_to_end.py                       # 20 images per class (the demo's default)
+    python benchmarks/end_to_end.py --images-per-class 100 --reruns 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+from _common import print_header, result_line
+
+COLD_IMPORT = "import coderflow.flows.cli, coderflow.flows.pipeline"
+TRIVIAL_FLOW = "import coderflow\nfrom prefect import flow\n@flow\ndef noop(): return 1\nnoop()\n"
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+    """Wall seconds, peak RSS MiB (process tree, from wait4), exit code, output tail."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode, out[-4000:]
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def breakdown(prefect_home: Path, since: datetime) -> list[tuple[str, float, int]]:
+    """(name, seconds, count) of the flow and task runs that started after `since`, largest first."""
+    db = prefect_home / "prefect.db"
+    if not db.exists():
+        return []
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        "SELECT 'flow ' || f.name, r.start_time, r.end_time FROM flow_run r JOIN flow f ON f.id = r.flow_id "
+        "UNION ALL SELECT 'task ' || t.task_key, t.start_time, t.end_time FROM task_run t"
+    ).fetchall()
+    con.close()
+    agg: dict[str, list[float]] = defaultdict(list)
+    for name, start, end in rows:
+        s, e = _ts(start), _ts(end)
+        if s is None or e is None or s.replace(tzinfo=None) < since:
+            continue
+        base = name.rsplit("-", 1)[0] if name.startswith("task ") else name
+        agg[base].append((e - s).total_seconds())
+    return sorted(((k, sum(v), len(v)) for k, v in agg.items()), key=lambda r: -r[1])
+
+
+def first_flow_start(prefect_home: Path, since: datetime) -> datetime | None:
+    con = sqlite3.connect(prefect_home / "prefect.db")
+    starts = [_ts(s) for (s,) in con.execute("SELECT start_time FROM flow_run WHERE start_time IS NOT NULL")]
+    con.close()
+    starts = [s.replace(tzinfo=None) for s in starts if s and s.replace(tzinfo=None) >= since]
+    return min(starts) if starts else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images-per-class", type=int, default=20, help="demo images per class (10 classes)")
+    ap.add_argument("--reruns", type=int, default=1, help="re-runs of the unchanged demo")
+    ap.add_argument("--trivial-repeats", type=int, default=2, help="repeats of the import / trivial-flow costs")
+    args = ap.parse_args()
+    exe = Path(sys.executable).with_name("coderflow")
+    print_header(
+        "end_to_end",
+        {
+            "command": f"coderflow demo --images-per-class {args.images_per_class} --workdir W",
+            "model": "ViT-S-32-alt (random weights, pretrained=None; demo default)",
+            "torch_threads": "torch default (= cores)",
+            "images": args.images_per_class * 10,
+            "image_size": "64px (demo default), 224px model input",
+        },
+        ("torch", "prefect", "duckdb"),
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        tmp = Path(tmp)
+        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        # fixed costs: imports, and a trivial flow (ephemeral server start-up) with a fresh PREFECT_HOME
+        for i in range(args.trivial_repeats):
+            wall, rss, rc, _ = run([sys.executable, "-c", COLD_IMPORT], env)
+            print(f"  fixed cost: import coderflow CLI + flows: {wall:.1f} s, peak RSS {rss:.0f} MiB")
+            home = tmp / f"home-trivial-{i}"
+            wall, rss, rc, out = run([sys.executable, "-c", TRIVIAL_FLOW], {**env, "PREFECT_HOME": str(home)})
+            print(f"  fixed cost: python + trivial @flow (starts the ephemeral server): {wall:.1f} s (rc {rc})")
+        work = tmp / "work"
+        walls = []
+        for i in range(1 + args.reruns):
+            home = tmp / f"home-{i}"
+            since = datetime.utcnow()
+            cmd = [str(exe), "demo", "--workdir", str(work), "--images-per-class", str(args.images_per_class)]
+            wall, rss, rc, out = run(cmd, {**env, "PREFECT_HOME": str(home)})
+            label = "first run" if i == 0 else f"re-run {i}"
+            walls.append(wall)
+            print(f"  {label}: {wall:.1f} s wall, peak RSS {rss:.0f} MiB, rc {rc}")
+            if rc:
+                print(out)
+                raise SystemExit(rc)
+            first = first_flow_start(home, since)
+            if first:
+                print(f"    process start -> first flow run starts: {(first - since).total_seconds():.1f} s")
+            for name, seconds, count in breakdown(home, since)[:14]:
+                print(f"    {name:40s} {seconds:7.2f} s  ({count} run{'s' if count > 1 else ''})")
+            result_line(f"end_to_end {label} wall", f"{wall:.1f} s", "-", "-", "-", None)
+            result_line(f"end_to_end {label} peak RSS", f"{rss:.0f} MiB", "-", "-", "-", None)
+        ratio = min(walls[1:]) / walls[0]
+        result_line(
+            "end_to_end re-run / first run",
+            f"{min(walls[1:]):.1f} s",
+            f"{walls[0]:.1f} s",
+            f"{ratio:.1%}",
+            "< 10%",
+            ratio < 0.1,
+        )
+
+
+if __name__ == "__main__":
+    main()
