@@ -52,6 +52,9 @@ class ModelConfig(_Strict):
     device: str = "cpu"
     batch_size: int = Field(64, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    adapter: str | None = Field(
+        None, description="IMO adapter: an id from `coderflow adapter train` (in the work directory) or a file"
+    )
 
 
 class LLMConfig(_Strict):
@@ -108,6 +111,52 @@ class ClassifyConfig(_Strict):
     waffle_seed: int = 0
 
 
+class FewShotConfig(_Strict):
+    """Training-free few-shot runs: K-shot support sets from `train`, hyper-parameters on `val`, figures on `test`."""
+
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
+    seeds: tuple[int, ...] = (1, 2, 3)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    augment_views: int = Field(10, ge=1, description="random crop+flip views averaged per support image")
+    augment_seed: int = 0
+    methods: tuple[Literal["prototype", "tip_adapter", "coder_adapter"], ...] = (
+        "prototype",
+        "tip_adapter",
+        "coder_adapter",
+    )
+    search: Literal["grid", "fixed"] = Field("grid", description="alpha/beta: grid search on val, or fixed values")
+    alpha: float = Field(1.0, description="cache weight in fixed mode")
+    beta: float = Field(5.5, description="cache sharpness in fixed mode")
+    alphas: tuple[float, ...] | None = Field(None, description="grid of alphas (default: Tip-Adapter's)")
+    betas: tuple[float, ...] | None = Field(None, description="grid of betas (default: Tip-Adapter's)")
+    refine_steps: int = Field(0, ge=0, description="a finer grid around the best coarse point")
+
+    @field_validator("shots", "seeds")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 0:
+            raise ValueError("give at least one non-negative value")
+        return tuple(dict.fromkeys(v))
+
+
+class AdapterConfig(_Strict):
+    """IMO adapter training (Kravets & Namboodiri 2024): bottleneck adapters in the image encoder, cross-entropy."""
+
+    train_split: str = "train"
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(8e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(128, ge=1)
+    bottleneck: int = Field(64, ge=1)
+    scale: float = Field(0.03, description="s in x + MLP(LN(x)) + s * up(relu(down(x)))")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    overlap_bins: int = Field(100, ge=2)
+    overlap_max_pairs: int = Field(2_000_000, ge=1)
+
+
 class PipelineConfig(_Strict):
     """The end-to-end pipeline: ingest, embed, classify, evaluate, load into DuckDB."""
 
@@ -117,12 +166,19 @@ class PipelineConfig(_Strict):
     texts: TextsConfig = TextsConfig()
     coder: CoderConfig = CoderConfig()
     classify: ClassifyConfig = ClassifyConfig()
+    fewshot: FewShotConfig = FewShotConfig()
+    adapter: AdapterConfig = AdapterConfig()
     methods: tuple[str, ...] = DEFAULT_METHODS
     templates: tuple[str, ...] | None = Field(
         None, description="class-name templates with {c}; overrides the dataset's"
     )
     max_failure_rate: float = Field(0.1, ge=0.0, le=1.0, description="a stage fails above this share of bad rows")
     run_name: str | None = None
+    runner: Literal["threads", "dask", "ray"] = Field("threads", description="task runner (flows/runners.py)")
+    runner_address: str | None = Field(
+        None, description="dask scheduler (tcp://host:8786) or ray address (ray://host:10001); None: a local cluster"
+    )
+    runner_workers: int | None = Field(None, ge=1, description="threads, or local dask/ray worker processes")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -38,7 +38,13 @@ Model = Annotated[str | None, typer.Option("--model", help="open_clip architectu
 Pretrained = Annotated[str | None, typer.Option(help="pretrained tag (openai), hub id or checkpoint file")]
 Device = Annotated[str | None, typer.Option(help="torch device: cpu, cuda, cuda:1")]
 BatchSize = Annotated[int | None, typer.Option(help="images per inference batch")]
+AdapterId = Annotated[
+    str | None, typer.Option("--adapter", help="adapter id from `coderflow adapter train`, or a file")
+]
 Methods = Annotated[str | None, typer.Option(help="comma-separated zero-shot methods, e.g. clip,coder")]
+Runner = Annotated[str | None, typer.Option(help="task runner: threads | dask | ray (flows/runners.py)")]
+RunnerAddress = Annotated[str | None, typer.Option(help="dask scheduler or ray address; default: a local cluster")]
+RunnerWorkers = Annotated[int | None, typer.Option(help="threads, or local dask/ray worker processes")]
 
 
 def _fail(message: str) -> None:
@@ -82,21 +88,51 @@ def _config(
     batch_size: int | None = None,
     methods: str | None = None,
 ) -> PipelineConfig:
-    return build_config(
-        config,
-        **{
-            "workdir": workdir,
-            "dataset.name": dataset,
-            "dataset.source": source,
-            "dataset.kind": kind,
-            "dataset.split": split,
-            "model.name": model,
-            "model.pretrained": pretrained,
-            "model.device": device,
-            "model.batch_size": batch_size,
-            "methods": methods.split(",") if methods else None,
-        },
+    return preflight(
+        build_config(
+            config,
+            **{
+                "workdir": workdir,
+                "dataset.name": dataset,
+                "dataset.source": source,
+                "dataset.kind": kind,
+                "dataset.split": split,
+                "model.name": model,
+                "model.pretrained": pretrained,
+                "model.device": device,
+                "model.batch_size": batch_size,
+                "methods": methods.split(",") if methods else None,
+            },
+        )
     )
+
+
+def _with_runner_flags(
+    cfg: PipelineConfig, runner: str | None, address: str | None, workers: int | None
+) -> PipelineConfig:
+    flags = {"runner": runner, "runner_address": address, "runner_workers": workers}
+    try:
+        return PipelineConfig(**{**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc, "the command-line flags")) from exc
+
+
+def preflight(cfg: PipelineConfig) -> PipelineConfig:
+    """Checks that need no work: a local dataset folder exists, the model name is known to open_clip."""
+    from coderflow.tasks.embed.model import check_model_name
+
+    ds = cfg.dataset
+    if ds.kind == "folder" and ds.source and "://" not in ds.source:
+        for split in (
+            {ds.split, cfg.fewshot.train_split, cfg.fewshot.val_split} if "{split}" in ds.source else {ds.split}
+        ):
+            folder = Path(ds.source.replace("{split}", split)).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"dataset.source: folder {str(folder)!r} does not exist: pass a folder with one sub-folder per class"
+                )
+    check_model_name(cfg.model.name)
+    return cfg
 
 
 def _guard(fn: Any) -> Any:
@@ -139,14 +175,19 @@ def demo(
     images_per_class: Annotated[int, typer.Option(help="demo images per class (10 classes)")] = 20,
     model: Model = None,
     pretrained: Pretrained = None,
+    runner: Runner = None,
+    runner_address: RunnerAddress = None,
+    runner_workers: RunnerWorkers = None,
 ) -> None:
     """Run the whole pipeline offline on the built-in procedural demo dataset."""
     from coderflow.flows.pipeline import pipeline
+    from coderflow.flows.runners import with_runner
 
     cfg = _guard(lambda: _config(None, workdir, "demo", None, "demo", None, model, pretrained))
     cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"demo_images_per_class": images_per_class})})
+    cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
     start = time.perf_counter()
-    result = _guard(lambda: pipeline(cfg))
+    result = _guard(lambda: with_runner(pipeline, cfg)(cfg))
     _report(cfg, result, time.perf_counter() - start)
 
 
@@ -163,15 +204,20 @@ def run(
     device: Device = None,
     batch_size: BatchSize = None,
     methods: Methods = None,
+    runner: Runner = None,
+    runner_address: RunnerAddress = None,
+    runner_workers: RunnerWorkers = None,
 ) -> None:
     """Run the pipeline end to end on a dataset (YAML config and/or flags)."""
     from coderflow.flows.pipeline import pipeline
+    from coderflow.flows.runners import with_runner
 
     cfg = _guard(
         lambda: _config(config, workdir, dataset, source, kind, split, model, pretrained, device, batch_size, methods)
     )
+    cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
     start = time.perf_counter()
-    result = _guard(lambda: pipeline(cfg))
+    result = _guard(lambda: with_runner(pipeline, cfg)(cfg))
     _report(cfg, result, time.perf_counter() - start)
 
 
@@ -319,6 +365,129 @@ def classify(
     }
     result = _guard(lambda: classify_flow(cfg.dataset, cfg.model, bank, list(cfg.methods), **kwargs))
     _report(cfg, result, time.perf_counter() - start)
+
+
+@app.command()
+def fewshot(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    source: Source = None,
+    kind: Kind = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    shots: Annotated[str | None, typer.Option(help="comma-separated shots per class, e.g. 1,2,4,8,16")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated support-set seeds, e.g. 1,2,3")] = None,
+    augment_views: Annotated[int | None, typer.Option(help="augmented views averaged per support image")] = None,
+    search: Annotated[str | None, typer.Option(help="grid (alpha/beta on val) | fixed (--alpha/--beta)")] = None,
+    alpha: Annotated[float | None, typer.Option(help="cache weight in fixed mode")] = None,
+    beta: Annotated[float | None, typer.Option(help="cache sharpness in fixed mode")] = None,
+    adapter: AdapterId = None,
+) -> None:
+    """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter); needs train/val/test splits."""
+    from coderflow.flows.fewshot import fewshot as fewshot_flow
+
+    def ints(v: str | None) -> list[int] | None:
+        return [int(x) for x in v.split(",")] if v else None
+
+    cfg = _guard(
+        lambda: build_config(
+            config,
+            **{
+                "workdir": workdir, "dataset.name": dataset, "dataset.source": source, "dataset.kind": kind,
+                "model.name": model, "model.pretrained": pretrained, "fewshot.shots": ints(shots),
+                "fewshot.seeds": ints(seeds), "fewshot.augment_views": augment_views, "fewshot.search": search,
+                "fewshot.alpha": alpha, "fewshot.beta": beta, "model.adapter": adapter,
+            },
+        )
+    )  # fmt: skip
+    cfg = _guard(lambda: preflight(cfg))
+    start = time.perf_counter()
+    result = _guard(lambda: fewshot_flow(cfg))
+    table = Table(title=f"few-shot run {result['run_id']} (test top-1 over seeds)")
+    for col in ("method", "shots", "seeds", "mean", "std"):
+        table.add_column(col)
+    for r in result["table"]:
+        table.add_row(r["method"], str(r["shots"]), str(r["seeds"]), str(r["top1_mean"]), str(r["top1_std"]))
+    console.print(table)
+    console.print(f"finished in {time.perf_counter() - start:.1f} s; plot: {result['plot']}")
+    if not cfg.model.pretrained:
+        console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
+
+
+adapter_app = typer.Typer(help="IMO adapters: train on a labeled collection, measure intra-modal overlap.")
+app.add_typer(adapter_app, name="adapter")
+
+
+@adapter_app.command("train")
+def adapter_train_cmd(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    source: Source = None,
+    kind: Kind = None,
+    split: Annotated[str | None, typer.Option(help="training split (default train)")] = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    epochs: Annotated[int | None, typer.Option(help="passes over the collection (paper: 1)")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate (paper: 8e-3)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="images per step (paper: 128)")] = None,
+) -> None:
+    """Train bottleneck adapters in the image encoder with cross-entropy; checkpoints per epoch, resumable."""
+    from coderflow.flows.adapter import adapter_train
+
+    flags = {
+        "workdir": workdir, "dataset.name": dataset, "dataset.source": source, "dataset.kind": kind,
+        "adapter.train_split": split, "model.name": model, "model.pretrained": pretrained, "adapter.epochs": epochs,
+        "adapter.lr": lr, "adapter.batch_size": batch_size,
+    }  # fmt: skip
+    cfg = _guard(lambda: preflight(build_config(config, **flags)))
+    out = _guard(lambda: adapter_train(cfg))
+    console.print_json(json.dumps(out))
+    console.print(f"use it with --adapter {out['adapter_id']} (fewshot, embed, adapter overlap)")
+
+
+@adapter_app.command("overlap")
+def adapter_overlap_cmd(
+    adapter: AdapterId,
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    dataset: Dataset = None,
+    source: Source = None,
+    kind: Kind = None,
+    split: Split = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+) -> None:
+    """Overlap of same- vs different-class cosine distributions, original vs adapted image features."""
+    from coderflow.flows.adapter import adapter_overlap
+
+    flags = {
+        "workdir": workdir, "dataset.name": dataset, "dataset.source": source, "dataset.kind": kind,
+        "dataset.split": split, "model.name": model, "model.pretrained": pretrained, "model.adapter": adapter,
+    }  # fmt: skip
+    cfg = _guard(lambda: preflight(build_config(config, **flags)))
+    out = _guard(lambda: adapter_overlap(cfg))
+    table = Table(title=f"intra-modal overlap, run {out['run_id']}")
+    for col in ("model_id", "metric", "value"):
+        table.add_column(col)
+    for r in out["metrics"]:
+        table.add_row(r["model_id"], r["metric"], f"{r['value']:.4f}")
+    console.print(table)
+
+
+@app.command()
+def serve(
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    cron: Annotated[str, typer.Option(help="cron schedule of the end-to-end pipeline ('' for none)")] = "0 2 * * *",
+    name: Annotated[str, typer.Option(help="deployment name of every served flow")] = "laptop",
+) -> None:
+    """Serve every flow as a deployment (the pipeline on a cron schedule) until Ctrl-C; runs show in the UI."""
+    from coderflow.flows.serve import serve_flows
+
+    cfg = _guard(lambda: _config(config, workdir))
+    serve_flows(cfg, name=name, cron=cron or None)
 
 
 @app.command("query")

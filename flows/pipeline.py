@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from coderflow.config import ClassifyConfig, CoderConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
+from coderflow.flows.naming import run_namer, tag_flow_run
+from coderflow.flows.runners import THREADS, with_runner
 from coderflow.storage.layout import Layout
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.classify.task import classify_zero_shot
@@ -22,21 +27,41 @@ from coderflow.tasks.embed.task import (
 )
 from coderflow.tasks.evaluate.task import evaluate_run
 from coderflow.tasks.ingest.task import ingest_split
+from coderflow.tasks.report.task import report_run, results_with_progress
 from coderflow.tasks.runs import record_run, refresh_database
 from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank
+
+
+@contextmanager
+def recorded_run(run_id: str, root: str, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Record a run as running, then completed or failed (refreshing DuckDB either way); yields its `extra` dict."""
+    record_run(run_id, root, status="running", **record)
+    try:
+        yield record["extra"]
+    except BaseException:
+        record_run(run_id, root, status="failed", **record)
+        refresh_database(root)
+        raise
+    record_run(run_id, root, status="completed", **record)
+    refresh_database(root)
 
 
 def _root(workdir: str | None) -> str:
     return str(Layout.at(workdir).root)
 
 
-@flow(name="ingest-dataset")
+@flow(name="ingest-dataset", flow_run_name=run_namer(with_model=False), on_running=[tag_flow_run])
 def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> dict[str, Any]:
     """Write a dataset split as WebDataset shards under the work directory."""
     return ingest_split(dataset, _root(workdir))
 
 
-@flow(name="embed-images")
+@flow(
+    name="embed-images",
+    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),
+    flow_run_name=run_namer(),
+    on_running=[tag_flow_run],
+)
 def embed_images(
     dataset: DatasetConfig, model: ModelConfig, workdir: str | None = None, max_failure_rate: float = 0.1
 ) -> dict[str, Any]:
@@ -44,12 +69,13 @@ def embed_images(
     root = _root(workdir)
     shards = list_split_shards(dataset.name, dataset.split, root)
     futures = embed_shard.map(shards, unmapped(dataset.name), unmapped(dataset.split), unmapped(model), unmapped(root))
-    result = summarize_shards([f.result() for f in futures], max_failure_rate)
+    done = results_with_progress(futures, f"{dataset.name}/{dataset.split} shards")
+    result = summarize_shards(done, max_failure_rate)
     refresh_database(root)
     return result
 
 
-@flow(name="text-bank")
+@flow(name="text-bank", flow_run_name=run_namer(), on_running=[tag_flow_run])
 def text_bank(
     dataset: DatasetConfig,
     model: ModelConfig,
@@ -65,7 +91,12 @@ def text_bank(
     return result
 
 
-@flow(name="build-coder")
+@flow(
+    name="build-coder",
+    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),
+    flow_run_name=run_namer(),
+    on_running=[tag_flow_run],
+)
 def build_coder(
     dataset: DatasetConfig,
     model: ModelConfig,
@@ -75,7 +106,7 @@ def build_coder(
 ) -> dict[str, Any]:
     """Materialise CODER vectors for every embedded shard of a split (one mapped task per shard)."""
     root = _root(workdir)
-    mid = describe_model(model)["model_id"]
+    mid = describe_model(model, root)["model_id"]
     parts = list_image_parts(mid, dataset.name, dataset.split, root)
     futures = build_coder_shard.map(
         parts, unmapped(textbank_id), unmapped(mid), unmapped(dataset.name), unmapped(dataset.split),
@@ -90,7 +121,7 @@ def build_coder(
     }
 
 
-@flow(name="classify")
+@flow(name="classify", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
 def classify(
     dataset: DatasetConfig,
     model: ModelConfig,
@@ -105,7 +136,7 @@ def classify(
     root = _root(workdir)
     params = params or ClassifyConfig()
     run_id = new_run_id(run_name)
-    described = describe_model(model)
+    described = describe_model(model, root)
     mid = described["model_id"]
     waffle_textbank_id = None
     if "waffle" in methods:  # WaffleCLIP's prompts are a seeded bank of their own, embedded once like any text
@@ -120,32 +151,31 @@ def classify(
         "textbank_id": textbank_id,
         "extra": {"preprocess": described["preprocess"], "waffle_textbank_id": waffle_textbank_id},
     }
-    record_run(run_id, root, status="running", **record)
-    try:
+    with recorded_run(run_id, root, record) as extra:
         result = classify_zero_shot(
             run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root, params, waffle_textbank_id
         )
-        metrics = evaluate_run(run_id, mid, result["n_classes"], root)
-    except BaseException:
-        record_run(run_id, root, status="failed", **record)
-        refresh_database(root)
-        raise
-    record["extra"]["counts"] = result
-    record_run(run_id, root, status="completed", **record)
-    refresh_database(root)
+        counters = [
+            {"method": m, "metric": k, "value": float(v)}
+            for m, info in result["methods"].items()
+            for k, v in info.items()
+        ]
+        metrics = evaluate_run(run_id, mid, result["n_classes"], root, counters)
+        extra["counts"] = result
+    report_run(run_id, dataset.name, root)
     return {"run_id": run_id, "top1": metrics["top1"], **result}
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
 def pipeline(config: PipelineConfig) -> dict[str, Any]:
     """End to end: ingest, embed images, text bank, CODER, classify with every method, evaluate, DuckDB."""
     root = _root(config.workdir)
     ds, model = config.dataset, config.model
     ingest_dataset(ds, root)
-    images = embed_images(ds, model, root, config.max_failure_rate)
+    images = with_runner(embed_images, config)(ds, model, root, config.max_failure_rate)
     templates = list(config.templates) if config.templates else None
     texts = text_bank(ds, model, config.texts, root, templates)
-    coder = build_coder(ds, model, texts["textbank_id"], config.coder, root)
+    coder = with_runner(build_coder, config)(ds, model, texts["textbank_id"], config.coder, root)
     run = classify(
         ds, model, texts["textbank_id"], list(config.methods), workdir=root, run_name=config.run_name,
         params=config.classify, config=config.model_dump(mode="json"),

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from coderflow.storage.layout import Layout
+from coderflow.storage.layout import Layout, text_model_id
 from coderflow.storage.parquet_io import read_table, read_tables
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
 
@@ -62,7 +62,7 @@ class TextSet:
 
 def load_texts(layout: Layout, textbank_id: str, model_id: str) -> TextSet:
     bank = read_table(layout.textbank_file(textbank_id))
-    parts = sorted(layout.text_embedding_dir(model_id).glob("part-*.parquet"))
+    parts = sorted(layout.text_embedding_dir(text_model_id(model_id)).glob("part-*.parquet"))
     emb = read_tables(parts, TEXT_EMBEDDINGS, ["text_id", "embedding"])
     index = {tid: i for i, tid in enumerate(emb["text_id"].to_pylist())}
     ids = bank["text_id"].to_pylist()

@@ -60,6 +60,19 @@ def model_id(name: str, pretrained: str | None) -> str:
     return safe_name(f"{name}__{tag}")
 
 
+ADAPTER_PREFIX = "adapter-"
+
+
+def adapted_model_id(base_model_id: str, adapter_id: str | None) -> str:
+    """`<base>__<adapter id>` for a model with IMO adapters in its image encoder, else the base id."""
+    return f"{base_model_id}__{adapter_id}" if adapter_id else base_model_id
+
+
+def text_model_id(model_id: str) -> str:
+    """The model id whose text encoder a model uses: adapters change only the image encoder."""
+    return model_id.split(f"__{ADAPTER_PREFIX}", 1)[0]
+
+
 def resolve_workdir(workdir: str | os.PathLike[str] | None = None) -> Path:
     """The work directory: the explicit argument, else $CODERFLOW_HOME, else ./coderflow-data."""
     chosen = workdir or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR
@@ -97,6 +110,10 @@ class Layout:
         """How the bank was generated: counts, dropped candidates, pairs, LLM usage."""
         return self.root / "texts" / f"{textbank_id}.report.json"
 
+    def textbank_by_inputs(self, inputs_id: str) -> Path:
+        """Names the bank generated from one set of inputs (classes, templates, texts config, model)."""
+        return self.root / "texts" / "by-inputs" / f"{inputs_id}.txt"
+
     def textbank_alias(self, dataset: str) -> Path:
         """Small file naming the newest text bank built for a dataset."""
         return self.root / "texts" / f"latest-{safe_name(dataset)}.txt"
@@ -113,6 +130,14 @@ class Layout:
 
     def image_embedding_part(self, model_id: str, dataset: str, split: str, shard: str) -> Path:
         return self.image_embedding_dir(model_id, dataset, split) / f"{Path(shard).stem}.parquet"
+
+    # adapters -------------------------------------------------------------------------------------
+    def adapter_file(self, base_model_id: str, adapter_id: str) -> Path:
+        return self.root / "adapters" / safe_name(base_model_id) / f"{adapter_id}.pt"
+
+    def adapter_train_dir(self, base_model_id: str, train_id: str) -> Path:
+        """Per-epoch checkpoints of one training configuration (what a resumed training starts from)."""
+        return self.root / "adapters" / safe_name(base_model_id) / "training" / train_id
 
     # CODER vectors ------------------------------------------------------------------------------------
     def coder_dir(self, model_id: str, textbank_id: str, dataset: str, split: str) -> Path:

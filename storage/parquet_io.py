@@ -23,25 +23,44 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:  # disk full, quota, permissions: say which file, leave no partial one behind
+        if str(target) in str(exc):
+            raise
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise (
+            OSError(exc.errno, f"could not write {target}: {reason}")
+            if exc.errno
+            else OSError(f"could not write {target}: {reason}")
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    table = table.select(schema.names)
+    return table if table.schema.equals(schema) else table.cast(schema)  # a cast copies: skip it when types match
+
+
+def _options(schema: pa.Schema) -> dict:
+    """zstd; dictionary encoding for string columns only (on float lists it is slow and makes files bigger)."""
+    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)]}
 
 
 def write_table(table: pa.Table, target: str | os.PathLike[str], schema: pa.Schema | None = None) -> Path:
     """Write a table atomically as Parquet, cast to `schema` when given (so every file has the same types)."""
     if schema is not None:
-        table = table.select(schema.names).cast(schema)
+        table = _conform(table, schema)
     with atomic_path(target) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **_options(table.schema))
     return Path(target)
 
 
 def write_stream(tables: Iterable[pa.Table], schema: pa.Schema, target: str | os.PathLike[str]) -> int:
     """Stream tables (row groups) into one Parquet file atomically; memory holds one table at a time. Returns rows."""
     rows = 0
-    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema, **_options(schema)) as writer:
         for table in tables:
-            writer.write_table(table.select(schema.names).cast(schema))
+            writer.write_table(_conform(table, schema))
             rows += table.num_rows
     return rows
 

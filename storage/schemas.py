@@ -10,6 +10,7 @@ TEXTS = pa.schema(
     [
         ("text_id", pa.string()),
         ("textbank_id", pa.string()),
+        ("text_index", pa.int32()),  # row position in the bank = position in CODER vectors
         ("class_index", pa.int32()),
         ("class_name", pa.string()),
         ("text_type", pa.string()),

@@ -82,3 +82,26 @@ def demo_run(prefect_server, tmp_path_factory):
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+# --- a real `prefect server start` subprocess, shared by tests/test_deployments.py and tests/test_ui.py ---
+
+
+@pytest.fixture(scope="session")
+def prefect_cli_server(tmp_path_factory):
+    """`prefect server start` (SQLite in a temporary PREFECT_HOME, offline, scheduler on), stopped after the session."""
+    from prefect_server import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
+
+
+def tiny_demo_config(workdir: Path) -> dict:
+    """The smallest useful demo pipeline: 2 images per class, class-name texts only, zero-shot CLIP."""
+    return {
+        "workdir": str(workdir),
+        "dataset": {"name": "demo", "kind": "demo", "demo_images_per_class": 2, "samples_per_shard": 10},
+        "model": {"name": "ViT-S-32-alt", "pretrained": None, "batch_size": 16},
+        "texts": {"types": ["name"]},
+        "methods": ["clip"],
+    }

@@ -22,3 +22,9 @@ def test_ci_runs_the_readme_test_command():
 def test_parameter_files_validate(path: Path):
     cfg = build_config(path)
     assert cfg.dataset.name and cfg.model.name
+
+
+def test_readme_lists_every_canned_question():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.stem for p in sorted((ROOT / "storage" / "sql").glob("*.sql")) if f"`{p.stem}`" not in readme]
+    assert missing == []

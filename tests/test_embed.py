@@ -94,3 +94,13 @@ def test_unknown_model_and_bad_weights(tmp_path: Path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not load weights"):
         load_model("ViT-S-32-alt", str(bad))
+
+
+def test_random_weights_are_the_same_model_every_time():
+    """`<name>__random` must be one model: embeddings from different runs and processes are compared."""
+    from coderflow.tasks.embed.model import create_model
+
+    torch.manual_seed(123)  # the caller's RNG state must not matter
+    a, _ = create_model("ViT-S-32-alt", None)
+    b, _ = create_model("ViT-S-32-alt", None)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from coderflow.flows.cli import app
-from coderflow.storage.db import query
+from coderflow.storage.db import SQL_DIR, query
+from coderflow.storage.db import sql_file as db_sql
 from coderflow.storage.layout import Layout
 
 pytestmark = pytest.mark.flow
@@ -47,9 +48,16 @@ def test_demo_pipeline_outputs(demo_run):
     manifest = json.loads(layout.run_file(run[0]["run_id"], "manifest.json").read_text())
     assert manifest["config"]["dataset"]["kind"] == "demo" and manifest["textbank_id"]
     assert manifest["preprocess"]["size"] == [224, 224]
-    for canned in ("accuracy_per_method", "per_class_recall", "confused_pairs"):
-        result = runner.invoke(app, ["query", "--canned", canned, "--workdir", str(layout.root), "--format", "json"])
+    for sql in sorted(SQL_DIR.glob("*.sql")):
+        result = runner.invoke(app, ["query", "--canned", sql.stem, "--workdir", str(layout.root), "--format", "json"])
         assert result.exit_code == 0, result.output
+    # CODER*: how many samples were re-ranked and changed is stored next to its accuracy
+    counts = q("SELECT metric, value FROM metrics WHERE method = 'coder_rerank' AND metric LIKE 'n_%' ORDER BY 1")
+    assert [c["metric"] for c in counts] == ["n_changed", "n_reranked", "n_samples"]
+    assert counts[0]["value"] <= counts[1]["value"] <= 30
+    changes = q("SELECT * FROM (" + db_sql("rerank_changes").rstrip().rstrip(";") + ")")[0]
+    assert changes["changed"] == counts[0]["value"]
+    assert changes["fixed"] + changes["broken"] + changes["wrong_to_wrong"] == changes["changed"]
 
 
 def test_rerun_reuses_shards_and_texts(demo_run):
@@ -62,6 +70,7 @@ def test_rerun_reuses_shards_and_texts(demo_run):
     assert result["images"]["shards_skipped"] == 3
     assert result["coder"]["shards_skipped"] == 3
     assert result["texts"]["embedded"]["new"] == 0
+    assert result["texts"]["reused"] is True  # the bank's inputs did not change: nothing was generated
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
     rows = query(layout, "SELECT count(*) AS n, count(DISTINCT run_id) AS r FROM predictions WHERE method = 'clip'")
     assert rows.to_pylist() == [{"n": 60, "r": 2}]  # one new run; embeddings not duplicated

@@ -11,9 +11,11 @@ from typing import Any
 import open_clip
 import torch
 
-from coderflow.storage.layout import is_weights_file, model_id
+from coderflow.config import ModelConfig
+from coderflow.storage.layout import ADAPTER_PREFIX, Layout, adapted_model_id, is_weights_file, model_id
 
 _LOCK = threading.Lock()
+RANDOM_WEIGHTS_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class LoadedModel:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def _check_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """Refuse a name open_clip does not know, suggesting close ones."""
     if name.startswith("hf-hub:") or name in open_clip.list_models():
         return
     close = [m for m in open_clip.list_models() if name.lower().replace("_", "-") in m.lower()][:5]
@@ -43,26 +46,83 @@ def _check_name(name: str) -> None:
     raise ValueError(f"unknown open_clip model {name!r}: pick a name from open_clip.list_models(){hint}")
 
 
-@lru_cache(maxsize=4)
-def _load(name: str, pretrained: str | None, device: str, precision: str) -> LoadedModel:
-    _check_name(name)
+def create_model(name: str, pretrained: str | None, device: str = "cpu", precision: str = "fp32") -> tuple[Any, Any]:
+    """A fresh (uncached) open_clip model and its eval preprocess: the one place weights are loaded."""
+    check_model_name(name)
     weights = str(Path(pretrained).expanduser().resolve()) if is_weights_file(pretrained) else pretrained
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=device, precision=precision
-        )
+        # random weights come from a fixed seed, so `<name>__random` is one model in every process and run
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=weights, device=device, precision=precision
+            )
     except Exception as exc:  # open_clip raises RuntimeError, torch.load UnpicklingError/OSError, ...
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(
             f"could not load weights {pretrained!r} for {name!r}: {reason}. Use a tag from "
             "open_clip.list_pretrained_tags_by_model(name), a hub id, or a checkpoint file path"
         ) from exc
+    return model, preprocess
+
+
+def read_adapter(path: str | Path) -> dict[str, Any]:
+    """An adapter file: {'adapter_id', 'base_model_id', 'bottleneck', 'scale', 'dropout', 'state_dict', ...}."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"adapter file {str(p)!r} not found: train one with `coderflow adapter train`")
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+@lru_cache(maxsize=4)
+def _load(name: str, pretrained: str | None, device: str, precision: str, adapter: str | None = None) -> LoadedModel:
+    model, preprocess = create_model(name, pretrained, device, precision)
+    mid = model_id(name, pretrained)
+    if adapter is not None:
+        from coderflow.tasks.adapter.model import add_adapters, load_adapters
+
+        payload = read_adapter(adapter)
+        if payload["base_model_id"] != mid:
+            raise ValueError(
+                f"adapter {payload['adapter_id']} was trained on {payload['base_model_id']}, not {mid}: "
+                "use it with that model, or train one for this model"
+            )
+        add_adapters(model, payload["bottleneck"], payload["scale"], payload.get("dropout", 0.1))
+        load_adapters(model, payload["state_dict"])
+        model.to(device)
+        mid = adapted_model_id(mid, payload["adapter_id"])
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
-    return LoadedModel(model, preprocess, tokenizer, model_id(name, pretrained), torch.device(device))
+    return LoadedModel(model, preprocess, tokenizer, mid, torch.device(device))
 
 
-def load_model(name: str, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
-    """Load (once per process) an open_clip model; `pretrained` is None (random), a tag, a hub id or a file."""
+def load_model(
+    name: str, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32", adapter: str | None = None
+) -> LoadedModel:
+    """Load (once per process) an open_clip model; `pretrained` is None (random), a tag, a hub id or a file.
+
+    `adapter` is an adapter file (see tasks/adapter): its bottleneck adapters are added to the image encoder.
+    """
     with _LOCK:
-        return _load(name, pretrained or None, device, precision)
+        return _load(name, pretrained or None, device, precision, str(adapter) if adapter else None)
+
+
+def adapter_path(model: ModelConfig, workdir: str) -> Path | None:
+    """The file of the configured adapter: a path as given, or an id looked up in the work directory."""
+    if not model.adapter:
+        return None
+    if model.adapter.startswith(ADAPTER_PREFIX) and not Path(model.adapter).is_file():
+        return Layout.at(workdir).adapter_file(model_id(model.name, model.pretrained), model.adapter)
+    return Path(model.adapter).expanduser().resolve()
+
+
+def load_configured(model: ModelConfig, workdir: str) -> LoadedModel:
+    """Load the model a ModelConfig names (with its adapter, if any)."""
+    return load_model(model.name, model.pretrained, model.device, model.precision, adapter_path(model, workdir))
+
+
+def configured_model_id(model: ModelConfig, workdir: str) -> str:
+    """The model id of a ModelConfig without loading the model (adapter files are read for their id)."""
+    path = adapter_path(model, workdir)
+    adapter = None if path is None else read_adapter(path)["adapter_id"]
+    return adapted_model_id(model_id(model.name, model.pretrained), adapter)

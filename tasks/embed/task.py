@@ -8,27 +8,28 @@ import pyarrow.compute as pc
 from prefect import get_run_logger, task
 
 from coderflow.config import ModelConfig
-from coderflow.storage.layout import Layout, content_id
+from coderflow.storage.layout import Layout, content_id, text_model_id
 from coderflow.storage.parquet_io import read_table, write_rows, write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
-from coderflow.storage.shards import iter_samples, list_shards
+from coderflow.storage.shards import iter_samples, list_shards, read_lines
 from coderflow.tasks.embed.encode import embed_samples, encode_texts
-from coderflow.tasks.embed.model import load_model, model_id
+from coderflow.tasks.embed.model import configured_model_id, load_configured
 
 
 @task(name="embed-shard", retries=1, retry_delay_seconds=2)
 def embed_shard(shard: str, dataset: str, split: str, model: ModelConfig, workdir: str) -> dict[str, Any]:
     """Embed every sample of one shard into one Parquet file; its atomic presence marks the shard done."""
     layout = Layout.at(workdir)
-    mid = model_id(model.name, model.pretrained)
+    mid = configured_model_id(model, workdir)
     out = layout.image_embedding_part(mid, dataset, split, shard)
     if out.exists():
         n_err = pc.sum(pc.equal(read_table(out, ["status"])["status"], "error")).as_py() or 0
         return {"path": str(out), "rows": read_table(out, ["status"]).num_rows, "errors": n_err, "skipped": True}
-    lm = load_model(model.name, model.pretrained, model.device, model.precision)
-    table = embed_samples(
-        iter_samples(shard), lm, model.batch_size, {"dataset": dataset, "split": split, "shard": out.stem}
-    )
+    lm = load_configured(model, workdir)
+    names_file = layout.classnames_file(dataset)
+    n_classes = len(read_lines(names_file)) if names_file.exists() else None
+    meta = {"dataset": dataset, "split": split, "shard": out.stem}
+    table = embed_samples(iter_samples(shard), lm, model.batch_size, meta, n_classes=n_classes)
     write_table(table, out, IMAGE_EMBEDDINGS)
     errors = table.filter(pc.equal(table["status"], "error"))
     log = get_run_logger()
@@ -41,28 +42,29 @@ def embed_shard(shard: str, dataset: str, split: str, model: ModelConfig, workdi
 def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> dict[str, Any]:
     """Embed the bank's texts that this model has not embedded yet (in any bank); returns counts."""
     layout = Layout.at(workdir)
-    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    text_mid = text_model_id(configured_model_id(model, workdir))  # adapters change only the image encoder
     bank = read_table(layout.textbank_file(textbank_id), ["text_id", "text", "truncated"])
     known: set[str] = set()
-    for part in sorted(layout.text_embedding_dir(lm.model_id).glob("part-*.parquet")):
+    for part in sorted(layout.text_embedding_dir(text_mid).glob("part-*.parquet")):
         known.update(read_table(part, ["text_id"])["text_id"].to_pylist())
     todo: dict[str, str] = {}
     for tid, text in zip(bank["text_id"].to_pylist(), bank["text"].to_pylist(), strict=True):
         if tid not in known:
             todo.setdefault(tid, text)
-    if todo:
+    context_length = None
+    if todo:  # the model is loaded only when there is something to embed
+        lm = load_configured(model, workdir)
+        context_length = lm.context_length
         ids = sorted(todo)
         vecs = encode_texts([todo[i] for i in ids], lm)
-        rows = [
-            {"text_id": i, "model_id": lm.model_id, "embedding": v.tolist()} for i, v in zip(ids, vecs, strict=True)
-        ]
-        write_rows(rows, TEXT_EMBEDDINGS, layout.text_embedding_part(lm.model_id, content_id(*ids)))
+        rows = [{"text_id": i, "model_id": text_mid, "embedding": v.tolist()} for i, v in zip(ids, vecs, strict=True)]
+        write_rows(rows, TEXT_EMBEDDINGS, layout.text_embedding_part(text_mid, content_id(*ids)))
     n_trunc = sum(bool(v) for v in bank["truncated"].to_pylist())
     get_run_logger().info(
-        "text bank %s on %s: %d new embeddings, %d reused, %d truncated at %d tokens",
-        textbank_id, lm.model_id, len(todo), bank.num_rows - len(todo), n_trunc, lm.context_length,
+        "text bank %s on %s: %d new embeddings, %d reused, %d truncated (context %s tokens)",
+        textbank_id, text_mid, len(todo), bank.num_rows - len(todo), n_trunc, context_length or "-",
     )  # fmt: skip
-    return {"model_id": lm.model_id, "new": len(todo), "reused": bank.num_rows - len(todo), "truncated": n_trunc}
+    return {"model_id": text_mid, "new": len(todo), "reused": bank.num_rows - len(todo), "truncated": n_trunc}
 
 
 @task(name="list-shards")
@@ -98,7 +100,7 @@ def summarize_shards(results: list[dict[str, Any]], max_failure_rate: float) -> 
 
 
 @task(name="describe-model")
-def describe_model(model: ModelConfig) -> dict[str, Any]:
+def describe_model(model: ModelConfig, workdir: str) -> dict[str, Any]:
     """Model id, preprocess config and text context of a model, for run manifests."""
-    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    lm = load_configured(model, workdir)
     return {"model_id": lm.model_id, "preprocess": lm.preprocess_config(), "context_length": lm.context_length}

@@ -16,8 +16,14 @@ from coderflow.tasks.evaluate.metrics import classification_metrics
 
 
 @task(name="evaluate-run")
-def evaluate_run(run_id: str, model_id: str, n_classes: int, workdir: str) -> dict[str, Any]:
-    """top1/top5/mean per-class recall and per-class recall for every (method, shots, seed) of the run."""
+def evaluate_run(
+    run_id: str, model_id: str, n_classes: int, workdir: str, extra: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """top1/top5/mean per-class recall and per-class recall for every (method, shots, seed) of the run.
+
+    `extra` rows ({method, metric, value} plus optional shots, seed) add counters or chosen hyper-parameters, e.g.
+    CODER*'s n_reranked or a few-shot method's alpha.
+    """
     layout = Layout.at(workdir)
     preds = read_table(layout.run_file(run_id, "predictions.parquet"))
     preds = preds.filter(pc.is_valid(preds["label"]))
@@ -37,5 +43,17 @@ def evaluate_run(run_id: str, model_id: str, n_classes: int, workdir: str) -> di
             )
             if metric == "top1" and g["shots"] is None:
                 summary[g["method"]] = value
+    dataset, split = (preds["dataset"][0].as_py(), preds["split"][0].as_py()) if preds.num_rows else (None, None)
+    base = {"run_id": run_id, "dataset": dataset, "split": split, "model_id": model_id, "class_index": None}
+    rows += [{**base, "shots": None, "seed": None, **row} for row in extra or []]
     path = write_rows(rows, METRICS, layout.run_file(run_id, "metrics.parquet"))
     return {"path": str(path), "top1": summary}
+
+
+@task(name="store-metrics")
+def store_metrics(run_id: str, dataset: str, split: str, rows: list[dict[str, Any]], workdir: str) -> str:
+    """Metric rows that come from no predictions (e.g. intra-modal overlap) as the run's metrics.parquet."""
+    base = {"run_id": run_id, "dataset": dataset, "split": split, "shots": None, "seed": None, "class_index": None}
+    return str(
+        write_rows([{**base, **r} for r in rows], METRICS, Layout.at(workdir).run_file(run_id, "metrics.parquet"))
+    )

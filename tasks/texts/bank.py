@@ -113,6 +113,7 @@ def build_bank(
         "bank",
         *(f"{r['class_index']}|{r['class_name']}|{r['text_type']}|{r['other_class_index']}|{r['text']}" for r in rows),
     )
-    for r in rows:
+    for i, r in enumerate(rows):
         r["textbank_id"] = bank_id
+        r["text_index"] = i
     return pa.Table.from_pylist(rows, schema=TEXTS)

@@ -9,11 +9,11 @@ from prefect import get_run_logger, task
 
 from coderflow.config import ClassifyConfig, ModelConfig, TextsConfig
 from coderflow.storage.arrays import load_images
-from coderflow.storage.layout import Layout
+from coderflow.storage.layout import Layout, content_id, text_model_id
 from coderflow.storage.parquet_io import write_table, write_text
 from coderflow.storage.schemas import TEXTS
 from coderflow.storage.shards import read_lines, validate_classnames
-from coderflow.tasks.embed.model import load_model
+from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.texts.make import make_bank, waffle_bank
 
 
@@ -38,32 +38,53 @@ def build_text_bank(
     layout = Layout.at(workdir)
     log = get_run_logger()
     classnames, stored = dataset_classes(layout, dataset)
-    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    chosen = list(templates or stored)
+    mid = configured_model_id(model, workdir)
+    confused = "ovo" in texts.types and texts.ovo_pairs == "confused"
+    image_dir = layout.image_embedding_dir(mid, dataset, split)
+    # the bank is a function of these inputs: an unchanged re-run reuses it without generating anything
+    inputs = [dataset, *classnames, "|", *chosen, texts.model_dump_json(), text_model_id(mid)]
+    if confused:
+        inputs += [mid, *(f"{p.name}:{p.stat().st_size}" for p in sorted(image_dir.glob("*.parquet")))]
+    marker = layout.textbank_by_inputs(content_id(*inputs))
+    if marker.exists() and layout.textbank_file(bank_id := marker.read_text().strip()).exists():
+        report = json.loads(layout.textbank_report(bank_id).read_text())
+        write_text(bank_id, layout.textbank_alias(dataset))
+        log.info("text bank %s is up to date for these inputs: reused", bank_id)
+        return {
+            "textbank_id": bank_id, "path": str(layout.textbank_file(bank_id)), "n_texts": report["n_texts"],
+            "n_classes": len(classnames), "usage": None, "reused": True,
+        }  # fmt: skip
+    lm = load_configured(model, workdir)
     images = None
-    if "ovo" in texts.types and texts.ovo_pairs == "confused":
+    if confused:
         try:
             images = load_images(layout, lm.model_id, dataset, split).x
         except FileNotFoundError:
             log.warning("no image embeddings yet for %s/%s: one-vs-one pairs fall back to 'nearest'", dataset, split)
-    bank, report = make_bank(classnames, list(templates or stored), texts, lm, layout.llm_cache_dir, images)
+    bank, report = make_bank(classnames, chosen, texts, lm, layout.llm_cache_dir, images)
     bank_id = bank["textbank_id"][0].as_py()
     path = layout.textbank_file(bank_id)
     if not path.exists():
         write_table(bank, path, TEXTS)
     write_text(json.dumps(report, indent=2, default=str), layout.textbank_report(bank_id))
+    generator = report.get("generator")
+    if not (isinstance(generator, dict) and generator.get("failures")):  # failed requests are asked again next time
+        write_text(bank_id, marker)
     write_text(bank_id, layout.textbank_alias(dataset))
     if report.get("not_found"):
         log.warning("not found by the %s generator (name texts only): %s", texts.generator, report["not_found"])
     log.info(
         "text bank %s: %d texts %s, %d truncated", bank_id, bank.num_rows, report.get("counts", {}), report["truncated"]
     )
-    usage = report.get("generator", {}).get("usage") if isinstance(report.get("generator"), dict) else None
+    usage = generator.get("usage") if isinstance(generator, dict) else None
     return {
         "textbank_id": bank_id,
         "path": str(path),
         "n_texts": bank.num_rows,
         "n_classes": len(classnames),
         "usage": usage,
+        "reused": False,
     }
 
 
@@ -72,7 +93,7 @@ def build_waffle_bank(dataset: str, model: ModelConfig, params: ClassifyConfig, 
     """The WaffleCLIP prompt bank of a dataset's classes (seeded); returns its id."""
     layout = Layout.at(workdir)
     classnames, _ = dataset_classes(layout, dataset)
-    lm = load_model(model.name, model.pretrained, model.device, model.precision)
+    lm = load_configured(model, workdir)
     bank = waffle_bank(classnames, params, lm)
     bank_id = bank["textbank_id"][0].as_py()
     if not layout.textbank_file(bank_id).exists():

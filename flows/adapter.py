@@ -1,0 +1,53 @@
+"""IMO adapter flows: train adapters on a labeled collection, and measure overlap of original vs adapted features."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow
+
+from coderflow.config import PipelineConfig
+from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run
+from coderflow.storage.runs import new_run_id
+from coderflow.tasks.adapter.task import measure_overlap, train_adapter
+from coderflow.tasks.embed.task import describe_model
+from coderflow.tasks.evaluate.task import store_metrics
+
+
+@flow(name="train-adapter")
+def adapter_train(config: PipelineConfig) -> dict[str, Any]:
+    """Ingest the training collection (a no-op when done) and train adapters on it; returns the adapter id."""
+    root = _root(config.workdir)
+    ingest_dataset(config.dataset.model_copy(update={"split": config.adapter.train_split}), root)
+    return train_adapter(config.dataset.name, config.model.model_copy(update={"adapter": None}), config.adapter, root)
+
+
+@flow(name="adapter-overlap")
+def adapter_overlap(config: PipelineConfig) -> dict[str, Any]:
+    """Intra-modal overlap and feature variance of a labeled split with the original and the adapted image encoder."""
+    if not config.model.adapter:
+        raise ValueError("adapter-overlap needs model.adapter (an id from `coderflow adapter train`)")
+    root = _root(config.workdir)
+    ds = config.dataset
+    ingest_dataset(ds, root)
+    rows = []
+    models = {"original": config.model.model_copy(update={"adapter": None}), "adapted": config.model}
+    ids = {}
+    for name, model in models.items():
+        embed_images(ds, model, root, config.max_failure_rate)
+        ids[name] = describe_model(model, root)["model_id"]
+        rows += measure_overlap(ds.name, ds.split, ids[name], config.adapter, root)
+    run_id = new_run_id(config.run_name or "overlap")
+    record = {
+        "flow": "adapter-overlap",
+        "started_at": datetime.now(UTC),
+        "config": config.model_dump(mode="json"),
+        "dataset": ds.name,
+        "model_id": ids["adapted"],
+        "textbank_id": None,
+        "extra": {"models": ids},
+    }
+    with recorded_run(run_id, root, record):
+        store_metrics(run_id, ds.name, ds.split, rows, root)
+    return {"run_id": run_id, "models": ids, "metrics": rows}

@@ -1,0 +1,74 @@
+"""The few-shot flow: K-shot support sets x seeds, augmented support embeddings, Tip-/CODER-Adapter, prototypes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, unmapped
+
+from coderflow.config import PipelineConfig
+from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run, text_bank
+from coderflow.storage.runs import new_run_id
+from coderflow.tasks.embed.task import describe_model
+from coderflow.tasks.evaluate.task import evaluate_run
+from coderflow.tasks.fewshot.task import (
+    accuracy_table,
+    collect_predictions,
+    fewshot_predict,
+    plan_support_sets,
+    plot_accuracy_vs_shots,
+    write_augmented_split,
+)
+
+
+@flow(name="few-shot")
+def fewshot(config: PipelineConfig) -> dict[str, Any]:
+    """Training-free few-shot classification over shots x seeds; alpha/beta chosen on val, figures on test."""
+    root = _root(config.workdir)
+    fs, model = config.fewshot, config.model
+    splits = {
+        name: config.dataset.model_copy(update={"split": name})
+        for name in (fs.train_split, fs.val_split, fs.test_split)
+    }
+    for ds in splits.values():
+        ingest_dataset(ds, root)
+    for name in (fs.val_split, fs.test_split):
+        embed_images(splits[name], model, root, config.max_failure_rate)
+    bank = text_bank(
+        splits[fs.test_split], model, config.texts, root, list(config.templates) if config.templates else None
+    )
+    plan = plan_support_sets(config.dataset.name, fs.train_split, bank["n_classes"], fs, root)
+    aug_split = write_augmented_split(
+        config.dataset.name, fs.train_split, plan["pool"], fs.augment_views, fs.augment_seed,
+        config.dataset.samples_per_shard, root,
+    )  # fmt: skip
+    augmented = embed_images(
+        config.dataset.model_copy(update={"split": aug_split}), model, root, config.max_failure_rate
+    )
+    described = describe_model(model, root)
+    mid = described["model_id"]
+    run_id = new_run_id(config.run_name or "fewshot")
+    record = {
+        "flow": "few-shot",
+        "started_at": datetime.now(UTC),
+        "config": config.model_dump(mode="json"),
+        "dataset": config.dataset.name,
+        "model_id": mid,
+        "textbank_id": bank["textbank_id"],
+        "extra": {"preprocess": described["preprocess"], "augmented_split": aug_split, "short_classes": plan["short"]},
+    }
+    with recorded_run(run_id, root, record) as extra:
+        cells = sorted(plan["sets"])
+        futures = fewshot_predict.map(
+            unmapped(run_id), cells, [plan["sets"][c] for c in cells], unmapped(config.dataset.name), unmapped(aug_split),
+            unmapped(mid), unmapped(bank["textbank_id"]), unmapped(fs), unmapped(root),
+        )  # fmt: skip
+        parts = [f.result() for f in futures]
+        collect_predictions(run_id, [p["part"] for p in parts], root)
+        params = [row for p in parts for row in p["params"]]
+        evaluate_run(run_id, mid, bank["n_classes"], root, params)
+        plot = plot_accuracy_vs_shots(run_id, root)
+        extra |= {"plot": plot, "augmented_images": augmented}
+    table = accuracy_table(run_id, root)
+    return {"run_id": run_id, "plot": plot, "cells": len(parts), "table": table}

@@ -1,0 +1,200 @@
+"""Prefect tasks of a few-shot run: plan support sets, write augmented views, predict per (shots, seed), collect."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from prefect import get_run_logger, task
+
+from coderflow.config import FewShotConfig
+from coderflow.storage.arrays import TextSet, load_images, load_texts
+from coderflow.storage.db import query, sql_file
+from coderflow.storage.layout import Layout, content_id
+from coderflow.storage.parquet_io import atomic_path, read_table, write_table, write_text
+from coderflow.storage.schemas import PREDICTIONS
+from coderflow.storage.shards import ingest_info, iter_samples, list_shards, sample_label, write_split
+from coderflow.tasks.classify.methods import LOGIT_SCALE, class_mean_embeddings, clip_logits, coder_scores
+from coderflow.tasks.classify.predict import prediction_table
+from coderflow.tasks.fewshot import methods as fm
+from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
+
+
+@task(name="plan-support-sets")
+def plan_support_sets(
+    dataset: str, train_split: str, n_classes: int, cfg: FewShotConfig, workdir: str
+) -> dict[str, Any]:
+    """Support keys for every (shots, seed) from the train split's labels (no image is decoded)."""
+    shards = list_shards(Layout.at(workdir).shard_dir(dataset, train_split))
+    if not shards:
+        raise FileNotFoundError(f"no shards for {dataset}/{train_split}: ingest the train split first")
+    keys, labels = [], []
+    for shard in shards:
+        for s in iter_samples(shard):
+            label = sample_label(s)
+            if label is not None and 0 <= label < n_classes:
+                keys.append(s["__key__"])
+                labels.append(label)
+    sets, short = plan_supports(keys, np.asarray(labels), cfg.shots, cfg.seeds, n_classes)
+    if short:
+        get_run_logger().warning("classes with fewer train samples than shots (took all): %s", short)
+    pool = sorted({k for ks in sets.values() for k in ks})
+    return {"sets": sets, "pool": pool, "short": short}
+
+
+@task(name="write-augmented-split")
+def write_augmented_split(
+    dataset: str, train_split: str, pool: list[str], views: int, seed: int, samples_per_shard: int, workdir: str
+) -> str:
+    """Shards of `views` augmented views of each pooled train image, as a split of its own (reused when unchanged)."""
+    layout = Layout.at(workdir)
+    split = f"{train_split}-aug-{content_id(str(views), str(seed), *pool, length=10)}"
+    out = layout.shard_dir(dataset, split)
+    if ingest_info(out) is None:
+        wanted = set(pool)
+        raw = (
+            s for shard in list_shards(layout.shard_dir(dataset, train_split)) for s in iter_samples(shard)
+            if s["__key__"] in wanted
+        )  # fmt: skip
+        info = {"kind": "augmented", "from_split": train_split, "views": views, "seed": seed, "pool": len(pool)}
+        write_split(augmented_samples(raw, views, seed), out, f"{split}-%06d.tar", samples_per_shard, info)
+    return split
+
+
+def _coder_vectors(x: np.ndarray, bank: TextSet) -> np.ndarray:
+    return fm.l2_normalize(x @ bank.t.T)
+
+
+@task(name="few-shot-predict")
+def fewshot_predict(
+    run_id: str,
+    cell: str,
+    support_keys: list[str],
+    dataset: str,
+    aug_split: str,
+    model_id: str,
+    textbank_id: str,
+    cfg: FewShotConfig,
+    workdir: str,
+) -> dict[str, Any]:
+    """Every few-shot method for one (shots, seed): alpha/beta from val only, predictions on test."""
+    layout = Layout.at(workdir)
+    shots, seed = (int(v) for v in cell.split("-"))
+    bank = load_texts(layout, textbank_id, model_id)
+    n = bank.n_classes
+    val = load_images(layout, model_id, dataset, cfg.val_split)
+    test = load_images(layout, model_id, dataset, cfg.test_split)
+    aug = load_images(layout, model_id, dataset, aug_split)
+    averaged = average_views(aug.keys, aug.x)
+    label_of = dict(zip((source_key(k) for k in aug.keys), aug.labels.tolist(), strict=True))
+    keys = [k for k in support_keys if k in averaged]
+    support = np.stack([averaged[k] for k in keys])
+    support_labels = np.asarray([label_of[k] for k in keys])
+    meta = (bank.class_index, bank.text_type)
+    w = class_mean_embeddings(bank.t[bank.text_type == "name"], bank.class_index[bank.text_type == "name"], n)
+    grid = {"alphas": cfg.alphas, "betas": cfg.betas} if cfg.alphas and cfg.betas else {}
+    search = {"mode": cfg.search, "alpha": cfg.alpha, "beta": cfg.beta, "refine_steps": cfg.refine_steps, **grid}
+    onehot_labels = support_labels
+
+    tables, params = [], []
+    for method in cfg.methods:
+        if method == "prototype":
+            scores, is_logits = fm.prototype_logits(test.x, support, support_labels, n), False
+            chosen = None
+        elif method == "tip_adapter":
+            chosen = fm.tune_alpha_beta(
+                clip_logits(val.x, bank.t, *meta, n),
+                fm.tip_affinity(val.x, support),
+                onehot_labels,
+                val.labels,
+                **search,
+            )
+            scores = fm.tip_adapter_logits(test.x, support, support_labels, w, chosen.alpha, chosen.beta)
+            is_logits = True
+        else:  # coder_adapter: keys and queries are CODER vectors
+            keys_c = _coder_vectors(support, bank)
+            val_q, test_q = _coder_vectors(val.x, bank), _coder_vectors(test.x, bank)
+            val_zs = LOGIT_SCALE * coder_scores(val.x @ bank.t.T, *meta, n)
+            test_zs = LOGIT_SCALE * coder_scores(test.x @ bank.t.T, *meta, n)
+            chosen = fm.tune_alpha_beta(val_zs, fm.coder_affinity(val_q, keys_c), onehot_labels, val.labels, **search)
+            scores = fm.coder_adapter_logits(test_q, keys_c, support_labels, test_zs, chosen.alpha, chosen.beta)
+            is_logits = True
+        tables.append(
+            prediction_table(
+                scores, test.keys, test.labels, run_id=run_id, method=method, dataset=dataset, split=cfg.test_split,
+                logits=is_logits, shots=shots, seed=seed,
+            )
+        )  # fmt: skip
+        if chosen is not None:
+            for metric in ("alpha", "beta", "val_accuracy"):
+                value = getattr(chosen, metric)
+                if value is not None:
+                    params.append(
+                        {"method": method, "shots": shots, "seed": seed, "metric": metric, "value": float(value)}
+                    )
+    part = layout.run_file(run_id, f"fewshot/part-{shots:03d}-{seed:04d}.parquet")
+    write_table(pa.concat_tables(tables), part, PREDICTIONS)
+    return {"part": str(part), "params": params, "support": len(keys), "n_classes": n}
+
+
+@task(name="collect-predictions")
+def collect_predictions(run_id: str, parts: list[str], workdir: str) -> str:
+    """One predictions.parquet for the run from the per-(shots, seed) parts."""
+    layout = Layout.at(workdir)
+    table = pa.concat_tables([read_table(p) for p in sorted(parts)])
+    return str(write_table(table, layout.run_file(run_id, "predictions.parquet"), PREDICTIONS))
+
+
+@task(name="plot-accuracy-vs-shots")
+def plot_accuracy_vs_shots(run_id: str, workdir: str) -> str:
+    """accuracy_vs_shots.png beside the run: mean top-1 over seeds per method, with the spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layout = Layout.at(workdir)
+    metrics = read_table(layout.run_file(run_id, "metrics.parquet")).to_pylist()
+    rows = [r for r in metrics if r["metric"] == "top1" and r["class_index"] is None and r["shots"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    summary: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        summary.setdefault(r["method"], {}).setdefault(r["shots"], []).append(r["value"])
+    for method, by_shots in sorted(summary.items()):
+        shots = sorted(by_shots)
+        means = [float(np.mean(by_shots[k])) for k in shots]
+        stds = [float(np.std(by_shots[k])) for k in shots]
+        ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=method)
+    ax.set_xscale("log", base=2)
+    all_shots = sorted({r["shots"] for r in rows})
+    ax.set_xticks(all_shots, [str(k) for k in all_shots])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("top-1 accuracy (test)")
+    ax.set_title(f"few-shot run {run_id}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = layout.run_file(run_id, "accuracy_vs_shots.png")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    write_text(json.dumps(summary), layout.run_file(run_id, "accuracy_vs_shots.json"))
+    return str(path)
+
+
+@task(name="few-shot-summary")
+def accuracy_table(run_id: str, workdir: str) -> list[dict[str, Any]]:
+    """Mean and std over seeds per method and shots (storage/sql/fewshot_summary.sql), also as a UI artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    layout = Layout.at(workdir)
+    sql = sql_file("fewshot_summary").rstrip().rstrip(";")
+    rows = query(layout, f"SELECT * FROM ({sql}) WHERE run_id = '{run_id}'").to_pylist()
+    lines = ["| method | shots | seeds | top-1 mean | std |", "|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['shots']} | {r['seeds']} | {r['top1_mean']} | {r['top1_std']} |" for r in rows]
+    plot = layout.run_file(run_id, "accuracy_vs_shots.png")
+    lines.append(f"\nAccuracy vs shots plot: `{plot}`")
+    create_markdown_artifact("\n".join(lines), key="few-shot-accuracy", description=f"few-shot run {run_id}")
+    return rows

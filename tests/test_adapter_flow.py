@@ -1,0 +1,92 @@
+"""IMO adapters through the real flows: training (resumable), adapted embeddings, overlap metrics in SQL."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from coderflow.config import AdapterConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
+from coderflow.storage.db import query
+from coderflow.storage.layout import Layout, text_model_id
+from coderflow.tasks.adapter.data import ShardBatches
+from coderflow.tasks.embed.model import configured_model_id, load_model
+
+pytestmark = pytest.mark.flow
+
+
+def _config(workdir, **adapter) -> PipelineConfig:
+    return PipelineConfig(
+        workdir=str(workdir),
+        dataset=DatasetConfig(demo_images_per_class=2, samples_per_shard=8),
+        model=ModelConfig(batch_size=32),
+        texts=TextsConfig(types=("name",)),
+        adapter=AdapterConfig(epochs=2, batch_size=8, **adapter),
+    )
+
+
+def test_shard_batches_reshuffle_per_epoch(tmp_path):
+    from coderflow.storage.shards import write_split
+    from coderflow.tasks.ingest.sources import demo_source
+
+    src = demo_source(2, 32, split="train")
+    shards = write_split(src.samples, tmp_path / "s", "t-%06d.tar", 7, {})
+    batches = ShardBatches(shards, lambda img: torch.tensor(list(img.getpixel((0, 0))), dtype=torch.float32), 6, 10)
+    first = [labels.tolist() for _, labels in batches]
+    second = [labels.tolist() for _, labels in batches]
+    flat = [sorted(itertools.chain.from_iterable(epoch)) for epoch in (first, second)]
+    assert flat[0] == flat[1] == sorted(list(range(10)) * 2)
+    assert first != second  # epoch 2 is shuffled differently
+    assert batches.seen == 40 and batches.skipped == 0
+
+
+def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
+    from coderflow.flows.adapter import adapter_overlap, adapter_train
+    from coderflow.flows.pipeline import embed_images, text_bank
+
+    cfg = _config(tmp_path)
+    first = adapter_train(cfg)
+    assert first["epoch_losses"][1] < first["epoch_losses"][0]  # the training loss goes down
+    layout = Layout.at(tmp_path)
+    train_dir = next((layout.root / "adapters" / "ViT-S-32-alt__random" / "training").iterdir())
+    assert sorted(p.name for p in train_dir.iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+
+    # a training killed after epoch 1 resumes there and ends with the same weights
+    (train_dir / "epoch-0002.pt").unlink()
+    (layout.root / "adapters" / "ViT-S-32-alt__random" / f"{first['adapter_id']}.pt").unlink()
+    resumed = adapter_train(cfg)
+    assert resumed["steps"] == first["steps"] // 2
+    assert resumed["adapter_id"] == first["adapter_id"]
+
+    adapted = cfg.model.model_copy(update={"adapter": first["adapter_id"]})
+    mid = configured_model_id(adapted, str(tmp_path))
+    assert mid == f"ViT-S-32-alt__random__{first['adapter_id']}" and text_model_id(mid) == "ViT-S-32-alt__random"
+    lm = load_model("ViT-S-32-alt", adapter=layout.adapter_file("ViT-S-32-alt__random", first["adapter_id"]))
+    base = load_model("ViT-S-32-alt")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert not torch.allclose(lm.model.encode_image(x), base.model.encode_image(x), atol=1e-4)
+        assert torch.equal(
+            lm.model.encode_text(base.tokenizer(["a cat"])), base.model.encode_text(base.tokenizer(["a cat"]))
+        )
+
+    test_ds = cfg.dataset.model_copy(update={"split": "test"})
+    overlap = adapter_overlap(cfg.model_copy(update={"model": adapted, "dataset": test_ds}))
+    rows = query(layout, "SELECT model_id, value FROM metrics WHERE method = 'overlap' AND metric = 'overlap'")
+    assert sorted(r["model_id"] for r in rows.to_pylist()) == sorted(overlap["models"].values())
+    assert all(0 <= r["value"] <= 1 for r in rows.to_pylist())
+
+    # the adapted model's texts are the original text encoder's: nothing is embedded again
+    embed_images(test_ds, adapted, str(tmp_path))
+    bank = text_bank(test_ds, cfg.model, cfg.texts, str(tmp_path))
+    again = text_bank(test_ds, adapted, cfg.texts, str(tmp_path))
+    assert again["embedded"]["new"] == 0 and again["textbank_id"] == bank["textbank_id"]
+    effect = query(layout, "SELECT count(DISTINCT model_id) AS n FROM (" + _sql("adapter_effect") + ")")
+    assert effect.to_pylist() == [{"n": 2}]
+
+
+def _sql(name: str) -> str:
+    from coderflow.storage.db import sql_file
+
+    return sql_file(name).rstrip().rstrip(";")
