@@ -12,6 +12,7 @@ from coderflow.flows.cli import app
 from coderflow.storage.db import SQL_DIR, query
 from coderflow.storage.db import sql_file as db_sql
 from coderflow.storage.layout import Layout
+from coderflow.storage.parquet_io import read_table
 
 pytestmark = pytest.mark.flow
 runner = CliRunner()
@@ -136,3 +137,29 @@ def test_config_errors_name_the_key(tmp_path: Path):
     result = runner.invoke(app, ["run", str(bad)])
     assert result.exit_code == 2
     assert "dataset.nmae: unknown key" in result.output and "model.batch_size" in result.output
+
+
+def test_classify_in_chunks_gives_the_same_predictions(demo_run):
+    """Chunking images (bounded memory) changes nothing in the predictions or the re-rank counters."""
+    from prefect.logging import disable_run_logger
+
+    from coderflow.tasks.classify.task import classify_zero_shot
+
+    layout = Layout.at(demo_run["workdir"])
+    run = query(layout, "SELECT model_id, textbank_id FROM runs LIMIT 1").to_pylist()[0]
+    methods = ["clip", "coder", "coder_rerank"]
+    with disable_run_logger():
+        outs = {
+            n: classify_zero_shot.fn(f"chunk{n}", "demo", "test", run["model_id"], run["textbank_id"], methods,
+                                     str(layout.root), chunk_size=n)
+            for n in (7, 4096)
+        }  # fmt: skip
+    assert outs[7]["methods"] == outs[4096]["methods"]
+    cols = ["method", "sample_key", "pred", "top5", "margin"]
+    tables = {n: read_table(layout.run_file(f"chunk{n}", "predictions.parquet")).select(cols) for n in outs}
+    rows = {n: sorted(t.to_pylist(), key=lambda r: (r["method"], r["sample_key"])) for n, t in tables.items()}
+    assert len(rows[7]) == 3 * 30
+    exact = [{k: v for k, v in r.items() if k != "margin"} for r in rows[7]]
+    assert exact == [{k: v for k, v in r.items() if k != "margin"} for r in rows[4096]]
+    # matrix products over other batch sizes round differently in the last bits
+    assert [r["margin"] for r in rows[7]] == pytest.approx([r["margin"] for r in rows[4096]], abs=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ from prefect import get_run_logger, task
 from coderflow.config import ClassifyConfig
 from coderflow.storage.arrays import load_images, load_texts
 from coderflow.storage.layout import Layout
-from coderflow.storage.parquet_io import write_table
+from coderflow.storage.parquet_io import write_stream
 from coderflow.storage.schemas import PREDICTIONS
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.classify.zeroshot import check_methods, run_methods
@@ -27,6 +28,7 @@ def classify_zero_shot(
     workdir: str,
     params: ClassifyConfig | None = None,
     waffle_textbank_id: str | None = None,
+    chunk_size: int = 4096,
 ) -> dict[str, Any]:
     """All requested methods over one load of the embeddings; predictions land in runs/<run_id>/."""
     check_methods(methods)
@@ -34,16 +36,23 @@ def classify_zero_shot(
     images = load_images(layout, model_id, dataset, split)
     bank = load_texts(layout, textbank_id, model_id)
     waffle = load_texts(layout, waffle_textbank_id, model_id) if waffle_textbank_id else None
-    results = run_methods(methods, images.x, bank, params or ClassifyConfig(), waffle)
-    tables = [
-        prediction_table(
-            r.scores, images.keys, images.labels, run_id=run_id, method=name, dataset=dataset, split=split,
-            logits=r.logits, pred=r.pred, top5=r.top5,
-        )
-        for name, r in results.items()
-    ]  # fmt: skip
-    path = write_table(pa.concat_tables(tables), layout.run_file(run_id, "predictions.parquet"), PREDICTIONS)
-    info = {name: r.info for name, r in results.items() if r.info}
+    info: dict[str, dict[str, int]] = {}
+
+    def tables() -> Iterator[pa.Table]:
+        # images in chunks: memory holds one chunk's image-to-text cosines, whatever the size of the split
+        for start in range(0, len(images.keys), chunk_size):
+            stop = start + chunk_size
+            results = run_methods(methods, images.x[start:stop], bank, params or ClassifyConfig(), waffle)
+            for name, r in results.items():
+                for key, value in r.info.items():
+                    info.setdefault(name, {})[key] = info.get(name, {}).get(key, 0) + value
+                yield prediction_table(
+                    r.scores, images.keys[start:stop], images.labels[start:stop], run_id=run_id, method=name,
+                    dataset=dataset, split=split, logits=r.logits, pred=r.pred, top5=r.top5,
+                )  # fmt: skip
+
+    path = layout.run_file(run_id, "predictions.parquet")
+    write_stream(tables(), PREDICTIONS, path)
     log = get_run_logger()
     log.info("%d samples classified with %s (%d images failed to embed)", len(images.keys), methods, images.n_errors)
     for name, details in info.items():
