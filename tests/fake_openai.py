@@ -153,3 +153,11 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     """A running fake server; script it with .push(...) or replace .responder."""
     with FakeOpenAI() as server:
         yield server
+
+
+def make_generator(server: FakeOpenAI, cache: Any, **kw: Any) -> Any:
+    """An LLMGenerator pointed at the fake server, with short timeouts and backoff for tests (kw overrides)."""
+    from coderflow.tasks.texts.llm import LLMGenerator
+
+    opts = {"timeout": 0.3, "backoff": 0.01, "max_retries": 2, "max_workers": 2} | kw
+    return LLMGenerator("fake-model", cache, base_url=server.base_url, api_key=API_KEY, **opts)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error
+from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error, make_generator
 
 from coderflow.tasks.texts.llm import LLMConfigError, LLMGenerator, synonym_request
 
@@ -22,8 +22,7 @@ def server():
 
 
 def make(server: FakeOpenAI, cache: Path, **kw) -> LLMGenerator:
-    opts = {"timeout": 0.3, "backoff": 0.01, "max_retries": 2, "max_workers": 1} | kw
-    return LLMGenerator("fake-model", cache, base_url=server.base_url, api_key=API_KEY, **opts)
+    return make_generator(server, cache, **({"max_workers": 1} | kw))
 
 
 def test_wrong_key_in_the_reply_is_read_tolerantly(server, tmp_path):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error, structured
+from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error, make_generator, structured
 
 from coderflow.tasks.texts.bank import build_bank
 from coderflow.tasks.texts.generate import generate_texts
@@ -23,8 +23,7 @@ def server():
 
 
 def make(server: FakeOpenAI, cache: Path, **kw) -> LLMGenerator:
-    opts = {"timeout": 0.3, "backoff": 0.01, "max_retries": 2, "max_workers": 2} | kw
-    return LLMGenerator("fake-model", cache, base_url=server.base_url, api_key=API_KEY, **opts)
+    return make_generator(server, cache, **kw)
 
 
 def assert_no_secret(cache: Path, *texts: str) -> None:

@@ -1,1 +1,1 @@
-"""placeholder."""
+"""Classification: zero-shot scoring methods over image and text embeddings, and prediction rows."""

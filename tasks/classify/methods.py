@@ -98,8 +98,10 @@ def margin(logits: np.ndarray) -> np.ndarray:
     return (top2[:, 0] - top2[:, 1]).astype(np.float32)
 
 
-def _normalise(rows: np.ndarray) -> np.ndarray:
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-12)
+def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm (an all-zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
 def _group_sum(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -126,7 +128,7 @@ def class_mean_embeddings(texts: np.ndarray, class_index: np.ndarray, n_classes:
     _missing(counts, "selected")
     sums = np.zeros((n_classes, t.shape[1]), dtype=np.float32)
     np.add.at(sums, ci, t)
-    return _normalise(sums / counts[:, None])
+    return l2_normalize(sums / counts[:, None])
 
 
 def mean_cosine_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:

@@ -23,8 +23,9 @@ def embed_shard(shard: str, dataset: str, split: str, model: ModelConfig, workdi
     mid = configured_model_id(model, workdir)
     out = layout.image_embedding_part(mid, dataset, split, shard)
     if out.exists():
-        n_err = pc.sum(pc.equal(read_table(out, ["status"])["status"], "error")).as_py() or 0
-        return {"path": str(out), "rows": read_table(out, ["status"]).num_rows, "errors": n_err, "skipped": True}
+        status = read_table(out, ["status"])["status"]
+        n_err = pc.sum(pc.equal(status, "error")).as_py() or 0
+        return {"path": str(out), "rows": len(status), "errors": n_err, "skipped": True}
     lm = load_configured(model, workdir)
     names_file = layout.classnames_file(dataset)
     n_classes = len(read_lines(names_file)) if names_file.exists() else None

@@ -14,16 +14,12 @@ from typing import Literal
 
 import numpy as np
 
+from coderflow.tasks.classify.methods import l2_normalize
+
 # Tip-Adapter's search ranges (alpha in [0.1, 3), beta in [0.1, 7)), with a coarser beta step.
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.1 + i * 2.9 / 20, 6) for i in range(20))
 DEFAULT_BETAS: tuple[float, ...] = tuple(round(0.1 + i * 6.9 / 50, 6) for i in range(50))
 CHUNK_ROWS = 4096  # query rows per block, bounds the affinity matrix held in memory
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (an all-zero row stays zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:

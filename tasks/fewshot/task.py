@@ -10,7 +10,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from coderflow.config import FewShotConfig
-from coderflow.storage.arrays import TextSet, load_images, load_texts
+from coderflow.storage.arrays import load_images, load_texts
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import atomic_path, read_table, write_table, write_text
@@ -63,10 +63,6 @@ def write_augmented_split(
     return split
 
 
-def _coder_vectors(x: np.ndarray, bank: TextSet) -> np.ndarray:
-    return fm.l2_normalize(x @ bank.t.T)
-
-
 @task(name="few-shot-predict")
 def fewshot_predict(
     run_id: str,
@@ -113,11 +109,12 @@ def fewshot_predict(
             )
             scores = fm.tip_adapter_logits(test.x, support, support_labels, w, chosen.alpha, chosen.beta)
             is_logits = True
-        else:  # coder_adapter: keys and queries are CODER vectors
-            keys_c = _coder_vectors(support, bank)
-            val_q, test_q = _coder_vectors(val.x, bank), _coder_vectors(test.x, bank)
-            val_zs = LOGIT_SCALE * coder_scores(val.x @ bank.t.T, *meta, n)
-            test_zs = LOGIT_SCALE * coder_scores(test.x @ bank.t.T, *meta, n)
+        else:  # coder_adapter: keys and queries are CODER vectors (the image-to-text cosines, normalised)
+            keys_c = fm.l2_normalize(support @ bank.t.T)
+            val_cos, test_cos = val.x @ bank.t.T, test.x @ bank.t.T
+            val_q, test_q = fm.l2_normalize(val_cos), fm.l2_normalize(test_cos)
+            val_zs = LOGIT_SCALE * coder_scores(val_cos, *meta, n)
+            test_zs = LOGIT_SCALE * coder_scores(test_cos, *meta, n)
             chosen = fm.tune_alpha_beta(val_zs, fm.coder_affinity(val_q, keys_c), onehot_labels, val.labels, **search)
             scores = fm.coder_adapter_logits(test_q, keys_c, support_labels, test_zs, chosen.alpha, chosen.beta)
             is_logits = True

@@ -1,1 +1,1 @@
-"""placeholder."""
+"""Texts: the Auto Text Generator (WordNet offline or an OpenAI-compatible LLM) and text banks."""
