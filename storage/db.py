@@ -32,12 +32,37 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _connect(layout: Layout, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection to the views database that can read the work directory (also at an fsspec URL)."""
+    layout.database.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(layout.database), read_only=read_only)
+    fs = None if layout.is_local else layout.root.fs
+    if fs is not None and not con.filesystem_is_registered(
+        fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    ):
+        con.register_filesystem(fs)  # DuckDB reads s3://, gs://, ... through the same fsspec client
+    return con
+
+
+def _allowed_prefixes(layout: Layout) -> list[str]:
+    """The work directory as DuckDB names its files: a path, or the URL in both forms fsspec globs can give."""
+    root = layout.root
+    if layout.is_local:
+        return [f"{root}/"]
+    return sorted({f"{root}/", f"{root.protocol}://{root.path}/"})
+
+
+def _has_files(layout: Layout, pattern: str) -> bool:
+    return bool(glob.glob(pattern) if layout.is_local else layout.root.fs.glob(pattern))
+
+
 def refresh_views(layout: Layout) -> Path:
     """(Re)create the views `texts`, `image_embeddings`, ... over the files now in the work directory."""
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(layout.database)) as con:
+    if layout.is_local:
+        layout.root.mkdir(parents=True, exist_ok=True)
+    with _connect(layout) as con:
         for name, pattern in layout.view_globs().items():
-            if glob.glob(pattern):
+            if _has_files(layout, pattern):
                 body = f"SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
             else:
                 body = _empty_select(VIEWS[name])
@@ -49,8 +74,8 @@ def connect_read_only(layout: Layout) -> duckdb.DuckDBPyConnection:
     """A read-only connection that can read files under the work directory only."""
     if not layout.database.exists():
         refresh_views(layout)
-    con = duckdb.connect(str(layout.database), read_only=True)
-    con.execute(f"SET allowed_directories = [{_quote(str(layout.root) + '/')}]")
+    con = _connect(layout, read_only=True)
+    con.execute(f"SET allowed_directories = [{', '.join(map(_quote, _allowed_prefixes(layout)))}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con

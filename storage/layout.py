@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from upath import UPath
+
 DEFAULT_WORKDIR = "coderflow-data"
 ENV_WORKDIR = "CODERFLOW_HOME"
 
@@ -73,94 +75,140 @@ def text_model_id(model_id: str) -> str:
     return model_id.split(f"__{ADAPTER_PREFIX}", 1)[0]
 
 
-def resolve_workdir(workdir: str | os.PathLike[str] | None = None) -> Path:
-    """The work directory: the explicit argument, else $CODERFLOW_HOME, else ./coderflow-data."""
-    chosen = workdir or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR
-    return Path(chosen).expanduser().resolve()
+# A local path (pathlib) or a path on an fsspec file system (universal_pathlib: s3://, gs://, memory://, ...).
+StoragePath = Path | UPath
+
+
+def is_local(path: StoragePath) -> bool:
+    """Whether a storage path is on the local file system (where renames are atomic and DuckDB files can live)."""
+    return isinstance(path, Path)
+
+
+def storage_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
+    """A path object for a local path or file:// URL (pathlib.Path), or for any other fsspec URL (UPath)."""
+    if isinstance(value, UPath) and not is_local(value):
+        return value
+    text = str(value)
+    if "://" not in text:
+        return Path(text)
+    try:
+        url = UPath(text)
+        url.fs  # noqa: B018 (creating the file system finds a missing package, e.g. s3fs, before any work)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(
+            f"cannot use {text!r}: {exc}. Install the fsspec package for its protocol on this machine and every "
+            "worker (s3://: pip install s3fs; gs://: pip install gcsfs)"
+        ) from exc
+    return Path(url.path) if url.protocol in ("file", "local") else url
+
+
+def resolve_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
+    """An absolute local path (`~` expanded), or the URL as given."""
+    path = storage_path(value)
+    return path.expanduser().resolve() if is_local(path) else path
+
+
+def resolve_workdir(workdir: str | os.PathLike[str] | StoragePath | None = None) -> StoragePath:
+    """The work directory: the explicit argument, else $CODERFLOW_HOME, else ./coderflow-data; a URL stays a URL."""
+    return resolve_path(workdir or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR)
+
+
+def local_cache_dir() -> Path:
+    """This machine's cache folder for coderflow (derived data only: safe to delete)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "coderflow"
 
 
 @dataclass(frozen=True)
 class Layout:
     """Paths of every artifact under one work directory."""
 
-    root: Path
+    root: StoragePath
 
     @classmethod
-    def at(cls, workdir: str | os.PathLike[str] | None = None) -> Layout:
+    def at(cls, workdir: str | os.PathLike[str] | StoragePath | None = None) -> Layout:
         return cls(resolve_workdir(workdir))
 
     # datasets -------------------------------------------------------------------------------------
-    def shard_dir(self, dataset: str, split: str) -> Path:
+    def shard_dir(self, dataset: str, split: str) -> StoragePath:
         return self.root / "shards" / safe_name(dataset) / safe_name(split)
 
     def shard_pattern(self, dataset: str, split: str) -> str:
         return str(self.shard_dir(dataset, split) / f"{safe_name(dataset)}-{safe_name(split)}-%06d.tar")
 
-    def classnames_file(self, dataset: str) -> Path:
+    def classnames_file(self, dataset: str) -> StoragePath:
         return self.root / "shards" / safe_name(dataset) / "classnames.txt"
 
-    def templates_file(self, dataset: str) -> Path:
+    def templates_file(self, dataset: str) -> StoragePath:
         return self.root / "shards" / safe_name(dataset) / "templates.txt"
 
     # texts ----------------------------------------------------------------------------------------
-    def textbank_file(self, textbank_id: str) -> Path:
+    def textbank_file(self, textbank_id: str) -> StoragePath:
         return self.root / "texts" / f"{textbank_id}.parquet"
 
-    def textbank_report(self, textbank_id: str) -> Path:
+    def textbank_report(self, textbank_id: str) -> StoragePath:
         """How the bank was generated: counts, dropped candidates, pairs, LLM usage."""
         return self.root / "texts" / f"{textbank_id}.report.json"
 
-    def textbank_by_inputs(self, inputs_id: str) -> Path:
+    def textbank_by_inputs(self, inputs_id: str) -> StoragePath:
         """Names the bank generated from one set of inputs (classes, templates, texts config, model)."""
         return self.root / "texts" / "by-inputs" / f"{inputs_id}.txt"
 
-    def textbank_alias(self, dataset: str) -> Path:
+    def textbank_alias(self, dataset: str) -> StoragePath:
         """Small file naming the newest text bank built for a dataset."""
         return self.root / "texts" / f"latest-{safe_name(dataset)}.txt"
 
     # embeddings -----------------------------------------------------------------------------------
-    def text_embedding_dir(self, model_id: str) -> Path:
+    def text_embedding_dir(self, model_id: str) -> StoragePath:
         return self.root / "embeddings" / "text" / safe_name(model_id)
 
-    def text_embedding_part(self, model_id: str, part_id: str) -> Path:
+    def text_embedding_part(self, model_id: str, part_id: str) -> StoragePath:
         return self.text_embedding_dir(model_id) / f"part-{part_id}.parquet"
 
-    def image_embedding_dir(self, model_id: str, dataset: str, split: str) -> Path:
+    def image_embedding_dir(self, model_id: str, dataset: str, split: str) -> StoragePath:
         return self.root / "embeddings" / "image" / safe_name(model_id) / safe_name(dataset) / safe_name(split)
 
-    def image_embedding_part(self, model_id: str, dataset: str, split: str, shard: str) -> Path:
+    def image_embedding_part(self, model_id: str, dataset: str, split: str, shard: str) -> StoragePath:
         return self.image_embedding_dir(model_id, dataset, split) / f"{Path(shard).stem}.parquet"
 
     # adapters -------------------------------------------------------------------------------------
-    def adapter_file(self, base_model_id: str, adapter_id: str) -> Path:
+    def adapter_file(self, base_model_id: str, adapter_id: str) -> StoragePath:
         return self.root / "adapters" / safe_name(base_model_id) / f"{adapter_id}.pt"
 
-    def adapter_train_dir(self, base_model_id: str, train_id: str) -> Path:
+    def adapter_train_dir(self, base_model_id: str, train_id: str) -> StoragePath:
         """Per-epoch checkpoints of one training configuration (what a resumed training starts from)."""
         return self.root / "adapters" / safe_name(base_model_id) / "training" / train_id
 
     # CODER vectors ------------------------------------------------------------------------------------
-    def coder_dir(self, model_id: str, textbank_id: str, dataset: str, split: str) -> Path:
+    def coder_dir(self, model_id: str, textbank_id: str, dataset: str, split: str) -> StoragePath:
         return self.root / "coder" / safe_name(model_id) / textbank_id / safe_name(dataset) / safe_name(split)
 
-    def coder_part(self, model_id: str, textbank_id: str, dataset: str, split: str, shard: str) -> Path:
+    def coder_part(self, model_id: str, textbank_id: str, dataset: str, split: str, shard: str) -> StoragePath:
         return self.coder_dir(model_id, textbank_id, dataset, split) / f"{Path(shard).stem}.parquet"
 
     # caches ---------------------------------------------------------------------------------------
     @property
-    def llm_cache_dir(self) -> Path:
+    def llm_cache_dir(self) -> StoragePath:
         return self.root / "cache" / "llm"
 
     # runs -----------------------------------------------------------------------------------------
-    def run_dir(self, run_id: str) -> Path:
+    def run_dir(self, run_id: str) -> StoragePath:
         return self.root / "runs" / safe_name(run_id)
 
-    def run_file(self, run_id: str, name: str) -> Path:
+    def run_file(self, run_id: str, name: str) -> StoragePath:
         return self.run_dir(run_id) / name
 
     @property
+    def is_local(self) -> bool:
+        return is_local(self.root)
+
+    @property
     def database(self) -> Path:
-        return self.root / "coderflow.duckdb"
+        """The DuckDB file (views only): in the work directory, or in the local cache when that is a URL."""
+        if is_local(self.root):
+            return self.root / "coderflow.duckdb"
+        return (
+            local_cache_dir() / "db" / f"{safe_name(str(self.root))[:80]}-{content_id(str(self.root), length=8)}.duckdb"
+        )
 
     # globs the DuckDB views read --------------------------------------------------------------------
     def view_globs(self) -> dict[str, str]:

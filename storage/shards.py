@@ -13,6 +13,8 @@ from typing import IO, Any
 
 import webdataset as wds
 
+from coderflow.storage.layout import StoragePath, is_local, storage_path
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 INGEST_MARKER = "_ingest.json"
 # A shard-level problem (unreadable, truncated or empty tar) travels as one sample whose key is
@@ -23,20 +25,24 @@ SHARD_ERROR_SUFFIX = "#shard"
 
 def write_split(
     samples: Iterable[dict[str, Any]],
-    shard_dir: Path,
+    shard_dir: StoragePath,
     pattern_name: str,
     samples_per_shard: int,
     info: dict[str, Any],
-) -> list[Path]:
+) -> list[StoragePath]:
     """Write samples as tar shards into a fresh folder, then swap it in for `shard_dir` in one rename.
 
     Each sample is a WebDataset dict: `__key__`, one image entry (bytes, keyed by extension), `cls` (int) and
-    `json` (dict). A reader never sees a half-written split; `info` is stored as the ingest marker.
+    `json` (dict). A reader never sees a half-written split; `info` is stored as the ingest marker. At a URL
+    (s3://, ...) the shards are written locally, then uploaded with the marker last: until it lands, the split
+    counts as not ingested.
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard={samples_per_shard}: use a positive number such as 1000")
-    shard_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{shard_dir.name}.", dir=shard_dir.parent))
+    local = is_local(shard_dir)
+    if local:
+        shard_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{shard_dir.name}.", dir=shard_dir.parent if local else None))
     try:
         count = 0
         writer = None
@@ -50,26 +56,42 @@ def write_split(
         if writer is not None:
             writer.close()
         (staging / INGEST_MARKER).write_text(json.dumps({**info, "samples": count}, indent=2))
-        old = None
-        if shard_dir.exists():
-            old = shard_dir.with_name(f".{shard_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(shard_dir, old)
-        os.replace(staging, shard_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        (_swap_in if local else _upload)(staging, shard_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return list_shards(shard_dir)
 
 
-def ingest_info(shard_dir: Path) -> dict[str, Any] | None:
+def _swap_in(staging: Path, shard_dir: Path) -> None:
+    old = None
+    if shard_dir.exists():
+        old = shard_dir.with_name(f".{shard_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(shard_dir, old)
+    os.replace(staging, shard_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _upload(staging: Path, shard_dir: StoragePath) -> None:
+    """Replace a split at a URL: drop the old marker, then the old shards, upload the new ones, the marker last."""
+    fs, remote = shard_dir.fs, shard_dir.path
+    if fs.exists(f"{remote}/{INGEST_MARKER}"):
+        fs.rm_file(f"{remote}/{INGEST_MARKER}")
+    if fs.exists(remote):
+        fs.rm(remote, recursive=True)
+    for tar in sorted(staging.glob("*.tar")):
+        fs.put_file(str(tar), f"{remote}/{tar.name}")
+    fs.put_file(str(staging / INGEST_MARKER), f"{remote}/{INGEST_MARKER}")
+
+
+def ingest_info(shard_dir: StoragePath) -> dict[str, Any] | None:
     """The marker a finished ingest left in a split folder, or None if the split was never completed."""
     marker = shard_dir / INGEST_MARKER
     return json.loads(marker.read_text()) if marker.exists() else None
 
 
-def list_shards(shard_dir: Path) -> list[Path]:
+def list_shards(shard_dir: StoragePath) -> list[StoragePath]:
     """The split's tar shards in name order (hidden staging files are never listed)."""
     return sorted(p for p in shard_dir.glob("*.tar") if p.is_file() and not p.name.startswith("."))
 
@@ -112,16 +134,17 @@ def read_tar_samples(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
         yield shard_error_sample(name, f"shard {name} holds no samples (empty tar)")
 
 
-def iter_samples(shard: str | Path) -> Iterator[dict[str, Any]]:
-    """Raw samples of one local tar shard (bytes values, no decoding), in file order.
+def iter_samples(shard: str | StoragePath) -> Iterator[dict[str, Any]]:
+    """Raw samples of one tar shard, local or at a URL (bytes values, no decoding), in file order.
 
     Never raises on a damaged shard: a zero-byte, truncated, corrupt or empty tar yields the samples it can and then
     one shard-error sample (`<shard>#shard`), which the embedding stage stores as a row with status 'error'.
     """
     try:
-        f = open(shard, "rb")  # noqa: SIM115 (closed below, after the generator is consumed)
+        f = storage_path(shard).open("rb")  # closed below, after the generator is consumed
     except OSError as exc:
-        yield shard_error_sample(str(shard), f"shard {shard} cannot be opened ({type(exc).__name__}: {exc.strerror})")
+        reason = exc.strerror or str(exc)
+        yield shard_error_sample(str(shard), f"shard {shard} cannot be opened ({type(exc).__name__}: {reason})")
         return
     with f:
         yield from read_tar_samples(f, str(shard))
@@ -172,7 +195,7 @@ def label_problem(sample: dict[str, Any], n_classes: int | None) -> str | None:
     return None
 
 
-def read_lines(path: Path) -> list[str]:
+def read_lines(path: StoragePath) -> list[str]:
     """Non-empty stripped lines of a small text file (classnames.txt, templates.txt)."""
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

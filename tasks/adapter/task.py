@@ -46,7 +46,8 @@ def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir:
     start_epoch, optimizer_state = 0, None
     checkpoints = sorted(train_dir.glob("epoch-*.pt"))
     if checkpoints:
-        ckpt = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+        with checkpoints[-1].open("rb") as f:
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
         load_adapters(net, ckpt["adapters"])
         head.load_state_dict(ckpt["head"])
         start_epoch, optimizer_state = int(ckpt["epoch"]), ckpt["optimizer"]

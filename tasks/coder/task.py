@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ def build_coder_shard(
     if out.exists():
         return {"path": str(out), "rows": read_table(out, ["sample_key"]).num_rows, "skipped": True}
     texts = _texts(str(layout.root), textbank_id, model_id)
-    table = read_table(Path(image_part), ["sample_key", "label", "embedding", "status"])
+    table = read_table(image_part, ["sample_key", "label", "embedding", "status"])
     table = table.filter(pc.equal(table["status"], "ok"))
     x = list_matrix(table["embedding"]) if table.num_rows else np.zeros((0, texts.t.shape[1]), np.float32)
     keys, labels = table["sample_key"].to_pylist(), table["label"].fill_null(-1).to_numpy()

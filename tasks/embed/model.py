@@ -6,13 +6,22 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import open_clip
-import torch
+from typing import TYPE_CHECKING, Any
 
 from coderflow.config import ModelConfig
-from coderflow.storage.layout import ADAPTER_PREFIX, Layout, adapted_model_id, is_weights_file, model_id
+from coderflow.storage.layout import (
+    ADAPTER_PREFIX,
+    Layout,
+    StoragePath,
+    adapted_model_id,
+    is_weights_file,
+    model_id,
+    resolve_path,
+    storage_path,
+)
+
+if TYPE_CHECKING:  # torch and open_clip load where a model is used: model ids and config checks need neither
+    import torch
 
 _LOCK = threading.Lock()
 RANDOM_WEIGHTS_SEED = 0
@@ -39,6 +48,8 @@ class LoadedModel:
 
 def check_model_name(name: str) -> None:
     """Refuse a name open_clip does not know, suggesting close ones."""
+    import open_clip
+
     if name.startswith("hf-hub:") or name in open_clip.list_models():
         return
     close = [m for m in open_clip.list_models() if name.lower().replace("_", "-") in m.lower()][:5]
@@ -48,6 +59,9 @@ def check_model_name(name: str) -> None:
 
 def create_model(name: str, pretrained: str | None, device: str = "cpu", precision: str = "fp32") -> tuple[Any, Any]:
     """A fresh (uncached) open_clip model and its eval preprocess: the one place weights are loaded."""
+    import open_clip
+    import torch
+
     check_model_name(name)
     weights = str(Path(pretrained).expanduser().resolve()) if is_weights_file(pretrained) else pretrained
     try:
@@ -66,16 +80,22 @@ def create_model(name: str, pretrained: str | None, device: str = "cpu", precisi
     return model, preprocess
 
 
-def read_adapter(path: str | Path) -> dict[str, Any]:
+def read_adapter(path: str | StoragePath) -> dict[str, Any]:
     """An adapter file: {'adapter_id', 'base_model_id', 'bottleneck', 'scale', 'dropout', 'state_dict', ...}."""
-    p = Path(path)
+    p = storage_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"adapter file {str(p)!r} not found: train one with `coderflow adapter train`")
-    return torch.load(p, map_location="cpu", weights_only=True)
+    import torch
+
+    with p.open("rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
 
 
 @lru_cache(maxsize=4)
 def _load(name: str, pretrained: str | None, device: str, precision: str, adapter: str | None = None) -> LoadedModel:
+    import open_clip
+    import torch
+
     model, preprocess = create_model(name, pretrained, device, precision)
     mid = model_id(name, pretrained)
     if adapter is not None:
@@ -107,13 +127,13 @@ def load_model(
         return _load(name, pretrained or None, device, precision, str(adapter) if adapter else None)
 
 
-def adapter_path(model: ModelConfig, workdir: str) -> Path | None:
-    """The file of the configured adapter: a path as given, or an id looked up in the work directory."""
+def adapter_path(model: ModelConfig, workdir: str) -> StoragePath | None:
+    """The file of the configured adapter: a path or URL as given, or an id looked up in the work directory."""
     if not model.adapter:
         return None
     if model.adapter.startswith(ADAPTER_PREFIX) and not Path(model.adapter).is_file():
         return Layout.at(workdir).adapter_file(model_id(model.name, model.pretrained), model.adapter)
-    return Path(model.adapter).expanduser().resolve()
+    return resolve_path(model.adapter)
 
 
 def load_configured(model: ModelConfig, workdir: str) -> LoadedModel:

