@@ -14,9 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from coderflow.config import DatasetConfig, PipelineConfig, describe_validation_error, load_yaml
-from coderflow.storage.db import QueryError, query, sql_file
-from coderflow.storage.layout import Layout
-from coderflow.tasks.texts.llm import LLMConfigError
+from coderflow.storage.db import QueryError, query, refresh_views, sql_file
+from coderflow.storage.layout import Layout, resolve_workdir
 
 app = typer.Typer(help="CLIP classification with CODER, run as Prefect flows.", no_args_is_help=True)
 console = Console()
@@ -45,6 +44,9 @@ Methods = Annotated[str | None, typer.Option(help="comma-separated zero-shot met
 Runner = Annotated[str | None, typer.Option(help="task runner: threads | dask | ray (flows/runners.py)")]
 RunnerAddress = Annotated[str | None, typer.Option(help="dask scheduler or ray address; default: a local cluster")]
 RunnerWorkers = Annotated[int | None, typer.Option(help="threads, or local dask/ray worker processes")]
+Force = Annotated[
+    bool, typer.Option("--force", help="run even when the newest run had the same config and inputs (up to date)")
+]
 
 
 def _fail(message: str) -> None:
@@ -87,6 +89,8 @@ def _config(
     device: str | None = None,
     batch_size: int | None = None,
     methods: str | None = None,
+    *,
+    check_model: bool = True,
 ) -> PipelineConfig:
     return preflight(
         build_config(
@@ -103,7 +107,8 @@ def _config(
                 "model.batch_size": batch_size,
                 "methods": methods.split(",") if methods else None,
             },
-        )
+        ),
+        check_model=check_model,
     )
 
 
@@ -117,10 +122,14 @@ def _with_runner_flags(
         raise ValueError(describe_validation_error(exc, "the command-line flags")) from exc
 
 
-def preflight(cfg: PipelineConfig) -> PipelineConfig:
-    """Checks that need no work: a local dataset folder exists, the model name is known to open_clip."""
+def preflight(cfg: PipelineConfig, check_model: bool = True) -> PipelineConfig:
+    """Checks that need no work: a local dataset folder exists, the model name is known to open_clip.
+
+    `check_model=False` leaves the model name (which imports open_clip) to the caller: see `_run_pipeline`.
+    """
     from coderflow.tasks.embed.model import check_model_name
 
+    resolve_workdir(cfg.workdir)  # a URL whose fsspec package is missing fails here, before any work
     ds = cfg.dataset
     if ds.kind == "folder" and ds.source and "://" not in ds.source:
         for split in (
@@ -131,15 +140,22 @@ def preflight(cfg: PipelineConfig) -> PipelineConfig:
                 raise FileNotFoundError(
                     f"dataset.source: folder {str(folder)!r} does not exist: pass a folder with one sub-folder per class"
                 )
-    check_model_name(cfg.model.name)
+    if check_model:
+        check_model_name(cfg.model.name)
     return cfg
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix; LLMConfigError only once its module (and openai, ~0.5 s) was imported."""
+    llm = sys.modules.get("coderflow.tasks.texts.llm")
+    return (ValueError, FileNotFoundError, QueryError, *((llm.LLMConfigError,) if llm else ()))
 
 
 def _guard(fn: Any) -> Any:
     """Turn expected errors into a one-line message and exit code 2."""
     try:
         return fn()
-    except (ValueError, FileNotFoundError, QueryError, LLMConfigError) as exc:
+    except _expected_errors() as exc:
         _fail(str(exc))
 
 
@@ -152,21 +168,62 @@ def print_table(table: Any, title: str | None = None) -> None:
     console.print(t)
 
 
+def _print_metrics(layout: Layout, run_id: str) -> None:
+    """The stored accuracy table of one run (from DuckDB; no model, no Prefect)."""
+    sql = sql_file("accuracy_per_method").replace(
+        "WHERE m.class_index IS NULL", f"WHERE m.class_index IS NULL AND m.run_id = '{run_id}'"
+    )
+    try:
+        table = query(layout, sql)
+    except QueryError:  # views over another path (a moved or copied work directory): recreate them once
+        refresh_views(layout)
+        table = query(layout, sql)
+    print_table(table.drop_columns(["run_id"]), title=f"run {run_id}")
+
+
 def _report(cfg: PipelineConfig, result: dict[str, Any], seconds: float) -> None:
     layout = Layout.at(cfg.workdir)
-    run_id = result["run_id"]
-    table = query(
-        layout,
-        sql_file("accuracy_per_method").replace(
-            "WHERE m.class_index IS NULL", f"WHERE m.class_index IS NULL AND m.run_id = '{run_id}'"
-        ),
-    )
-    print_table(table.drop_columns(["run_id"]), title=f"run {run_id}")
+    _print_metrics(layout, result["run_id"])
     console.print(
         f"finished in {seconds:.1f} s; results in {layout.root} (try `coderflow query --canned accuracy_per_method`)"
     )
     if not cfg.model.pretrained:
         console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
+
+
+def _up_to_date(cfg: PipelineConfig) -> bool:
+    """Print the newest run's results and say so when it had the inputs `cfg` has now (flows/uptodate.py)."""
+    from coderflow.flows.uptodate import check_inputs
+
+    verdict = check_inputs(cfg)
+    if verdict.run_id is None:
+        return False
+    when = f"{verdict.finished_at:%Y-%m-%d %H:%M:%S %Z}".strip() if verdict.finished_at else "unknown date"
+    if not verdict.up_to_date:
+        changed = ", ".join(verdict.changed)
+        console.print(f"inputs changed since run {verdict.run_id} ({changed}): running", style="dim", soft_wrap=True)
+        return False
+    message = f"up to date: run {verdict.run_id} ({when}) has the same inputs; --force to run again"
+    console.print(message, highlight=False, soft_wrap=True)
+    layout = Layout.at(cfg.workdir)
+    _print_metrics(layout, verdict.run_id)
+    console.print(f"results in {layout.root} (try `coderflow query --canned accuracy_per_method`)")
+    if not cfg.model.pretrained:
+        console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
+    return True
+
+
+def _run_pipeline(cfg: PipelineConfig, force: bool) -> None:
+    """The end-to-end pipeline, unless the newest recorded run had the same inputs (then torch and Prefect never load)."""
+    if not force and _guard(lambda: _up_to_date(cfg)):
+        return
+    _guard(lambda: preflight(cfg))  # the model name check imports open_clip: only when the pipeline runs
+    from coderflow.flows.pipeline import pipeline
+    from coderflow.flows.runners import with_runner
+
+    start = time.perf_counter()
+    result = _guard(lambda: with_runner(pipeline, cfg)(cfg))
+    _report(cfg, result, time.perf_counter() - start)
 
 
 @app.command()
@@ -178,17 +235,13 @@ def demo(
     runner: Runner = None,
     runner_address: RunnerAddress = None,
     runner_workers: RunnerWorkers = None,
+    force: Force = False,
 ) -> None:
-    """Run the whole pipeline offline on the built-in procedural demo dataset."""
-    from coderflow.flows.pipeline import pipeline
-    from coderflow.flows.runners import with_runner
-
-    cfg = _guard(lambda: _config(None, workdir, "demo", None, "demo", None, model, pretrained))
+    """Run the whole pipeline offline on the built-in procedural demo dataset (nothing runs when up to date)."""
+    cfg = _guard(lambda: _config(None, workdir, "demo", None, "demo", None, model, pretrained, check_model=False))
     cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"demo_images_per_class": images_per_class})})
     cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
-    start = time.perf_counter()
-    result = _guard(lambda: with_runner(pipeline, cfg)(cfg))
-    _report(cfg, result, time.perf_counter() - start)
+    _run_pipeline(cfg, force)
 
 
 @app.command()
@@ -207,18 +260,17 @@ def run(
     runner: Runner = None,
     runner_address: RunnerAddress = None,
     runner_workers: RunnerWorkers = None,
+    force: Force = False,
 ) -> None:
-    """Run the pipeline end to end on a dataset (YAML config and/or flags)."""
-    from coderflow.flows.pipeline import pipeline
-    from coderflow.flows.runners import with_runner
-
+    """Run the pipeline end to end on a dataset (YAML config and/or flags; nothing runs when up to date)."""
     cfg = _guard(
-        lambda: _config(config, workdir, dataset, source, kind, split, model, pretrained, device, batch_size, methods)
-    )
+        lambda: _config(
+            config, workdir, dataset, source, kind, split, model, pretrained, device, batch_size, methods,
+            check_model=False,
+        )
+    )  # fmt: skip
     cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
-    start = time.perf_counter()
-    result = _guard(lambda: with_runner(pipeline, cfg)(cfg))
-    _report(cfg, result, time.perf_counter() - start)
+    _run_pipeline(cfg, force)
 
 
 @app.command()

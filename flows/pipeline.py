@@ -7,10 +7,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import flow, task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from coderflow.config import ClassifyConfig, CoderConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
+from coderflow.flows import uptodate
 from coderflow.flows.naming import run_namer, tag_flow_run
 from coderflow.flows.runners import THREADS, with_runner
 from coderflow.storage.layout import Layout
@@ -44,6 +45,12 @@ def recorded_run(run_id: str, root: str, record: dict[str, Any]) -> Iterator[dic
         raise
     record_run(run_id, root, status="completed", **record)
     refresh_database(root)
+
+
+@task(name="record-inputs")
+def record_inputs(run_id: str, config: PipelineConfig) -> str | None:
+    """Store the fingerprint of the finished run's inputs in its manifest (an unchanged CLI re-run then skips)."""
+    return uptodate.record_inputs(run_id, config)
 
 
 def _root(workdir: str | None) -> str:
@@ -180,4 +187,5 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
         ds, model, texts["textbank_id"], list(config.methods), workdir=root, run_name=config.run_name,
         params=config.classify, config=config.model_dump(mode="json"),
     )  # fmt: skip
+    record_inputs(run["run_id"], config)
     return {**run, "images": images, "texts": texts, "coder": coder}

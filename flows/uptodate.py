@@ -1,0 +1,175 @@
+"""Up-to-date check of end-to-end runs: a fingerprint of everything a pipeline result depends on (no Prefect, no torch).
+
+A completed `pipeline` run stores the fingerprint of its inputs in its manifest.json (key `inputs`). Before the CLI
+starts the pipeline again it computes the fingerprint of the same config over the work directory as it is now; when
+the newest run that stored one has the same, that run's results are still valid and nothing needs to run.
+
+The fingerprint covers: the pipeline config (all of it except `workdir`: files are listed relative to the work
+directory), the versions of coderflow and its main dependencies and the git commit, the model id (a checkpoint file is
+hashed into it; an adapter file is listed), the dataset's class and template files, the split's ingest marker and
+shard files, the image-embedding parts, the text bank (id, file, report), the text-embedding parts of the text model
+and the CODER parts. Files count by relative name, size and mtime_ns, so touching or rewriting one changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from coderflow.config import PipelineConfig
+from coderflow.storage.layout import Layout, text_model_id
+from coderflow.storage.parquet_io import write_text
+from coderflow.storage.runs import versions
+
+MANIFEST = "manifest.json"
+INPUTS_KEY = "inputs"  # manifest key holding {"fingerprint": sha256, "parts": {name: sha256}}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _name(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def file_listing(root: Path, paths: Iterable[Path]) -> list[list[Any]]:
+    """[relative name, size, mtime_ns] of each existing, non-hidden file (hidden ones are atomic-write temp files)."""
+    out = []
+    for path in paths:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        st = path.stat()
+        out.append([_name(root, path), st.st_size, st.st_mtime_ns])
+    return sorted(out)
+
+
+def _files(root: Path, folder: Path, pattern: str) -> list[list[Any]]:
+    return file_listing(root, folder.glob(pattern)) if folder.is_dir() else []
+
+
+def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """What the pipeline's result depends on, by part; None where it cannot be told (URL work directory,
+    missing adapter file, a text bank whose LLM requests partly failed and would be asked again)."""
+    from coderflow.tasks.embed.model import adapter_path, configured_model_id  # torch-free until a model loads
+
+    layout = Layout.at(cfg.workdir)
+    root = layout.root
+    if not isinstance(root, Path):  # an fsspec URL: no reliable mtimes, always run
+        return None
+    ds = cfg.dataset
+    try:
+        mid = configured_model_id(cfg.model, str(root))
+    except FileNotFoundError:
+        return None
+    adapter = adapter_path(cfg.model, str(root))
+    alias = layout.textbank_alias(ds.name)
+    bank = alias.read_text().strip() if alias.is_file() else None
+    bank_files: list[Path] = []
+    if bank:
+        report = layout.textbank_report(bank)
+        generator = json.loads(report.read_text()).get("generator") if report.is_file() else None
+        if isinstance(generator, dict) and generator.get("failures"):
+            return None
+        bank_files = [layout.textbank_file(bank), report]
+    shard_dir = layout.shard_dir(ds.name, ds.split)
+    config = cfg.model_dump(mode="json")
+    config.pop("workdir", None)
+    return {
+        "config": config,
+        "code": versions(),
+        "model": {"model_id": mid, "adapter": file_listing(root, [adapter]) if adapter else None},
+        "classes": file_listing(root, [layout.classnames_file(ds.name), layout.templates_file(ds.name)]),
+        "ingest": {p.name: json.loads(p.read_text()) for p in sorted(shard_dir.glob("*.json")) if p.is_file()},
+        "shards": _files(root, shard_dir, "*"),
+        "image_embeddings": _files(root, layout.image_embedding_dir(mid, ds.name, ds.split), "*.parquet"),
+        "textbank": {"id": bank, "files": file_listing(root, bank_files)},
+        "text_embeddings": _files(root, layout.text_embedding_dir(text_model_id(mid)), "part-*.parquet"),
+        "coder": _files(root, layout.coder_dir(mid, bank, ds.name, ds.split), "*.parquet") if bank else [],
+    }
+
+
+def inputs_fingerprint(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """{"fingerprint": sha256 of all parts, "parts": {part: sha256}}, or None where it cannot be told."""
+    parts = input_parts(cfg)
+    if parts is None:
+        return None
+    return {"fingerprint": _digest(parts), "parts": {name: _digest(value) for name, value in parts.items()}}
+
+
+def record_inputs(run_id: str, cfg: PipelineConfig) -> str | None:
+    """Store the fingerprint of `cfg`'s inputs in the completed run's manifest.json; returns it (or None)."""
+    inputs = inputs_fingerprint(cfg)
+    path = Layout.at(cfg.workdir).run_file(run_id, MANIFEST)
+    if inputs is None or not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    manifest[INPUTS_KEY] = inputs
+    write_text(json.dumps(manifest, indent=2, default=str), path)
+    return inputs["fingerprint"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The newest completed run that recorded its inputs, and which parts of the inputs changed since."""
+
+    run_id: str | None = None
+    finished_at: datetime | None = None
+    changed: tuple[str, ...] = ()
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.run_id is not None and not self.changed
+
+
+def _when(manifest: dict[str, Any]) -> datetime | None:
+    value = manifest.get("finished_at") or manifest.get("started_at")
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def newest_recorded_run(layout: Layout) -> dict[str, Any] | None:
+    """The manifest of the newest completed run that stored an inputs fingerprint (pipeline runs), or None."""
+    runs_dir = layout.run_dir("run").parent
+    if not isinstance(runs_dir, Path) or not runs_dir.is_dir():
+        return None
+    best: tuple[datetime, dict[str, Any]] | None = None
+    for path in runs_dir.glob(f"*/{MANIFEST}"):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        when = _when(manifest)
+        inputs = manifest.get(INPUTS_KEY)
+        if manifest.get("status") != "completed" or not isinstance(inputs, dict) or when is None:
+            continue
+        if best is None or when > best[0]:
+            best = (when, manifest)
+    return best[1] if best else None
+
+
+def check_inputs(cfg: PipelineConfig) -> Verdict:
+    """Whether the newest recorded run has the inputs `cfg` would have now (its results would not change)."""
+    manifest = newest_recorded_run(Layout.at(cfg.workdir))
+    if manifest is None:
+        return Verdict()
+    run_id, when = str(manifest["run_id"]), _when(manifest)
+    layout = Layout.at(cfg.workdir)
+    if not all(layout.run_file(run_id, name).is_file() for name in ("predictions.parquet", "metrics.parquet")):
+        return Verdict(run_id, when, ("results of that run are missing",))
+    now = inputs_fingerprint(cfg)
+    if now is None:
+        return Verdict(run_id, when, ("cannot be checked: URL work directory, missing adapter or failed LLM requests",))
+    stored = manifest[INPUTS_KEY]
+    if stored.get("fingerprint") == now["fingerprint"]:
+        return Verdict(run_id, when)
+    old = stored.get("parts") or {}
+    changed = tuple(name for name, digest in now["parts"].items() if old.get(name) != digest)
+    return Verdict(run_id, when, changed or ("(fingerprint)",))

@@ -1,0 +1,146 @@
+"""The up-to-date check: an unchanged `coderflow run` reuses the newest run; changed inputs or --force run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from coderflow.config import PipelineConfig
+from coderflow.flows.cli import app
+from coderflow.flows.uptodate import INPUTS_KEY, MANIFEST, check_inputs, inputs_fingerprint
+from coderflow.storage.layout import Layout
+
+pytestmark = pytest.mark.flow
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "open_clip", "torchvision", "webdataset", "prefect", "openai")
+
+
+def _completed_runs(workdir: Path) -> dict[str, dict]:
+    """Manifests of the completed runs, by run id."""
+    out = {}
+    for path in (workdir / "runs").glob(f"*/{MANIFEST}"):
+        manifest = json.loads(path.read_text())
+        if manifest["status"] == "completed":
+            out[manifest["run_id"]] = manifest
+    return out
+
+
+def _newest(runs: dict[str, dict]) -> str:
+    recorded = [m for m in runs.values() if INPUTS_KEY in m]
+    return max(recorded, key=lambda m: m["finished_at"])["run_id"]
+
+
+def _write_config(cfg: PipelineConfig, path: Path, **changes: dict) -> Path:
+    data = cfg.model_dump(mode="json", exclude={"workdir"})
+    for section, values in changes.items():
+        data[section] = {**data[section], **values}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def work(demo_run, tmp_path: Path) -> dict:
+    """A copy of the session's demo work directory (mtimes kept, stale DuckDB views included) and its config."""
+    workdir = tmp_path / "work"
+    shutil.copytree(demo_run["workdir"], workdir)  # copy2: sizes and mtime_ns stay as the runs recorded them
+    cfg = demo_run["config"].model_copy(update={"workdir": str(workdir)})
+    return {"workdir": workdir, "config": cfg, "yaml": _write_config(cfg, tmp_path / "run.yaml")}
+
+
+def test_pipeline_records_its_inputs(work):
+    runs = _completed_runs(work["workdir"])
+    newest = runs[_newest(runs)]
+    assert newest[INPUTS_KEY] == inputs_fingerprint(work["config"])  # recorded by the flow, recomputed here
+    assert set(newest[INPUTS_KEY]["parts"]) >= {"config", "code", "shards", "image_embeddings", "textbank", "coder"}
+
+
+def test_unchanged_rerun_is_up_to_date_then_changes_and_force_run_again(work):
+    workdir, cfg = work["workdir"], work["config"]
+    before = _completed_runs(workdir)
+    newest = _newest(before)
+    args = ["--workdir", str(workdir)]
+
+    out = runner.invoke(app, ["run", str(work["yaml"]), *args])
+    assert out.exit_code == 0, out.output
+    assert f"up to date: run {newest} (" in out.output and "--force to run again" in out.output
+    assert "waffle" in out.output and "top1" in out.output  # the stored metrics table of that run
+    assert _completed_runs(workdir).keys() == before.keys()  # nothing ran, no run was written
+
+    # a touched shard file is a changed input; putting its mtime back makes the work dir up to date again
+    shard = sorted(Layout.at(workdir).shard_dir("demo", "test").glob("*.tar"))[0]
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    verdict = check_inputs(cfg)
+    assert not verdict.up_to_date and verdict.run_id == newest and verdict.changed == ("shards",)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert check_inputs(cfg).up_to_date
+
+    # a different classify value runs the pipeline (everything cached but classify) and records the new inputs
+    changed = _write_config(cfg, work["yaml"].with_name("changed.yaml"), classify={"rerank_k": 3})
+    out = runner.invoke(app, ["run", str(changed), *args])
+    assert out.exit_code == 0, out.output
+    assert "up to date" not in out.output and f"inputs changed since run {newest} (config)" in out.output
+    after = _completed_runs(workdir)
+    (new,) = after.keys() - before.keys()
+    assert after[new]["config"]["classify"]["rerank_k"] == 3 and INPUTS_KEY in after[new]
+
+    out = runner.invoke(app, ["run", str(changed), *args])
+    assert out.exit_code == 0, out.output
+    assert f"up to date: run {new} (" in out.output
+    assert _completed_runs(workdir).keys() == after.keys()
+
+    out = runner.invoke(app, ["run", str(changed), *args, "--force"])
+    assert out.exit_code == 0, out.output
+    assert "up to date" not in out.output
+    forced = _completed_runs(workdir)
+    (again,) = forced.keys() - after.keys()
+    # a forced re-run over unchanged files records the same inputs, so the next plain re-run is up to date with it
+    assert forced[again][INPUTS_KEY] == after[new][INPUTS_KEY]
+    verdict = check_inputs(cfg.model_copy(update={"classify": cfg.classify.model_copy(update={"rerank_k": 3})}))
+    assert verdict.up_to_date and verdict.run_id == again
+
+
+def test_another_model_or_missing_results_are_not_up_to_date(work):
+    cfg = work["config"]
+    assert check_inputs(cfg).up_to_date
+    other = check_inputs(cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "RN50"})}))
+    assert not other.up_to_date
+    assert {"config", "model", "image_embeddings", "text_embeddings", "coder"} <= set(other.changed)
+    newest = _newest(_completed_runs(work["workdir"]))
+    (work["workdir"] / "runs" / newest / "metrics.parquet").unlink()
+    verdict = check_inputs(cfg)
+    assert not verdict.up_to_date and verdict.changed == ("results of that run are missing",)
+
+
+IMPORT_CHECK = """
+import sys
+from coderflow.flows.cli import app
+try:
+    app(sys.argv[1:], standalone_mode=False)
+finally:
+    print("HEAVY", sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", ["help", "up-to-date"])
+def test_help_and_up_to_date_rerun_import_no_torch_nor_prefect(work, command):
+    args = ["--help"] if command == "help" else ["run", str(work["yaml"]), "--workdir", str(work["workdir"])]
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK.format(heavy=HEAVY), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout[-2000:]
+    if command == "up-to-date":
+        assert "up to date: run " in done.stdout
+    else:
+        assert "--force" not in done.stdout and "demo" in done.stdout
