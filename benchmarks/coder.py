@@ -1,9 +1,11 @@
 """Building CODER: coderflow (iter_coder + coder_table + write_stream to Parquet) vs one numpy matrix product.
 
 Part 1 (time): N images x T texts, D-dim L2-normalised random embeddings. coderflow = iter_coder over the whole
-matrix, each batch turned into an Arrow table (coder_table) and streamed into one zstd Parquet file (write_stream),
-dense and top-k sparse. Baseline = `x @ t.T` (numpy, same shapes, float32). Target: dense coderflow within 2x of
-the baseline, Parquet write included. Also: seconds per 1k images and per 1k texts, and file bytes per image.
+matrix, each batch turned into an Arrow table (coder_table) and streamed into one Parquet file (write_stream: float
+lists uncompressed, other columns zstd; a writer thread overlaps the next product), dense and top-k sparse. Baseline =
+`x @ t.T` (numpy, same shapes, float32). Target: dense coderflow within 2x of the baseline, Parquet write included.
+Also: the dense Parquet write alone (tables built beforehand: the floor of the write), seconds per 1k images and per
+1k texts, and file bytes per image.
 
 Part 2 (memory): the real per-shard task body (tasks.coder.task.build_coder_shard.fn, Prefect-free) over a
 synthetic work directory of S-image shards, for two values of N, each in a fresh subprocess; peak RSS
@@ -183,18 +185,28 @@ def main() -> None:
     x, t = unit_rows(rng, args.images, args.dim), unit_rows(rng, args.texts, args.dim)
     keys = [f"k{i:08d}" for i in range(args.images)]
     labels = rng.integers(0, 100, args.images).astype(np.int32)
-    gemm, dense, sparse = Timings("numpy x @ t.T"), Timings("dense"), Timings("sparse")
+    gemm, dense, sparse, write = Timings("numpy x @ t.T"), Timings("dense"), Timings("sparse"), Timings("write")
+    tables = [
+        coder_table(b, keys[b.start : b.start + len(b)], labels[b.start : b.start + len(b)], **META)
+        for b in iter_coder(x, t, args.batch_size)
+    ]
     with tempfile.TemporaryDirectory(prefix="bench-coder-") as tmp:
-        d_out, s_out = Path(tmp) / "dense.parquet", Path(tmp) / "sparse.parquet"
+        d_out, s_out, w_out = (Path(tmp) / f"{name}.parquet" for name in ("dense", "sparse", "write"))
         x @ t.T  # warm-up
-        for _ in range(args.repeats):
-            gemm.time(lambda: x @ t.T)
-            dense.time(lambda: build(x, t, keys, labels, d_out, args.batch_size, None))
-            sparse.time(lambda: build(x, t, keys, labels, s_out, args.batch_size, args.top_k))
+        runs = [
+            (gemm, lambda: x @ t.T),
+            (dense, lambda: build(x, t, keys, labels, d_out, args.batch_size, None)),
+            (sparse, lambda: build(x, t, keys, labels, s_out, args.batch_size, args.top_k)),
+            (write, lambda: write_stream(tables, CODER, w_out)),
+        ]
+        for r in range(args.repeats):
+            for tm, fn in runs[r % len(runs) :] + runs[: r % len(runs)]:  # interleaved, order rotating
+                tm.time(fn)
         d_bytes, s_bytes = d_out.stat().st_size, s_out.stat().st_size
     n, m = args.images, args.texts
     print(f"  baseline numpy x @ t.T ({n}x{args.dim} @ {args.dim}x{m}): {gemm.summary()}")
-    print(f"  coderflow dense  (+ Arrow + zstd Parquet): {dense.summary()}")
+    print(f"  coderflow dense  (+ Arrow + Parquet): {dense.summary()}")
+    print(f"  dense Parquet write alone (tables built beforehand): {write.summary()}")
     print(f"  coderflow sparse top-{args.top_k}: {sparse.summary()}")
     for name, tm in (("dense", dense), ("sparse", sparse)):
         print(
@@ -222,6 +234,14 @@ def main() -> None:
         f"{gemm.median:.3f} s",
         f"{sparse.median / gemm.median:.1f}x",
         "(info)",
+        None,
+    )
+    result_line(
+        f"coder dense Parquet write alone {n}x{m}",
+        f"{write.median:.3f} s",
+        f"{gemm.median:.3f} s",
+        f"{write.median / gemm.median:.1f}x",
+        "(info: floor)",
         None,
     )
     result_line(

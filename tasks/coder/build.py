@@ -95,6 +95,10 @@ def _list_array(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1), type=value_type))
 
 
+def _repeated(value: str, n: int) -> pa.StringArray:
+    return pa.repeat(pa.scalar(value, pa.string()), n)  # without a Python list of n strings
+
+
 def coder_table(
     batch: CoderBatch,
     sample_keys: Sequence[str],
@@ -121,11 +125,11 @@ def coder_table(
         indices, values = pa.nulls(n, pa.list_(i32)), pa.nulls(n, pa.list_(f32))
     columns = {
         "sample_key": pa.array(list(sample_keys), type=pa.string()),
-        "dataset": pa.array([dataset] * n, type=pa.string()),
-        "split": pa.array([split] * n, type=pa.string()),
+        "dataset": _repeated(dataset, n),
+        "split": _repeated(split, n),
         "label": pa.array(np.asarray(labels, dtype=np.int32), type=i32),
-        "model_id": pa.array([model_id] * n, type=pa.string()),
-        "textbank_id": pa.array([textbank_id] * n, type=pa.string()),
+        "model_id": _repeated(model_id, n),
+        "textbank_id": _repeated(textbank_id, n),
         "vector": vector,
         "indices": indices,
         "values": values,
