@@ -18,11 +18,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from coderflow.config import PipelineConfig
-from coderflow.storage.layout import Layout, text_model_id
+from coderflow.storage.layout import Layout, StoragePath, text_model_id
 from coderflow.storage.parquet_io import write_text
 from coderflow.storage.runs import versions
 
@@ -34,34 +33,36 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def _name(root: Path, path: Path) -> str:
+def _name(root: StoragePath, path: StoragePath) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
-def file_listing(root: Path, paths: Iterable[Path]) -> list[list[Any]]:
-    """[relative name, size, mtime_ns] of each existing, non-hidden file (hidden ones are atomic-write temp files)."""
+def file_listing(root: StoragePath, paths: Iterable[StoragePath]) -> list[list[Any]]:
+    """[relative name, size, mtime_ns] of each existing, non-hidden file (hidden ones are atomic-write temp files).
+
+    At a URL the modification time is the object store's (S3 LastModified: whole seconds).
+    """
     out = []
     for path in paths:
         if path.name.startswith(".") or not path.is_file():
             continue
         st = path.stat()
-        out.append([_name(root, path), st.st_size, st.st_mtime_ns])
+        mtime_ns = st.st_mtime_ns if hasattr(st, "st_mtime_ns") else int(st.st_mtime * 1e9)
+        out.append([_name(root, path), st.st_size, mtime_ns])
     return sorted(out)
 
 
-def _files(root: Path, folder: Path, pattern: str) -> list[list[Any]]:
+def _files(root: StoragePath, folder: StoragePath, pattern: str) -> list[list[Any]]:
     return file_listing(root, folder.glob(pattern)) if folder.is_dir() else []
 
 
 def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
-    """What the pipeline's result depends on, by part; None where it cannot be told (URL work directory,
-    missing adapter file, a text bank whose LLM requests partly failed and would be asked again)."""
+    """What the pipeline's result depends on, by part; None where it cannot be told (missing adapter file, a text
+    bank whose LLM requests partly failed and would be asked again)."""
     from coderflow.tasks.embed.model import adapter_path, configured_model_id  # torch-free until a model loads
 
     layout = Layout.at(cfg.workdir)
     root = layout.root
-    if not isinstance(root, Path):  # an fsspec URL: no reliable mtimes, always run
-        return None
     ds = cfg.dataset
     try:
         mid = configured_model_id(cfg.model, str(root))
@@ -70,7 +71,7 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
     adapter = adapter_path(cfg.model, str(root))
     alias = layout.textbank_alias(ds.name)
     bank = alias.read_text().strip() if alias.is_file() else None
-    bank_files: list[Path] = []
+    bank_files: list[StoragePath] = []
     if bank:
         report = layout.textbank_report(bank)
         generator = json.loads(report.read_text()).get("generator") if report.is_file() else None
@@ -138,7 +139,7 @@ def _when(manifest: dict[str, Any]) -> datetime | None:
 def newest_recorded_run(layout: Layout) -> dict[str, Any] | None:
     """The manifest of the newest completed run that stored an inputs fingerprint (pipeline runs), or None."""
     runs_dir = layout.run_dir("run").parent
-    if not isinstance(runs_dir, Path) or not runs_dir.is_dir():
+    if not runs_dir.is_dir():
         return None
     best: tuple[datetime, dict[str, Any]] | None = None
     for path in runs_dir.glob(f"*/{MANIFEST}"):
@@ -166,7 +167,7 @@ def check_inputs(cfg: PipelineConfig) -> Verdict:
         return Verdict(run_id, when, ("results of that run are missing",))
     now = inputs_fingerprint(cfg)
     if now is None:
-        return Verdict(run_id, when, ("cannot be checked: URL work directory, missing adapter or failed LLM requests",))
+        return Verdict(run_id, when, ("cannot be checked: missing adapter or failed LLM requests",))
     stored = manifest[INPUTS_KEY]
     if stored.get("fingerprint") == now["fingerprint"]:
         return Verdict(run_id, when)

@@ -15,6 +15,7 @@ import pytest
 from conftest import tiny_demo_config
 
 from coderflow.config import PipelineConfig
+from coderflow.flows.uptodate import check_inputs
 from coderflow.storage import db, parquet_io, shards
 from coderflow.storage.layout import Layout, is_local, resolve_workdir, storage_path
 from coderflow.storage.schemas import VIEWS
@@ -172,6 +173,8 @@ def test_dask_workers_on_an_s3_work_directory_match_a_local_threads_run(
     assert expected and [r | {"value": None} for r in got] == [r | {"value": None} for r in expected]
     for a, b in zip(got, expected, strict=True):
         assert a["value"] == pytest.approx(b["value"], abs=1e-6)
+    verdict = check_inputs(remote)  # the up-to-date check reads the bucket too
+    assert verdict.up_to_date and verdict.run_id == out["run_id"]
     assert os.environ["AWS_SECRET_ACCESS_KEY"].encode() not in fs.cat(
         f"{bucket}/runs/demo/runs/{out['run_id']}/manifest.json"
     )
