@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -74,8 +75,23 @@ def test_fewshot_flow(prefect_server, tmp_path):
     assert [r["seeds"] for r in result["table"]] == [2] * 6
     png = layout.run_file(result["run_id"], "accuracy_vs_shots.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+    assert _latest_artifact("few-shot-accuracy-plot") == "data:image/png;base64," + base64.b64encode(png).decode()
     n_views = q("SELECT count(*) AS n FROM image_embeddings WHERE split LIKE 'train-aug-%'")[0]["n"]
     assert n_views == 2 * len({k for ks in _support_keys(layout, result["run_id"]) for k in ks})
+
+
+def _latest_artifact(key: str) -> str:
+    """The data of the newest artifact with this key, read back from the Prefect API (what the UI shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
+    assert found, f"no artifact {key!r}"
+    return found[0].data
 
 
 def _support_keys(layout: Layout, run_id: str) -> list[list[str]]:

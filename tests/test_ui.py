@@ -183,3 +183,38 @@ def test_ui_shows_the_run_and_its_metrics_artifact(ui_demo_run, browser: Chromiu
     text = browser.wait_for_text("Accuracy per method", "top1", "mean_per_class_recall", "n_samples", "clip")
     assert "20" in text  # n_samples
     _assert_png(browser.screenshot(ARTIFACTS / "ui-metrics-artifact.png"))
+
+
+def test_ui_shows_the_few_shot_plot(prefect_cli_server, tmp_path: Path, browser: Chromium):
+    """A few-shot run's accuracy-vs-shots plot is an image artifact the UI draws (not a path to a local file)."""
+    config = tiny_demo_config(tmp_path / "work")
+    workdir = config.pop("workdir")
+    config["dataset"]["demo_images_per_class"] = 3
+    config["fewshot"] = {"shots": [1, 2], "seeds": [1], "augment_views": 1, "search": "fixed"}
+    (tmp_path / "fewshot.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "coderflow.flows.cli", "fewshot", "-c", str(tmp_path / "fewshot.yaml")]
+    done = subprocess.run(
+        [*cmd, "--workdir", workdir], env=prefect_cli_server.env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, f"coderflow fewshot failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_cli_server.api_url}), get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["few-shot-accuracy-plot"]))
+        )
+    assert len(found) == 1 and found[0].type == "image"
+    browser.open(f"{prefect_cli_server.url}/artifacts/artifact/{found[0].id}")
+    browser.wait_for_text("few-shot-accuracy-plot")
+    deadline = time.monotonic() + 60
+    drawn = 0
+    while time.monotonic() < deadline and not drawn:  # an <img> whose PNG data URL was decoded and drawn
+        drawn = browser.evaluate(
+            "Math.max(0, ...[...document.images].filter(i => i.src.startsWith('data:image/png')).map(i => i.naturalWidth))"
+        )
+        time.sleep(0.3)
+    assert drawn >= 300, "the UI did not draw the accuracy-vs-shots image"
+    _assert_png(browser.screenshot(ARTIFACTS / "ui-few-shot-plot.png"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from typing import Any
 
@@ -146,8 +148,13 @@ def collect_predictions(run_id: str, parts: list[str], workdir: str) -> str:
 
 @task(name="plot-accuracy-vs-shots")
 def plot_accuracy_vs_shots(run_id: str, workdir: str) -> str:
-    """accuracy_vs_shots.png beside the run: mean top-1 over seeds per method, with the spread as error bars."""
+    """accuracy_vs_shots.png beside the run: mean top-1 over seeds per method, with the spread as error bars.
+
+    The same PNG goes to the Prefect UI as an image artifact (`few-shot-accuracy-plot`, a data: URL: the UI cannot
+    read files from the work directory).
+    """
     import matplotlib
+    from prefect.artifacts import create_image_artifact
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -174,9 +181,16 @@ def plot_accuracy_vs_shots(run_id: str, workdir: str) -> str:
     ax.grid(alpha=0.3)
     path = layout.run_file(run_id, "accuracy_vs_shots.png")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    create_image_artifact(
+        image_url=f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}",
+        key="few-shot-accuracy-plot",
+        description=f"few-shot run {run_id}: top-1 accuracy vs shots per class (mean and spread over seeds)",
+    )
     write_text(json.dumps(summary), layout.run_file(run_id, "accuracy_vs_shots.json"))
     return str(path)
 
