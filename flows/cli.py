@@ -187,6 +187,10 @@ def _report(cfg: PipelineConfig, result: dict[str, Any], seconds: float) -> None
     console.print(
         f"finished in {seconds:.1f} s; results in {layout.root} (try `coderflow query --canned accuracy_per_method`)"
     )
+    _note_random_weights(cfg)
+
+
+def _note_random_weights(cfg: PipelineConfig) -> None:
     if not cfg.model.pretrained:
         console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
 
@@ -208,8 +212,7 @@ def _up_to_date(cfg: PipelineConfig) -> bool:
     layout = Layout.at(cfg.workdir)
     _print_metrics(layout, verdict.run_id)
     console.print(f"results in {layout.root} (try `coderflow query --canned accuracy_per_method`)")
-    if not cfg.model.pretrained:
-        console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
+    _note_random_weights(cfg)
     return True
 
 
@@ -403,11 +406,7 @@ def classify(
     from coderflow.flows.pipeline import classify as classify_flow
 
     cfg = _guard(lambda: _config(config, workdir, dataset, None, None, split, model, pretrained, None, None, methods))
-    layout = Layout.at(cfg.workdir)
-    alias = layout.textbank_alias(cfg.dataset.name)
-    if textbank is None and not alias.exists():
-        _fail(f"dataset {cfg.dataset.name!r} has no text bank in {layout.root}: run `coderflow embed` first")
-    bank = textbank or alias.read_text().strip()
+    bank = textbank or _newest_bank(cfg)
     start = time.perf_counter()
     kwargs = {
         "workdir": cfg.workdir,
@@ -463,8 +462,7 @@ def fewshot(
         table.add_row(r["method"], str(r["shots"]), str(r["seeds"]), str(r["top1_mean"]), str(r["top1_std"]))
     console.print(table)
     console.print(f"finished in {time.perf_counter() - start:.1f} s; plot: {result['plot']}")
-    if not cfg.model.pretrained:
-        console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
+    _note_random_weights(cfg)
 
 
 adapter_app = typer.Typer(help="IMO adapters: train on a labeled collection, measure intra-modal overlap.")

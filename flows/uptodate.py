@@ -138,7 +138,7 @@ def _when(manifest: dict[str, Any]) -> datetime | None:
 
 def newest_recorded_run(layout: Layout) -> dict[str, Any] | None:
     """The manifest of the newest completed run that stored an inputs fingerprint (pipeline runs), or None."""
-    runs_dir = layout.run_dir("run").parent
+    runs_dir = layout.runs_dir
     if not runs_dir.is_dir():
         return None
     best: tuple[datetime, dict[str, Any]] | None = None
@@ -158,11 +158,11 @@ def newest_recorded_run(layout: Layout) -> dict[str, Any] | None:
 
 def check_inputs(cfg: PipelineConfig) -> Verdict:
     """Whether the newest recorded run has the inputs `cfg` would have now (its results would not change)."""
-    manifest = newest_recorded_run(Layout.at(cfg.workdir))
+    layout = Layout.at(cfg.workdir)
+    manifest = newest_recorded_run(layout)
     if manifest is None:
         return Verdict()
     run_id, when = str(manifest["run_id"]), _when(manifest)
-    layout = Layout.at(cfg.workdir)
     if not all(layout.run_file(run_id, name).is_file() for name in ("predictions.parquet", "metrics.parquet")):
         return Verdict(run_id, when, ("results of that run are missing",))
     now = inputs_fingerprint(cfg)

@@ -191,8 +191,12 @@ class Layout:
         return self.root / "cache" / "llm"
 
     # runs -----------------------------------------------------------------------------------------
+    @property
+    def runs_dir(self) -> StoragePath:
+        return self.root / "runs"
+
     def run_dir(self, run_id: str) -> StoragePath:
-        return self.root / "runs" / safe_name(run_id)
+        return self.runs_dir / safe_name(run_id)
 
     def run_file(self, run_id: str, name: str) -> StoragePath:
         return self.run_dir(run_id) / name

@@ -15,6 +15,14 @@ import pyarrow.parquet as pq
 from coderflow.storage.layout import StoragePath, is_local, storage_path
 
 
+def publish_file(local_file: Path, target: StoragePath) -> None:
+    """Make a finished local file the target in one step: a rename beside it, or one upload to a URL."""
+    if is_local(target):
+        os.replace(local_file, target)
+    else:
+        target.fs.put_file(str(local_file), target.path)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
     """Yield a local temp path; on success publish it as the target in one step, else delete it.
@@ -31,10 +39,7 @@ def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        if local:
-            os.replace(tmp, target)
-        else:
-            target.fs.put_file(str(tmp), target.path)
+        publish_file(tmp, target)
     except OSError as exc:  # disk full, quota, permissions: say which file, leave no partial one behind
         if str(target) in str(exc):
             raise

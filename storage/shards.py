@@ -14,6 +14,7 @@ from typing import IO, Any
 import webdataset as wds
 
 from coderflow.storage.layout import StoragePath, is_local, storage_path
+from coderflow.storage.parquet_io import publish_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 INGEST_MARKER = "_ingest.json"
@@ -81,8 +82,8 @@ def _upload(staging: Path, shard_dir: StoragePath) -> None:
     if fs.exists(remote):
         fs.rm(remote, recursive=True)
     for tar in sorted(staging.glob("*.tar")):
-        fs.put_file(str(tar), f"{remote}/{tar.name}")
-    fs.put_file(str(staging / INGEST_MARKER), f"{remote}/{INGEST_MARKER}")
+        publish_file(tar, shard_dir / tar.name)
+    publish_file(staging / INGEST_MARKER, shard_dir / INGEST_MARKER)
 
 
 def ingest_info(shard_dir: StoragePath) -> dict[str, Any] | None:
