@@ -1,8 +1,8 @@
 """Building CODER: coderflow (iter_coder + coder_table + write_stream to Parquet) vs one numpy matrix product.
 
 Part 1 (time): N images x T texts, D-dim L2-normalised random embeddings. coderflow = iter_coder over the whole
-matrix, each batch turned into an Arrow table (coder_table) and streamed into one Parquet file (write_stream: float
-lists uncompressed, other columns zstd; a writer thread overlaps the next product), dense and top-k sparse. Baseline =
+matrix, each batch turned into an Arrow table (coder_table) and streamed into one Parquet file (write_stream: polars'
+streaming Parquet sink, lz4, which encodes a batch while the next product runs), dense and top-k sparse. Baseline =
 `x @ t.T` (numpy, same shapes, float32). Target: dense coderflow within 2x of the baseline, Parquet write included.
 Also: the dense Parquet write alone (tables built beforehand: the floor of the write), seconds per 1k images and per
 1k texts, and file bytes per image.
@@ -179,7 +179,7 @@ def main() -> None:
             "repeats": args.repeats,
             "numpy_threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
         },
-        ("numpy", "pyarrow"),
+        ("numpy", "pyarrow", "polars"),
     )
     rng = np.random.default_rng(0)
     x, t = unit_rows(rng, args.images, args.dim), unit_rows(rng, args.texts, args.dim)

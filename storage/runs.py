@@ -23,6 +23,7 @@ _PACKAGES = (
     "prefect",
     "duckdb",
     "pyarrow",
+    "polars",
     "numpy",
     "webdataset",
 )

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from fake_openai import API_KEY, FakeOpenAI, structured
 from typer.testing import CliRunner
@@ -48,17 +48,16 @@ def _only(folder: Path) -> list[str]:
 def test_disk_full_in_parquet_write_leaves_no_partial_file(tmp_path: Path, monkeypatch):
     target = tmp_path / "t.parquet"
     write_table(pa.table({"a": [1]}), target)
-    real = pq.write_table
 
-    def half_then_full(table, where, **kw):  # write some bytes, then fail like a full disk
+    def half_then_full(self, where, **kw):  # write some bytes, then fail like a full disk
         Path(where).write_bytes(b"PAR1 half a file")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pq, "write_table", half_then_full)
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", half_then_full)
     with pytest.raises(OSError, match=re.escape(f"could not write {target}: No space left on device")) as info:
         write_table(pa.table({"a": [2]}), target)
     assert info.value.errno == errno.ENOSPC
-    monkeypatch.setattr(pq, "write_table", real)
+    monkeypatch.undo()
     assert _only(tmp_path) == ["t.parquet"] and read_table(target)["a"].to_pylist() == [1]
 
 
@@ -71,16 +70,14 @@ def test_disk_full_on_rename_leaves_no_partial_file(tmp_path: Path, monkeypatch)
 
 def test_disk_full_mid_stream_leaves_no_partial_file(tmp_path: Path, monkeypatch):
     schema = pa.schema([("a", pa.int64())])
-    calls = {"n": 0}
-    real = pq.ParquetWriter.write_table
+    real = pl.LazyFrame.sink_parquet
 
-    def second_fails(self, table, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            _enospc()
-        return real(self, table, *a, **kw)
+    def rows_then_full(self, where, **kw):  # the encoder wrote its row groups, then the disk filled up
+        real(self, where, **kw)
+        assert Path(where).stat().st_size > 0
+        _enospc()
 
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", second_fails)
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", rows_then_full)
     with pytest.raises(OSError, match=r"could not write .*coder\.parquet: No space left"):
         write_stream((pa.table({"a": [i]}) for i in range(3)), schema, tmp_path / "coder.parquet")
     assert _only(tmp_path) == []
@@ -198,7 +195,7 @@ def test_embedding_killed_mid_run_then_resumed(prefect_server, tmp_path: Path):
     done = sorted(out_dir.glob("*.parquet"))
     assert 1 <= len(done) < len(shards), "the kill came too late to test a resume"
     for part in done:  # every visible file is whole
-        assert pq.read_table(part).num_rows == 8
+        assert read_table(part).num_rows == 8
     (out_dir / f".{shards[-1].stem}.parquet.k1ll3d.tmp").write_bytes(b"PAR1 half written")  # as a kill mid-write
     mtimes = {p: p.stat().st_mtime_ns for p in done}
 

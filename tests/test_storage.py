@@ -9,7 +9,7 @@ import pytest
 
 from coderflow.storage import db
 from coderflow.storage.layout import Layout, content_id, model_id, safe_name
-from coderflow.storage.parquet_io import read_table, write_table
+from coderflow.storage.parquet_io import ROW_GROUP_ROWS, read_table, write_stream, write_table
 from coderflow.storage.schemas import METRICS
 from coderflow.storage.shards import ingest_info, iter_samples, list_shards, validate_classnames, write_split
 
@@ -47,6 +47,48 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
         write_table(bad, target, pa.schema([("a", pa.int64())]))
     assert read_table(target)["a"].to_pylist() == [1]  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temp file left
+
+
+def test_write_stream_types_row_groups_and_a_failing_producer(tmp_path: Path):
+    import duckdb
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("key", pa.string()), ("vector", pa.list_(pa.float32())), ("top", pa.list_(pa.int32()))])
+    target = tmp_path / "c.parquet"
+    rows = [{"key": f"k{i}", "vector": [i, -i], "top": [i]} for i in range(ROW_GROUP_ROWS + 10)]
+    batches = [pa.Table.from_pylist(rows[i : i + 700]) for i in range(0, len(rows), 700)]  # int64 lists: cast
+    assert write_stream(iter(batches), schema, target) == len(rows)
+    back = read_table(target)
+    assert back.schema.equals(schema)  # not the large_* types the encoder stores
+    assert back.to_pylist() == pa.Table.from_pylist(rows, schema).to_pylist()
+    assert pq.ParquetFile(target).metadata.num_row_groups == 2  # ROW_GROUP_ROWS bounds what is buffered
+    got = duckdb.sql(f"SELECT typeof(vector), vector[2] FROM '{target}' WHERE key = 'k3'").fetchall()
+    assert got == [("FLOAT[]", -3.0)]
+
+    def fails_midway():
+        yield batches[0]
+        raise KeyError("bad batch")
+
+    with pytest.raises(KeyError, match="bad batch"):  # the producer's own error, not the encoder's wrapper
+        write_stream(fails_midway(), schema, target)
+    assert read_table(target).num_rows == len(rows) and [p.name for p in tmp_path.iterdir()] == ["c.parquet"]
+    assert write_stream(iter([]), schema, tmp_path / "empty.parquet") == 0
+    assert read_table(tmp_path / "empty.parquet").schema.equals(schema)
+
+
+def test_write_stream_from_two_threads_at_once(tmp_path: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    schema = pa.schema([("i", pa.int32()), ("v", pa.list_(pa.float32()))])
+
+    def write(n: int) -> int:
+        batches = (pa.table({"i": [n] * 500, "v": [[float(n)] * 64] * 500}) for _ in range(8))
+        return write_stream(batches, schema, tmp_path / f"{n}.parquet")
+
+    with ThreadPoolExecutor(2) as pool:  # as the thread runner maps two shards
+        assert list(pool.map(write, range(4))) == [4000] * 4
+    for n in range(4):
+        assert set(read_table(tmp_path / f"{n}.parquet")["i"].to_pylist()) == {n}
 
 
 def test_write_split_roundtrip_and_replace(tmp_path: Path):
