@@ -32,7 +32,7 @@ import pyarrow as pa
 from _common import Timings, peak_rss_mb, print_header, result_line
 
 from coderflow.storage.parquet_io import write_stream
-from coderflow.storage.schemas import CODER
+from coderflow.storage.schemas import CODER, list_array
 from coderflow.tasks.coder.build import coder_table, iter_coder
 
 META = {"dataset": "bench", "split": "test", "model_id": "ViT-S-32-alt__random", "textbank_id": "bench0000"}
@@ -114,7 +114,6 @@ def memory_child(n_images: int, n_texts: int, dim: int, per_shard: int, fmt: str
         for s, start in enumerate(range(0, n_images, per_shard)):
             n = min(per_shard, n_images - start)
             emb = unit_rows(rng, n, dim)
-            flat = pa.array(emb.reshape(-1))
             out = layout.image_embedding_part(mid, "bench", "test", f"bench-test-{s:06d}")
             table = pa.table(
                 {
@@ -124,13 +123,13 @@ def memory_child(n_images: int, n_texts: int, dim: int, per_shard: int, fmt: str
                     "shard": [out.stem] * n,
                     "label": pa.array(rng.integers(0, 100, n), pa.int32()),
                     "model_id": [mid] * n,
-                    "embedding": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * dim, dim, np.int32)), flat),
+                    "embedding": list_array(emb, pa.float32()),
                     "status": ["ok"] * n,
                     "error": pa.nulls(n, pa.string()),
                 }
             )
             parts.append(write_table(table, out, IMAGE_EMBEDDINGS))
-            del table, emb, flat
+            del table, emb
         del t, rng
         gc.collect()
         rss_before = current_rss_mb()

@@ -27,16 +27,19 @@ from coderflow.config import ZERO_SHOT_METHODS
 from coderflow.storage.db import SQL_DIR, query, refresh_views
 from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import write_table
-from coderflow.storage.schemas import CODER, IMAGE_EMBEDDINGS, METRICS, PREDICTIONS, RUNS, TEXT_EMBEDDINGS, TEXTS
+from coderflow.storage.schemas import (
+    CODER,
+    IMAGE_EMBEDDINGS,
+    METRICS,
+    PREDICTIONS,
+    RUNS,
+    TEXT_EMBEDDINGS,
+    TEXTS,
+    list_array,
+)
 
 MODEL = "ViT-S-32-alt__random"
 DATASET, SPLIT = "synthetic", "test"
-
-
-def list_col(values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
-    n, width = values.shape
-    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=value_type))
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -76,7 +79,7 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
     )
     t = unit_rows(rng, m, d)
     write_table(
-        pa.table({"text_id": ids, "model_id": [MODEL] * m, "embedding": list_col(t, f32)}),
+        pa.table({"text_id": ids, "model_id": [MODEL] * m, "embedding": list_array(t, f32)}),
         layout.text_embedding_part(MODEL, bank),
         TEXT_EMBEDDINGS,
     )
@@ -96,7 +99,7 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
                     **const,
                     "shard": [shard] * k,
                     "label": pa.array(labels[sl], i32),
-                    "embedding": list_col(x, f32),
+                    "embedding": list_array(x, f32),
                     "status": ["ok"] * k,
                     "error": pa.nulls(k, pa.string()),
                 }
@@ -106,11 +109,11 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
         )
         cos = x @ t.T
         if args.coder_format == "dense":
-            vec, idx, val = list_col(cos, f32), pa.nulls(k, pa.list_(i32)), pa.nulls(k, pa.list_(f32))
+            vec, idx, val = list_array(cos, f32), pa.nulls(k, pa.list_(i32)), pa.nulls(k, pa.list_(f32))
         else:
             top = np.argsort(-cos, axis=1)[:, : args.top_k].astype(np.int32)
             vec = pa.nulls(k, pa.list_(f32))
-            idx, val = list_col(top, i32), list_col(np.take_along_axis(cos, top, axis=1), f32)
+            idx, val = list_array(top, i32), list_array(np.take_along_axis(cos, top, axis=1), f32)
         out = layout.coder_part(MODEL, bank, DATASET, SPLIT, shard)
         write_table(
             pa.table(
@@ -150,7 +153,7 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
                         "sample_key": keys.tolist(),
                         "label": pa.array(labels, i32),
                         "pred": pa.array(pred, i32),
-                        "top5": list_col(top5, i32),
+                        "top5": list_array(top5, i32),
                         "margin": pa.array(rng.random(n).astype(np.float32), f32),
                     }
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 TEXT_TYPES = ("name", "att", "ana", "syno", "ovo")
@@ -115,3 +116,24 @@ VIEWS: dict[str, pa.Schema] = {
     "metrics": METRICS,
     "runs": RUNS,
 }
+
+
+def list_array(rows: np.ndarray, value_type: pa.DataType, valid: np.ndarray | None = None) -> pa.ListArray:
+    """The rows of a matrix as a list<value_type> column without a Python list per row.
+
+    With `valid` (one bool per output row), `rows` holds only the valid rows, in order; the others become nulls.
+    """
+    width = rows.shape[1]
+    if valid is None:
+        offsets = pa.array(np.arange(0, (len(rows) + 1) * width, width, dtype=np.int32))
+    else:
+        valid = np.asarray(valid, dtype=bool)
+        offsets = pa.array(
+            np.concatenate([[0], np.cumsum(valid * width)]).astype(np.int32), mask=np.append(~valid, False)
+        )
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1), type=value_type))
+
+
+def repeated(value: str, n: int) -> pa.StringArray:
+    """A constant string column of n rows, without a Python list of n strings."""
+    return pa.repeat(pa.scalar(value, pa.string()), n)

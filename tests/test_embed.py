@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coderflow.tasks.embed.encode import decode_image, embed_samples, encode_texts, token_counts
+from coderflow.tasks.embed.encode import _decoded_batches, decode_image, embed_samples, encode_texts, token_counts
 from coderflow.tasks.embed.model import load_model
 
 torch.set_num_threads(1)
@@ -44,6 +46,23 @@ def lm():
     return load_model("ViT-S-32-alt")
 
 
+def test_next_batch_decodes_while_the_current_one_is_used():
+    second_batch_decoded = threading.Event()
+
+    def prepare(i: int) -> tuple[dict, int]:
+        if i == 3:
+            second_batch_decoded.set()
+        return {"i": i}, i
+
+    with ThreadPoolExecutor(1) as pool:
+        batches = _decoded_batches(range(5), prepare, 2, pool)
+        first = next(batches)
+        # nothing asked for batch 2 yet: it is decoding already (the model would be running on batch 1 now)
+        assert second_batch_decoded.wait(5), "batch 2 did not start decoding before batch 1 was handed out"
+        assert [i for _, i in first] == [0, 1]
+        assert [[i for _, i in b] for b in batches] == [[2, 3], [4]]
+
+
 def test_embed_samples_records_bad_rows(lm):
     good = _encode(Image.new("RGB", (40, 30), (200, 10, 10)))
     samples = [
@@ -61,6 +80,8 @@ def test_embed_samples_records_bad_rows(lm):
     a, d = np.array(rows[0]["embedding"]), np.array(rows[3]["embedding"])
     assert np.isclose(np.linalg.norm(a), 1, atol=1e-5) and np.allclose(a, d, atol=1e-5)  # same image, same vector
     assert rows[0]["model_id"] == "ViT-S-32-alt__random"
+    assert rows[1]["embedding"] is None and rows[2]["embedding"] is None and len(rows[3]["embedding"]) == 256
+    assert {(r["dataset"], r["split"], r["shard"]) for r in rows} == {("d", "test", "s0")}
 
 
 def test_text_embeddings_and_truncation(lm):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from coderflow.storage import db
 from coderflow.storage.layout import Layout, content_id, model_id, safe_name
 from coderflow.storage.parquet_io import ROW_GROUP_ROWS, read_table, write_stream, write_table
-from coderflow.storage.schemas import METRICS
+from coderflow.storage.schemas import METRICS, list_array
 from coderflow.storage.shards import ingest_info, iter_samples, list_shards, validate_classnames, write_split
 
 
@@ -89,6 +90,14 @@ def test_write_stream_from_two_threads_at_once(tmp_path: Path):
         assert list(pool.map(write, range(4))) == [4000] * 4
     for n in range(4):
         assert set(read_table(tmp_path / f"{n}.parquet")["i"].to_pylist()) == {n}
+
+
+def test_list_array_rows_and_null_rows():
+    m = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert list_array(m, pa.float32()).to_pylist() == [[0, 1], [2, 3], [4, 5]]
+    with_nulls = list_array(m, pa.float32(), np.array([True, False, True, True, False]))
+    assert with_nulls.to_pylist() == [[0, 1], None, [2, 3], [4, 5], None] and with_nulls.type == pa.list_(pa.float32())
+    assert list_array(m[:0], pa.float32(), np.array([False])).to_pylist() == [None]
 
 
 def test_write_split_roundtrip_and_replace(tmp_path: Path):

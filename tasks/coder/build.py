@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from coderflow.storage.schemas import CODER
+from coderflow.storage.schemas import CODER, list_array, repeated
 
 
 @dataclass(frozen=True)
@@ -89,16 +89,6 @@ def coder_matrix(images: np.ndarray, texts: np.ndarray, batch_size: int = 4096) 
     return out
 
 
-def _list_array(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
-    n, width = rows.shape
-    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1), type=value_type))
-
-
-def _repeated(value: str, n: int) -> pa.StringArray:
-    return pa.repeat(pa.scalar(value, pa.string()), n)  # without a Python list of n strings
-
-
 def coder_table(
     batch: CoderBatch,
     sample_keys: Sequence[str],
@@ -119,17 +109,17 @@ def coder_table(
     f32, i32 = pa.float32(), pa.int32()
     if batch.sparse:
         vector = pa.nulls(n, pa.list_(f32))
-        indices, values = _list_array(batch.indices, i32), _list_array(batch.values, f32)
+        indices, values = list_array(batch.indices, i32), list_array(batch.values, f32)
     else:
-        vector = _list_array(batch.vector, f32)
+        vector = list_array(batch.vector, f32)
         indices, values = pa.nulls(n, pa.list_(i32)), pa.nulls(n, pa.list_(f32))
     columns = {
         "sample_key": pa.array(list(sample_keys), type=pa.string()),
-        "dataset": _repeated(dataset, n),
-        "split": _repeated(split, n),
+        "dataset": repeated(dataset, n),
+        "split": repeated(split, n),
         "label": pa.array(np.asarray(labels, dtype=np.int32), type=i32),
-        "model_id": _repeated(model_id, n),
-        "textbank_id": _repeated(textbank_id, n),
+        "model_id": repeated(model_id, n),
+        "textbank_id": repeated(textbank_id, n),
         "vector": vector,
         "indices": indices,
         "values": values,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -13,7 +14,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from coderflow.storage.schemas import IMAGE_EMBEDDINGS
+from coderflow.storage.schemas import IMAGE_EMBEDDINGS, list_array, repeated
 from coderflow.storage.shards import image_entry, label_problem, sample_error, sample_label
 from coderflow.tasks.embed.model import LoadedModel
 
@@ -64,6 +65,20 @@ def encode_images(batch: torch.Tensor, lm: LoadedModel) -> np.ndarray:
     return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
 
 
+def _decoded_batches(
+    samples: Iterable[dict[str, Any]], prepare: Any, batch_size: int, pool: ThreadPoolExecutor
+) -> Iterator[list[tuple[dict[str, Any], torch.Tensor | None]]]:
+    """Batches of prepared samples; the next batch is already decoding in `pool` while the caller uses one."""
+    pending = None
+    for chunk in _batches(samples, batch_size):
+        submitted = pool.map(prepare, chunk)  # submits the whole batch now, results in order
+        if pending is not None:
+            yield list(pending)
+        pending = submitted
+    if pending is not None:
+        yield list(pending)
+
+
 def embed_samples(
     samples: Iterable[dict[str, Any]],
     lm: LoadedModel,
@@ -74,25 +89,32 @@ def embed_samples(
 ) -> pa.Table:
     """Embed raw WebDataset samples; rows keep input order and carry status/error for undecodable images.
 
-    `meta` fills the constant columns (dataset, split, shard). Decoding runs in a thread pool while the model
-    runs on the previous batch's tensors. With `n_classes`, a label outside [0, n_classes) (or one that is not an
+    `meta` fills the constant columns (dataset, split, shard). A thread pool decodes the next batch while the model
+    runs on the current one. With `n_classes`, a label outside [0, n_classes) (or one that is not an
     integer) makes the row status 'error' ("label 12 out of range for 10 classes"), so classification and metrics
     never see it; a sample without a label stays 'ok' (predicted, left out of the metrics). A shard-error sample
     (see storage.shards.SHARD_ERROR) becomes an error row keyed `<shard>#shard`.
     """
     rows: list[dict[str, Any]] = []
-    embeddings: list[np.ndarray | None] = []
+    vectors: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=max(1, decode_threads)) as pool:
-        for chunk in _batches(samples, batch_size):
-            prepared = list(pool.map(lambda s: _prepare(s, lm.preprocess, n_classes), chunk))
-            ok = [t for _, t in prepared if t is not None]
-            vecs = iter(encode_images(torch.stack(ok), lm)) if ok else iter(())
-            for row, tensor in prepared:
-                rows.append(row)
-                embeddings.append(next(vecs) if tensor is not None else None)
-    for row, vec in zip(rows, embeddings, strict=True):
-        row.update(meta, model_id=lm.model_id, embedding=None if vec is None else vec.tolist())
-    return pa.Table.from_pylist(rows, schema=IMAGE_EMBEDDINGS)
+        prepare = partial(_prepare, preprocess=lm.preprocess, n_classes=n_classes)
+        for prepared in _decoded_batches(samples, prepare, batch_size, pool):
+            ok = [tensor for _, tensor in prepared if tensor is not None]
+            if ok:
+                vectors.append(encode_images(torch.stack(ok), lm))
+            rows.extend(row for row, _ in prepared)
+    valid = np.array([row["status"] == "ok" for row in rows], dtype=bool)
+    dim = int(getattr(lm.model, "embed_dim", 0) or 0)
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+    columns = {name: [row[name] for row in rows] for name in ("sample_key", "label", "status", "error")}
+    n = len(rows)
+    columns |= {name: repeated(value, n) for name, value in meta.items()}
+    columns |= {
+        "model_id": repeated(lm.model_id, n),
+        "embedding": list_array(matrix, pa.float32(), valid),
+    }
+    return pa.Table.from_pydict({name: columns[name] for name in IMAGE_EMBEDDINGS.names}, schema=IMAGE_EMBEDDINGS)
 
 
 def token_counts(texts: Sequence[str], lm: LoadedModel) -> list[int]:
