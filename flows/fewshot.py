@@ -9,6 +9,7 @@ from prefect import flow, unmapped
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run, text_bank
+from coderflow.flows.runners import subflows_share_heartbeat
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.embed.task import describe_model
 from coderflow.tasks.evaluate.task import evaluate_run
@@ -23,6 +24,7 @@ from coderflow.tasks.fewshot.task import (
 
 
 @flow(name="few-shot")
+@subflows_share_heartbeat
 def fewshot(config: PipelineConfig) -> dict[str, Any]:
     """Training-free few-shot classification over shots x seeds; alpha/beta chosen on val, figures on test."""
     root = _root(config.workdir)

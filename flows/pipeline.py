@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from coderflow.config import ClassifyConfig, CoderConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
 from coderflow.flows import uptodate
 from coderflow.flows.naming import run_namer, tag_flow_run
-from coderflow.flows.runners import THREADS, with_runner
+from coderflow.flows.runners import THREADS, subflows_share_heartbeat, with_runner
 from coderflow.storage.layout import Layout
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.classify.task import classify_zero_shot
@@ -174,6 +174,7 @@ def classify(
 
 
 @flow(name="pipeline", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
+@subflows_share_heartbeat
 def pipeline(config: PipelineConfig) -> dict[str, Any]:
     """End to end: ingest, embed images, text bank, CODER, classify with every method, evaluate, DuckDB."""
     root = _root(config.workdir)

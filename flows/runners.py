@@ -1,18 +1,22 @@
-"""The task runner is configuration: threads, Dask or Ray run the same flows, chosen by `PipelineConfig.runner`."""
+"""How flows run: the task runner is configuration (threads, Dask or Ray), and subflows share their parent's heartbeat."""
 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import threading
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from prefect import Flow
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from coderflow.config import PipelineConfig
 
 F = TypeVar("F", bound=Flow)
+C = TypeVar("C", bound=Callable[..., Any])
 
 _lock = threading.Lock()
 # Shards in flight on the thread runner: two keep decoding and inference overlapped on a laptop while memory stays
@@ -95,3 +99,19 @@ def with_runner(flow: F, cfg: PipelineConfig) -> F:
     if cfg.runner == "threads" and cfg.runner_workers is None:
         return flow
     return flow.with_options(task_runner=task_runner(cfg))
+
+
+def subflows_share_heartbeat(fn: C) -> C:
+    """Decorate a flow's function (under `@flow`): the subflows it calls send no heartbeats of their own.
+
+    A subflow runs in its parent's process, whose heartbeat already tells the server that the process is alive. Prefect
+    3.8 stops a flow run's heartbeat thread by joining it, and the thread sleeps in 1 s steps: without this, every
+    subflow's exit waits up to 1 s (a no-op flow run takes 1.1 s, 0.1 s without its heartbeat).
+    """
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return fn(*args, **kwargs)
+
+    return cast(C, run)

@@ -1,4 +1,4 @@
-"""Task runners are configuration: threads and a 2-process Dask cluster give the same metrics on the tiny demo."""
+"""Task runners are configuration (threads and a 2-process Dask cluster give the same metrics); subflows share a heartbeat."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import tiny_demo_config
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from coderflow.config import PipelineConfig
-from coderflow.flows.runners import task_runner, with_runner
+from coderflow.flows.runners import subflows_share_heartbeat, task_runner, with_runner
 from coderflow.storage.db import query
 from coderflow.storage.layout import Layout
 
@@ -33,6 +33,37 @@ def test_dask_at_an_address_starts_nothing():
 def test_unknown_runner_is_refused():
     with pytest.raises(ValueError, match="runner"):
         PipelineConfig(runner="spark")
+
+
+def test_subflows_of_a_decorated_flow_send_no_heartbeats(prefect_server):
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    @flow
+    def child() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    def body() -> dict:
+        return {"parent": get_current_settings().flows.heartbeat_frequency, "children": [child(), child()]}
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect's default: every flow run sends heartbeats
+    assert flow(body)() == {"parent": default, "children": [default, default]}
+    shared = flow(subflows_share_heartbeat(body))()
+    assert shared["children"] == [None, None]  # None: no heartbeat thread, nothing to join at the subflow's exit
+    assert get_current_settings().flows.heartbeat_frequency == default  # the setting does not leak out
+
+
+@pytest.mark.parametrize(
+    "name", ["pipeline.pipeline", "fewshot.fewshot", "adapter.adapter_train", "adapter.adapter_overlap"]
+)
+def test_flows_with_subflows_share_their_heartbeat(name: str):
+    import importlib
+
+    module, attr = name.split(".")
+    parent = getattr(importlib.import_module(f"coderflow.flows.{module}"), attr)
+    assert getattr(parent.fn, "__wrapped__", None) is not None, f"{name} is not decorated with subflows_share_heartbeat"
+    assert list(parent.parameters.properties) == ["config"]  # Prefect still sees the flow's own signature
 
 
 def _metrics(workdir: Path) -> list[dict]:
