@@ -13,6 +13,9 @@ from coderflow.storage.layout import Layout
 from coderflow.storage.schemas import VIEWS
 
 SQL_DIR = Path(__file__).with_name("sql")
+# one row naming the work directory the views were built for: a copied or moved one gets its views rebuilt
+ROOT_VIEW = "coderflow_root"
+WORKDIR_FOLDERS = ("shards", "runs", "texts")  # a work directory has at least one of them
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # EXPLAIN [ANALYZE] [(options)] <statement>: ANALYZE runs the statement, so the inner one must be a SELECT too
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?(?P<inner>.*)$", re.I | re.S)
@@ -34,7 +37,8 @@ def _quote(value: str) -> str:
 
 def _connect(layout: Layout, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the views database that can read the work directory (also at an fsspec URL)."""
-    layout.database.parent.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        layout.database.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(layout.database), read_only=read_only)
     fs = None if layout.is_local else layout.root.fs
     if fs is not None and not con.filesystem_is_registered(
@@ -56,25 +60,71 @@ def _has_files(layout: Layout, pattern: str) -> bool:
     return bool(glob.glob(pattern) if layout.is_local else layout.root.fs.glob(pattern))
 
 
+def is_workdir(layout: Layout) -> bool:
+    """Whether the work directory exists and holds one of coderflow's folders (shards/, runs/, texts/)."""
+    return any((layout.root / name).is_dir() for name in WORKDIR_FOLDERS)
+
+
+def check_workdir(layout: Layout) -> None:
+    """Refuse, in one line, a work directory that does not exist or is not coderflow's (a reader creates nothing)."""
+    if not is_workdir(layout):
+        raise QueryError(
+            f"{layout.root} is not a coderflow work directory (no shards/, runs/ or texts/ folder): pass --workdir "
+            "of one, or run `coderflow demo` first"
+        )
+
+
 def refresh_views(layout: Layout) -> Path:
-    """(Re)create the views `texts`, `image_embeddings`, ... over the files now in the work directory."""
+    """(Re)create the views `texts`, `image_embeddings`, ... over the files now in the work directory.
+
+    The views read absolute paths (any DuckDB client can open the file in place); the view `coderflow_root` records
+    the work directory they were built for, so that readers of a copied or moved one rebuild them first.
+    """
     if layout.is_local:
         layout.root.mkdir(parents=True, exist_ok=True)
     with _connect(layout) as con:
+        con.execute("BEGIN TRANSACTION")  # all views or none: a half refresh keeps the old root, so it is redone
         for name, pattern in layout.view_globs().items():
             if _has_files(layout, pattern):
                 body = f"SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
             else:
                 body = _empty_select(VIEWS[name])
             con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+        con.execute(f"CREATE OR REPLACE VIEW {ROOT_VIEW} AS SELECT {_quote(str(layout.root))} AS root")
+        con.execute("COMMIT")
     return layout.database
 
 
-def connect_read_only(layout: Layout) -> duckdb.DuckDBPyConnection:
-    """A read-only connection that can read files under the work directory only."""
-    if not layout.database.exists():
+def views_root(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The work directory the database's views were built for; None for a database that does not record it."""
+    try:
+        row = con.execute(f"SELECT root FROM {ROOT_VIEW}").fetchone()
+    except duckdb.Error:
+        return None
+    return row[0] if row else None
+
+
+def _views_for(layout: Layout) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to views over this work directory: built, or rebuilt when they name another one."""
+    if layout.database.exists():
+        con = _connect(layout, read_only=True)
+        if views_root(con) == str(layout.root):
+            return con
+        con.close()  # views over another directory (a copy or a move) or from an older coderflow: rebuild them
+    try:
         refresh_views(layout)
-    con = _connect(layout, read_only=True)
+    except duckdb.Error as exc:
+        raise QueryError(
+            f"could not build the views of {layout.root} in {layout.database}: {' '.join(str(exc).split())[:300]}: "
+            "try again when other coderflow commands on it have finished"
+        ) from exc
+    return _connect(layout, read_only=True)
+
+
+def connect_read_only(layout: Layout) -> duckdb.DuckDBPyConnection:
+    """A read-only connection that can read files under the work directory only (views rebuilt if it moved)."""
+    check_workdir(layout)
+    con = _views_for(layout)
     con.execute(f"SET allowed_directories = [{', '.join(map(_quote, _allowed_prefixes(layout)))}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

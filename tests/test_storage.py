@@ -145,6 +145,7 @@ def _metrics_file(layout: Layout) -> None:
 
 
 def test_views_exist_before_any_data(tmp_path: Path):
+    (tmp_path / "runs").mkdir()  # a work directory with no results yet
     layout = Layout.at(tmp_path)
     out = db.query(layout, "SELECT count(*) AS n FROM predictions")
     assert out["n"].to_pylist() == [0]
