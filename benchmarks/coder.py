@@ -114,13 +114,14 @@ def memory_child(n_images: int, n_texts: int, dim: int, per_shard: int, fmt: str
         for s, start in enumerate(range(0, n_images, per_shard)):
             n = min(per_shard, n_images - start)
             emb = unit_rows(rng, n, dim)
-            out = layout.image_embedding_part(mid, "bench", "test", f"bench-test-{s:06d}")
+            out = layout.image_embedding_part(mid, "bench", "test", f"bench-test-{s:06d}", f"{s:064x}")
             table = pa.table(
                 {
                     "sample_key": [f"k{start + i:08d}" for i in range(n)],
                     "dataset": ["bench"] * n,
                     "split": ["test"] * n,
                     "shard": [out.stem] * n,
+                    "shard_hash": [f"{s:064x}"] * n,
                     "label": pa.array(rng.integers(0, 100, n), pa.int32()),
                     "model_id": [mid] * n,
                     "embedding": list_array(emb, pa.float32()),

@@ -91,7 +91,13 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
         k = len(keys[sl])
         shard = f"{DATASET}-{SPLIT}-{s:06d}"
         x = unit_rows(rng, k, d)
-        const = {"dataset": [DATASET] * k, "split": [SPLIT] * k, "model_id": [MODEL] * k}
+        shard_hash = content_id(shard, length=64)
+        const = {
+            "dataset": [DATASET] * k,
+            "split": [SPLIT] * k,
+            "model_id": [MODEL] * k,
+            "shard_hash": [shard_hash] * k,
+        }
         write_table(
             pa.table(
                 {
@@ -104,7 +110,7 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
                     "error": pa.nulls(k, pa.string()),
                 }
             ),
-            layout.image_embedding_part(MODEL, DATASET, SPLIT, shard),
+            layout.image_embedding_part(MODEL, DATASET, SPLIT, shard, shard_hash),
             IMAGE_EMBEDDINGS,
         )
         cos = x @ t.T
@@ -114,7 +120,7 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
             top = np.argsort(-cos, axis=1)[:, : args.top_k].astype(np.int32)
             vec = pa.nulls(k, pa.list_(f32))
             idx, val = list_array(top, i32), list_array(np.take_along_axis(cos, top, axis=1), f32)
-        out = layout.coder_part(MODEL, bank, DATASET, SPLIT, shard)
+        out = layout.coder_part(MODEL, bank, DATASET, SPLIT, shard + ".parquet")
         write_table(
             pa.table(
                 {

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from coderflow.storage.layout import safe_name
 
 DEFAULT_MODEL = "ViT-S-32-alt"
 ZERO_SHOT_METHODS = ("clip", "dclip", "cupl", "waffle", "coder", "coder_rerank")
@@ -18,10 +20,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def default_dataset_name(source: str | None) -> str:
+    """A dataset name from its source: the last folder of the path or URL before any `{split}` part ('demo')."""
+    if not source:
+        return "demo"
+    parts = [p for p in source.split("://", 1)[-1].replace("\\", "/").split("/") if p and "{split}" not in p]
+    try:
+        return safe_name(parts[-1] if parts else "")
+    except ValueError:
+        raise ValueError(f"cannot name a dataset after source {source!r}: pass dataset.name (--dataset NAME)") from None
+
+
+# Actions of one invocation, not properties of the data: left out of every fingerprint.
+DATASET_ACTIONS = frozenset({"reingest", "replace"})
+
+
 class DatasetConfig(_Strict):
     """Where a dataset comes from and how it is sharded."""
 
-    name: str = "demo"
+    name: str = Field("demo", description="name in paths and tables; default: the source folder's name, else 'demo'")
     source: str | None = Field(None, description="image folder, CLIP_benchmark root (path or URL); None for the demo")
     kind: Literal["demo", "folder", "wds"] = "demo"
     split: str = "test"
@@ -30,7 +47,34 @@ class DatasetConfig(_Strict):
     samples_per_shard: int = Field(100, ge=1)
     demo_images_per_class: int = Field(20, ge=1)
     demo_image_size: int = Field(64, ge=16)
-    seed: int = 0
+    seed: int = Field(0, description="demo images and split_ratio draws")
+    split_ratio: dict[str, float] | None = Field(
+        None,
+        description="split one image folder: split name -> share (e.g. train 0.5, val 0.2, test 0.3), stratified "
+        "per class and seeded by `seed`",
+    )
+    reingest: bool = Field(False, description="ingest again even when the source and config are unchanged")
+    replace: bool = Field(
+        False, description="allow ingesting another source or kind under an existing dataset name (replaces it)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("name"):
+            data = {**data, "name": default_dataset_name(data.get("source"))}
+        return data
+
+    @field_validator("split_ratio")
+    @classmethod
+    def _shares(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (len(v) < 2 or min(v.values()) <= 0):
+            raise ValueError("give a positive share for at least two splits, e.g. {train: 0.5, val: 0.2, test: 0.3}")
+        return v
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that decide the ingested data (actions such as `reingest` left out)."""
+        return self.model_dump(mode="json", exclude=set(DATASET_ACTIONS))
 
     @field_validator("name", "split")
     @classmethod

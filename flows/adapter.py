@@ -9,7 +9,7 @@ from prefect import flow
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run
-from coderflow.flows.runners import subflows_share_heartbeat
+from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.adapter.task import measure_overlap, train_adapter
 from coderflow.tasks.embed.task import describe_model
@@ -18,6 +18,7 @@ from coderflow.tasks.evaluate.task import store_metrics
 
 @flow(name="train-adapter")
 @subflows_share_heartbeat
+@holds_workdir_lock
 def adapter_train(config: PipelineConfig) -> dict[str, Any]:
     """Ingest the training collection (a no-op when done) and train adapters on it; returns the adapter id."""
     root = _root(config.workdir)
@@ -27,6 +28,7 @@ def adapter_train(config: PipelineConfig) -> dict[str, Any]:
 
 @flow(name="adapter-overlap")
 @subflows_share_heartbeat
+@holds_workdir_lock
 def adapter_overlap(config: PipelineConfig) -> dict[str, Any]:
     """Intra-modal overlap and feature variance of a labeled split with the original and the adapted image encoder."""
     if not config.model.adapter:

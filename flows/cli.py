@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coderflow.config import DatasetConfig, PipelineConfig, describe_validation_error, load_yaml
-from coderflow.storage.db import QueryError, query, refresh_views, sql_file
+from coderflow.storage.db import QueryError, query, sql_file
 from coderflow.storage.layout import Layout, resolve_workdir
 
 app = typer.Typer(help="CLIP classification with CODER, run as Prefect flows.", no_args_is_help=True)
@@ -29,7 +30,9 @@ RANDOM_WEIGHTS_NOTE = (
 
 Workdir = Annotated[str | None, typer.Option(help="work directory (default $CODERFLOW_HOME or ./coderflow-data)")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file; flags override it")]
-Dataset = Annotated[str | None, typer.Option("--dataset", help="dataset name used in paths and tables")]
+Dataset = Annotated[
+    str | None, typer.Option("--dataset", help="dataset name in paths and tables (default: the source folder's name)")
+]
 Source = Annotated[str | None, typer.Option(help="image folder, or CLIP_benchmark root (path or URL)")]
 Kind = Annotated[str | None, typer.Option(help="demo | folder | wds (default: folder for a directory, else wds)")]
 Split = Annotated[str | None, typer.Option(help="split name (default test)")]
@@ -44,6 +47,19 @@ Methods = Annotated[str | None, typer.Option(help="comma-separated zero-shot met
 Runner = Annotated[str | None, typer.Option(help="task runner: threads | dask | ray (flows/runners.py)")]
 RunnerAddress = Annotated[str | None, typer.Option(help="dask scheduler or ray address; default: a local cluster")]
 RunnerWorkers = Annotated[int | None, typer.Option(help="threads, or local dask/ray worker processes")]
+Reingest = Annotated[bool, typer.Option("--reingest", help="ingest the source again even when it looks unchanged")]
+ReplaceDataset = Annotated[
+    bool,
+    typer.Option(
+        "--replace-dataset", help="ingest another source or kind under an existing dataset name, deleting the old one"
+    ),
+]
+SplitRatio = Annotated[
+    str | None,
+    typer.Option(
+        help="split one image folder into train,val,test by these shares, e.g. 0.5,0.2,0.3 (stratified, seeded)"
+    ),
+]
 Force = Annotated[
     bool, typer.Option("--force", help="run even when the newest run had the same config and inputs (up to date)")
 ]
@@ -67,14 +83,32 @@ def build_config(config: Path | None = None, **flags: Any) -> PipelineConfig:
         node[leaf] = value
     ds = data.get("dataset")
     if isinstance(ds, dict) and ds.get("source") and "kind" not in ds:
-        src = str(ds["source"])
-        ds["kind"] = (
-            "folder" if Path(src).expanduser().is_dir() and not (Path(src) / "classnames.txt").exists() else "wds"
-        )
+        src = Path(str(ds["source"]).replace("{split}", str(ds.get("split") or "test"))).expanduser()
+        ds["kind"] = "folder" if src.is_dir() and not (src / "classnames.txt").exists() else "wds"
+    if isinstance(ds, dict) and isinstance(ds.get("split_ratio"), str):
+        fs = data.get("fewshot") or {}
+        names = [fs.get(k) or d for k, d in (("train_split", "train"), ("val_split", "val"), ("test_split", "test"))]
+        ds["split_ratio"] = parse_split_ratio(ds["split_ratio"], names)
     try:
         return PipelineConfig(**data)
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc, str(config) if config else "the command-line flags")) from exc
+
+
+def parse_split_ratio(text: str, names: list[str]) -> dict[str, float]:
+    """'0.5,0.2,0.3' (shares of train, val, test) or 'train=0.5,val=0.2,test=0.3' as a split -> share mapping."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        if all("=" in x for x in items):
+            return {k.strip(): float(v) for k, v in (x.split("=", 1) for x in items)}
+        if len(items) == len(names):
+            return dict(zip(names, map(float, items), strict=True))
+    except ValueError:
+        pass
+    raise ValueError(
+        f"--split-ratio {text!r}: give {len(names)} shares for {','.join(names)} (e.g. 0.5,0.2,0.3) or name them "
+        "(train=0.5,val=0.2,test=0.3)"
+    )
 
 
 def _config(
@@ -91,25 +125,30 @@ def _config(
     methods: str | None = None,
     *,
     check_model: bool = True,
+    reingest: bool = False,
+    replace: bool = False,
+    split_ratio: str | None = None,
+    ingests: bool = False,
 ) -> PipelineConfig:
-    return preflight(
-        build_config(
-            config,
-            **{
-                "workdir": workdir,
-                "dataset.name": dataset,
-                "dataset.source": source,
-                "dataset.kind": kind,
-                "dataset.split": split,
-                "model.name": model,
-                "model.pretrained": pretrained,
-                "model.device": device,
-                "model.batch_size": batch_size,
-                "methods": methods.split(",") if methods else None,
-            },
-        ),
-        check_model=check_model,
+    cfg = build_config(
+        config,
+        **{
+            "dataset.reingest": reingest or None,
+            "dataset.replace": replace or None,
+            "dataset.split_ratio": split_ratio,
+            "workdir": workdir,
+            "dataset.name": dataset,
+            "dataset.source": source,
+            "dataset.kind": kind,
+            "dataset.split": split,
+            "model.name": model,
+            "model.pretrained": pretrained,
+            "model.device": device,
+            "model.batch_size": batch_size,
+            "methods": methods.split(",") if methods else None,
+        },
     )
+    return preflight(cfg, check_model=check_model, ingests=[cfg.dataset.split] if ingests else ())
 
 
 def _with_runner_flags(
@@ -122,24 +161,25 @@ def _with_runner_flags(
         raise ValueError(describe_validation_error(exc, "the command-line flags")) from exc
 
 
-def preflight(cfg: PipelineConfig, check_model: bool = True) -> PipelineConfig:
-    """Checks that need no work: a local dataset folder exists, the model name is known to open_clip.
+def preflight(cfg: PipelineConfig, check_model: bool = True, ingests: Sequence[str] = ()) -> PipelineConfig:
+    """Checks that need no work. For the splits a command ingests (`ingests`): the dataset name is not another
+    source's, the splits are not one folder, and the source can be read (the class list, the class folders or the
+    shard listing; no image is opened). Then: the model name is known to open_clip.
 
     `check_model=False` leaves the model name (which imports open_clip) to the caller: see `_run_pipeline`.
     """
     from coderflow.tasks.embed.model import check_model_name
+    from coderflow.tasks.ingest.sources import check_identity, make_source, shared_split_source
 
     resolve_workdir(cfg.workdir)  # a URL whose fsspec package is missing fails here, before any work
     ds = cfg.dataset
-    if ds.kind == "folder" and ds.source and "://" not in ds.source:
-        for split in (
-            {ds.split, cfg.fewshot.train_split, cfg.fewshot.val_split} if "{split}" in ds.source else {ds.split}
-        ):
-            folder = Path(ds.source.replace("{split}", split)).expanduser()
-            if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"dataset.source: folder {str(folder)!r} does not exist: pass a folder with one sub-folder per class"
-                )
+    if ingests:
+        check_identity(ds, cfg.workdir)  # another source under this dataset name: refused before any work
+        problem = shared_split_source(ds, list(ingests))
+        if problem:
+            raise ValueError(problem)
+        for split in dict.fromkeys(ingests):
+            make_source(ds.model_copy(update={"split": split}))
     if check_model:
         check_model_name(cfg.model.name)
     return cfg
@@ -173,11 +213,7 @@ def _print_metrics(layout: Layout, run_id: str) -> None:
     sql = sql_file("accuracy_per_method").replace(
         "WHERE m.class_index IS NULL", f"WHERE m.class_index IS NULL AND m.run_id = '{run_id}'"
     )
-    try:
-        table = query(layout, sql)
-    except QueryError:  # views over another path (a moved or copied work directory): recreate them once
-        refresh_views(layout)
-        table = query(layout, sql)
+    table = query(layout, sql)  # views of a moved or copied work directory are rebuilt for it (storage/db.py)
     print_table(table.drop_columns(["run_id"]), title=f"run {run_id}")
 
 
@@ -220,7 +256,7 @@ def _run_pipeline(cfg: PipelineConfig, force: bool) -> None:
     """The end-to-end pipeline, unless the newest recorded run had the same inputs (then torch and Prefect never load)."""
     if not force and _guard(lambda: _up_to_date(cfg)):
         return
-    _guard(lambda: preflight(cfg))  # the model name check imports open_clip: only when the pipeline runs
+    _guard(lambda: preflight(cfg, ingests=[cfg.dataset.split]))  # imports open_clip: only when the pipeline runs
     from coderflow.flows.pipeline import pipeline
     from coderflow.flows.runners import with_runner
 
@@ -238,13 +274,18 @@ def demo(
     runner: Runner = None,
     runner_address: RunnerAddress = None,
     runner_workers: RunnerWorkers = None,
+    reingest: Reingest = False,
     force: Force = False,
 ) -> None:
     """Run the whole pipeline offline on the built-in procedural demo dataset (nothing runs when up to date)."""
-    cfg = _guard(lambda: _config(None, workdir, "demo", None, "demo", None, model, pretrained, check_model=False))
+    cfg = _guard(
+        lambda: _config(
+            None, workdir, "demo", None, "demo", None, model, pretrained, check_model=False, reingest=reingest
+        )
+    )
     cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"demo_images_per_class": images_per_class})})
     cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
-    _run_pipeline(cfg, force)
+    _run_pipeline(cfg, force or reingest)
 
 
 @app.command()
@@ -263,17 +304,20 @@ def run(
     runner: Runner = None,
     runner_address: RunnerAddress = None,
     runner_workers: RunnerWorkers = None,
+    reingest: Reingest = False,
+    replace_dataset: ReplaceDataset = False,
+    split_ratio: SplitRatio = None,
     force: Force = False,
 ) -> None:
     """Run the pipeline end to end on a dataset (YAML config and/or flags; nothing runs when up to date)."""
     cfg = _guard(
         lambda: _config(
             config, workdir, dataset, source, kind, split, model, pretrained, device, batch_size, methods,
-            check_model=False,
+            check_model=False, reingest=reingest, replace=replace_dataset, split_ratio=split_ratio,
         )
     )  # fmt: skip
     cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
-    _run_pipeline(cfg, force)
+    _run_pipeline(cfg, force or reingest or replace_dataset)
 
 
 @app.command()
@@ -285,11 +329,19 @@ def ingest(
     kind: Kind = None,
     split: Split = None,
     samples_per_shard: Annotated[int | None, typer.Option(help="samples per tar shard")] = None,
+    reingest: Reingest = False,
+    replace_dataset: ReplaceDataset = False,
+    split_ratio: SplitRatio = None,
 ) -> None:
-    """Write a dataset split as WebDataset shards."""
+    """Write a dataset split as WebDataset shards (skipped when the source and settings are unchanged)."""
     from coderflow.flows.pipeline import ingest_dataset
 
-    cfg = _guard(lambda: _config(config, workdir, dataset, source, kind, split))
+    cfg = _guard(
+        lambda: _config(
+            config, workdir, dataset, source, kind, split, reingest=reingest, replace=replace_dataset,
+            split_ratio=split_ratio, ingests=True,
+        )
+    )  # fmt: skip
     ds: DatasetConfig = cfg.dataset
     if samples_per_shard:
         ds = ds.model_copy(update={"samples_per_shard": samples_per_shard})
@@ -434,6 +486,9 @@ def fewshot(
     alpha: Annotated[float | None, typer.Option(help="cache weight in fixed mode")] = None,
     beta: Annotated[float | None, typer.Option(help="cache sharpness in fixed mode")] = None,
     adapter: AdapterId = None,
+    reingest: Reingest = False,
+    replace_dataset: ReplaceDataset = False,
+    split_ratio: SplitRatio = None,
 ) -> None:
     """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter); needs train/val/test splits."""
     from coderflow.flows.fewshot import fewshot as fewshot_flow
@@ -449,10 +504,13 @@ def fewshot(
                 "model.name": model, "model.pretrained": pretrained, "fewshot.shots": ints(shots),
                 "fewshot.seeds": ints(seeds), "fewshot.augment_views": augment_views, "fewshot.search": search,
                 "fewshot.alpha": alpha, "fewshot.beta": beta, "model.adapter": adapter,
+                "dataset.reingest": reingest or None, "dataset.replace": replace_dataset or None,
+                "dataset.split_ratio": split_ratio,
             },
         )
     )  # fmt: skip
-    cfg = _guard(lambda: preflight(cfg))
+    splits = [cfg.fewshot.train_split, cfg.fewshot.val_split, cfg.fewshot.test_split]
+    cfg = _guard(lambda: preflight(cfg, ingests=splits))
     start = time.perf_counter()
     result = _guard(lambda: fewshot_flow(cfg))
     table = Table(title=f"few-shot run {result['run_id']} (test top-1 over seeds)")
@@ -491,7 +549,8 @@ def adapter_train_cmd(
         "adapter.train_split": split, "model.name": model, "model.pretrained": pretrained, "adapter.epochs": epochs,
         "adapter.lr": lr, "adapter.batch_size": batch_size,
     }  # fmt: skip
-    cfg = _guard(lambda: preflight(build_config(config, **flags)))
+    cfg = _guard(lambda: build_config(config, **flags))
+    cfg = _guard(lambda: preflight(cfg, ingests=[cfg.adapter.train_split]))
     out = _guard(lambda: adapter_train(cfg))
     console.print_json(json.dumps(out))
     console.print(f"use it with --adapter {out['adapter_id']} (fewshot, embed, adapter overlap)")
@@ -516,7 +575,8 @@ def adapter_overlap_cmd(
         "workdir": workdir, "dataset.name": dataset, "dataset.source": source, "dataset.kind": kind,
         "dataset.split": split, "model.name": model, "model.pretrained": pretrained, "model.adapter": adapter,
     }  # fmt: skip
-    cfg = _guard(lambda: preflight(build_config(config, **flags)))
+    cfg = _guard(lambda: build_config(config, **flags))
+    cfg = _guard(lambda: preflight(cfg, ingests=[cfg.dataset.split]))
     out = _guard(lambda: adapter_overlap(cfg))
     table = Table(title=f"intra-modal overlap, run {out['run_id']}")
     for col in ("model_id", "metric", "value"):

@@ -9,7 +9,7 @@ from prefect import flow, unmapped
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run, text_bank
-from coderflow.flows.runners import subflows_share_heartbeat
+from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.embed.task import describe_model
 from coderflow.tasks.evaluate.task import evaluate_run
@@ -19,12 +19,15 @@ from coderflow.tasks.fewshot.task import (
     fewshot_predict,
     plan_support_sets,
     plot_accuracy_vs_shots,
+    refuse_overlapping_splits,
+    refuse_shared_splits,
     write_augmented_split,
 )
 
 
 @flow(name="few-shot")
 @subflows_share_heartbeat
+@holds_workdir_lock
 def fewshot(config: PipelineConfig) -> dict[str, Any]:
     """Training-free few-shot classification over shots x seeds; alpha/beta chosen on val, figures on test."""
     root = _root(config.workdir)
@@ -33,8 +36,10 @@ def fewshot(config: PipelineConfig) -> dict[str, Any]:
         name: config.dataset.model_copy(update={"split": name})
         for name in (fs.train_split, fs.val_split, fs.test_split)
     }
+    refuse_shared_splits(config.dataset, list(splits), root)
     for ds in splits.values():
         ingest_dataset(ds, root)
+    refuse_overlapping_splits(config.dataset.name, list(splits), root)
     for name in (fs.val_split, fs.test_split):
         embed_images(splits[name], model, root, config.max_failure_rate)
     bank = text_bank(

@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from coderflow.config import ClassifyConfig, CoderConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
 from coderflow.flows import uptodate
 from coderflow.flows.naming import run_namer, tag_flow_run
-from coderflow.flows.runners import THREADS, subflows_share_heartbeat, with_runner
+from coderflow.flows.runners import THREADS, holds_workdir_lock, subflows_share_heartbeat, with_runner
 from coderflow.storage.layout import Layout
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.classify.task import classify_zero_shot
@@ -58,6 +58,7 @@ def _root(workdir: str | None) -> str:
 
 
 @flow(name="ingest-dataset", flow_run_name=run_namer(with_model=False), on_running=[tag_flow_run])
+@holds_workdir_lock
 def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> dict[str, Any]:
     """Write a dataset split as WebDataset shards under the work directory."""
     return ingest_split(dataset, _root(workdir))
@@ -69,13 +70,17 @@ def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> dict[s
     flow_run_name=run_namer(),
     on_running=[tag_flow_run],
 )
+@holds_workdir_lock
 def embed_images(
     dataset: DatasetConfig, model: ModelConfig, workdir: str | None = None, max_failure_rate: float = 0.1
 ) -> dict[str, Any]:
     """Embed every shard of a split (one mapped task per shard; finished shards are skipped)."""
     root = _root(workdir)
     shards = list_split_shards(dataset.name, dataset.split, root)
-    futures = embed_shard.map(shards, unmapped(dataset.name), unmapped(dataset.split), unmapped(model), unmapped(root))
+    paths, hashes = [p for p, _ in shards], [h for _, h in shards]
+    futures = embed_shard.map(
+        paths, hashes, unmapped(dataset.name), unmapped(dataset.split), unmapped(model), unmapped(root)
+    )
     done = results_with_progress(futures, f"{dataset.name}/{dataset.split} shards")
     result = summarize_shards(done, max_failure_rate)
     refresh_database(root)
@@ -83,6 +88,7 @@ def embed_images(
 
 
 @flow(name="text-bank", flow_run_name=run_namer(), on_running=[tag_flow_run])
+@holds_workdir_lock
 def text_bank(
     dataset: DatasetConfig,
     model: ModelConfig,
@@ -104,6 +110,7 @@ def text_bank(
     flow_run_name=run_namer(),
     on_running=[tag_flow_run],
 )
+@holds_workdir_lock
 def build_coder(
     dataset: DatasetConfig,
     model: ModelConfig,
@@ -129,6 +136,7 @@ def build_coder(
 
 
 @flow(name="classify", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
+@holds_workdir_lock
 def classify(
     dataset: DatasetConfig,
     model: ModelConfig,
@@ -175,6 +183,7 @@ def classify(
 
 @flow(name="pipeline", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
 @subflows_share_heartbeat
+@holds_workdir_lock
 def pipeline(config: PipelineConfig) -> dict[str, Any]:
     """End to end: ingest, embed images, text bank, CODER, classify with every method, evaluate, DuckDB."""
     root = _root(config.workdir)

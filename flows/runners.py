@@ -1,9 +1,11 @@
-"""How flows run: the task runner is configuration (threads, Dask or Ray), and subflows share their parent's heartbeat."""
+"""How flows run: the task runner is configuration (threads, Dask or Ray), subflows share their parent's heartbeat,
+and a flow holds its work directory's lock."""
 
 from __future__ import annotations
 
 import atexit
 import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -14,6 +16,8 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from coderflow.config import PipelineConfig
+from coderflow.storage.layout import Layout
+from coderflow.storage.lock import workdir_lock
 
 F = TypeVar("F", bound=Flow)
 C = TypeVar("C", bound=Callable[..., Any])
@@ -114,4 +118,24 @@ def subflows_share_heartbeat(fn: C) -> C:
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             return fn(*args, **kwargs)
 
+    return cast(C, run)
+
+
+def holds_workdir_lock(fn: C) -> C:
+    """Decorate a flow's function (under `@flow`): it runs while holding its work directory's lock.
+
+    The work directory is the `workdir` argument, or `config.workdir`. Flows nest in one thread (the lock is
+    re-entrant there); another command on the same work directory waits and says so once (storage/lock.py).
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        workdir = bound.get("workdir") if "workdir" in signature.parameters else bound["config"].workdir
+        with workdir_lock(Layout.at(workdir).root, f"flow {fn.__name__.replace('_', '-')}"):
+            return fn(*args, **kwargs)
+
+    # Prefect builds the flow's parameter model from the annotations: resolve them in the flow's own module
+    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
     return cast(C, run)

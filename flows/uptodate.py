@@ -4,11 +4,13 @@ A completed `pipeline` run stores the fingerprint of its inputs in its manifest.
 starts the pipeline again it computes the fingerprint of the same config over the work directory as it is now; when
 the newest run that stored one has the same, that run's results are still valid and nothing needs to run.
 
-The fingerprint covers: the pipeline config (all of it except `workdir`: files are listed relative to the work
-directory), the versions of coderflow and its main dependencies and the git commit, the model id (a checkpoint file is
-hashed into it; an adapter file is listed), the dataset's class and template files, the split's ingest marker and
-shard files, the image-embedding parts, the text bank (id, file, report), the text-embedding parts of the text model
-and the CODER parts. Files count by relative name, size and mtime_ns, so touching or rewriting one changes it.
+The fingerprint covers: the pipeline config (all of it except `workdir` and one-off actions such as
+`dataset.reingest`), the versions of coderflow and its main dependencies and the git commit, the model id (a
+checkpoint file is hashed into it; an adapter file is listed), the dataset's source as it is now (folder: image paths,
+sizes, mtimes; CLIP_benchmark root: shard sizes and ETags/mtimes), the split's content (shard hashes and class list
+recorded at ingest, the class files' content now), the shard files, the image-embedding parts, the text bank (id,
+file, report), the text-embedding parts of the text model and the CODER parts. Derived files count by relative name,
+size and mtime_ns, so touching or rewriting one changes it; class files count by content.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from coderflow.config import PipelineConfig
 from coderflow.storage.layout import Layout, StoragePath, text_model_id
 from coderflow.storage.parquet_io import write_text
 from coderflow.storage.runs import versions
+from coderflow.storage.shards import ingest_info, stored_classes_id
+from coderflow.tasks.ingest.sources import source_listing
 
 MANIFEST = "manifest.json"
 INPUTS_KEY = "inputs"  # manifest key holding {"fingerprint": sha256, "parts": {name: sha256}}
@@ -81,13 +85,20 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
     shard_dir = layout.shard_dir(ds.name, ds.split)
     config = cfg.model_dump(mode="json")
     config.pop("workdir", None)
+    config["dataset"] = ds.fingerprint()
+    marker = ingest_info(shard_dir) or {}
+    try:
+        source: Any = source_listing(ds)
+    except (OSError, ValueError) as exc:  # a missing source: the run itself will say so
+        source = f"unavailable: {exc}"
     return {
         "config": config,
         "code": versions(),
         "model": {"model_id": mid, "adapter": file_listing(root, [adapter]) if adapter else None},
-        "classes": file_listing(root, [layout.classnames_file(ds.name), layout.templates_file(ds.name)]),
-        "ingest": {p.name: json.loads(p.read_text()) for p in sorted(shard_dir.glob("*.json")) if p.is_file()},
-        "shards": _files(root, shard_dir, "*"),
+        "source": source,
+        "data": {"split_id": marker.get("split_id"), "classes_id": marker.get("classes_id")},
+        "classes": stored_classes_id(layout, ds.name),
+        "shards": _files(root, shard_dir, "*.tar"),
         "image_embeddings": _files(root, layout.image_embedding_dir(mid, ds.name, ds.split), "*.parquet"),
         "textbank": {"id": bank, "files": file_listing(root, bank_files)},
         "text_embeddings": _files(root, layout.text_embedding_dir(text_model_id(mid)), "part-*.parquet"),

@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from coderflow.storage.layout import Layout, text_model_id
+from coderflow.storage.layout import Layout, StoragePath, text_model_id
 from coderflow.storage.parquet_io import read_table, read_tables
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
+from coderflow.storage.shards import split_shards
 
 
 def list_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -32,12 +33,28 @@ class ImageSet:
     n_errors: int
 
 
-def load_images(layout: Layout, model_id: str, dataset: str, split: str) -> ImageSet:
-    parts = sorted(layout.image_embedding_dir(model_id, dataset, split).glob("*.parquet"))
-    if not parts:
+def image_parts(layout: Layout, model_id: str, dataset: str, split: str) -> list[StoragePath]:
+    """The image-embedding files of exactly the split's current shards (matched by content hash), in shard order.
+
+    Files of shards that are no longer in the split are never returned, whatever their name; a shard without its
+    file is an error that says how many are missing.
+    """
+    parts = [
+        layout.image_embedding_part(model_id, dataset, split, s.name, s.sha256)
+        for s in split_shards(layout, dataset, split)
+    ]
+    missing = [p for p in parts if not p.exists()]
+    if missing or not parts:
         raise FileNotFoundError(
-            f"no image embeddings for {dataset}/{split} with model {model_id}: run `coderflow embed` first"
+            f"{len(missing)} of {len(parts)} shards of {dataset}/{split} have no image embeddings with model "
+            f"{model_id}: run `coderflow embed --dataset {dataset} --split {split}` first"
         )
+    return parts
+
+
+def load_images(layout: Layout, model_id: str, dataset: str, split: str) -> ImageSet:
+    """The split's successfully embedded images (see image_parts: only its current shards)."""
+    parts = image_parts(layout, model_id, dataset, split)
     table = read_tables(parts, IMAGE_EMBEDDINGS, ["sample_key", "label", "embedding", "status"])
     ok = table.filter(pc.equal(table["status"], "ok"))
     labels = ok["label"].fill_null(-1).to_numpy().astype(np.int64)

@@ -44,6 +44,25 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()[:12]
 
 
+def file_sha256(path: str | os.PathLike[str] | StoragePath) -> str:
+    """The sha256 hex digest of a file's bytes, local or at a URL (streamed in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with storage_path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+HASH_CHARS = 16  # hex characters of a content hash in derived file names
+
+
+def part_hash(path: str | os.PathLike[str] | StoragePath) -> str | None:
+    """The shard content hash in a derived file name `<stem>.<hash>.parquet`, or None (a file of another scheme)."""
+    stem = Path(str(path)).name.removesuffix(".parquet")
+    _, _, tail = stem.rpartition(".")
+    return tail if len(tail) == HASH_CHARS and all(c in "0123456789abcdef" for c in tail) else None
+
+
 def is_weights_file(pretrained: str | None) -> bool:
     """Whether `pretrained` names a local checkpoint file (rather than a tag or hub id)."""
     return bool(pretrained) and Path(str(pretrained)).expanduser().is_file()
@@ -141,6 +160,13 @@ class Layout:
     def templates_file(self, dataset: str) -> StoragePath:
         return self.root / "shards" / safe_name(dataset) / "templates.txt"
 
+    def dataset_dir(self, dataset: str) -> StoragePath:
+        return self.root / "shards" / safe_name(dataset)
+
+    def dataset_identity(self, dataset: str) -> StoragePath:
+        """Which dataset name, kind and source own `shards/<dataset>/` (see storage.shards.check_identity)."""
+        return self.dataset_dir(dataset) / "_dataset.json"
+
     # texts ----------------------------------------------------------------------------------------
     def textbank_file(self, textbank_id: str) -> StoragePath:
         return self.root / "texts" / f"{textbank_id}.parquet"
@@ -167,8 +193,11 @@ class Layout:
     def image_embedding_dir(self, model_id: str, dataset: str, split: str) -> StoragePath:
         return self.root / "embeddings" / "image" / safe_name(model_id) / safe_name(dataset) / safe_name(split)
 
-    def image_embedding_part(self, model_id: str, dataset: str, split: str, shard: str) -> StoragePath:
-        return self.image_embedding_dir(model_id, dataset, split) / f"{Path(shard).stem}.parquet"
+    def image_embedding_part(self, model_id: str, dataset: str, split: str, shard: str, shard_hash: str) -> StoragePath:
+        """Embeddings of one shard, keyed by its content hash: `<shard stem>.<sha256[:16]>.parquet`."""
+        return (
+            self.image_embedding_dir(model_id, dataset, split) / f"{Path(shard).stem}.{shard_hash[:HASH_CHARS]}.parquet"
+        )
 
     # adapters -------------------------------------------------------------------------------------
     def adapter_file(self, base_model_id: str, adapter_id: str) -> StoragePath:
@@ -182,8 +211,17 @@ class Layout:
     def coder_dir(self, model_id: str, textbank_id: str, dataset: str, split: str) -> StoragePath:
         return self.root / "coder" / safe_name(model_id) / textbank_id / safe_name(dataset) / safe_name(split)
 
-    def coder_part(self, model_id: str, textbank_id: str, dataset: str, split: str, shard: str) -> StoragePath:
-        return self.coder_dir(model_id, textbank_id, dataset, split) / f"{Path(shard).stem}.parquet"
+    def coder_part(self, model_id: str, textbank_id: str, dataset: str, split: str, image_part: str) -> StoragePath:
+        """CODER vectors of one image-embedding part: the same file name, so the same shard content hash."""
+        return self.coder_dir(model_id, textbank_id, dataset, split) / Path(image_part).name
+
+    def derived_files(self, dataset: str, split: str | None = None) -> list[StoragePath]:
+        """Every image-embedding and CODER file computed from a dataset's split (all splits when None), any model."""
+        ds, sp = safe_name(dataset), safe_name(split) if split else "*"
+        out: list[StoragePath] = []
+        for pattern in (f"embeddings/image/*/{ds}/{sp}/*.parquet", f"coder/*/*/{ds}/{sp}/*.parquet"):
+            out.extend(p for p in self.root.glob(pattern) if p.is_file())
+        return sorted(out)
 
     # caches ---------------------------------------------------------------------------------------
     @property

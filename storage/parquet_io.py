@@ -116,6 +116,16 @@ def write_text(text: str, target: str | os.PathLike[str] | StoragePath) -> Stora
     return storage_path(target)
 
 
+def write_text_if_changed(text: str, target: str | os.PathLike[str] | StoragePath) -> bool:
+    """Write a small text file atomically unless it already holds exactly `text` (its mtime then stays); True if
+    it was written."""
+    path = storage_path(target)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text(text, path)
+    return True
+
+
 def _regular(t: pa.DataType) -> pa.DataType:
     if pa.types.is_large_string(t):
         return pa.string()

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import webdataset as wds
-
-from coderflow.storage.layout import StoragePath, is_local, storage_path
+from coderflow.storage.layout import HASH_CHARS, Layout, StoragePath, content_id, file_sha256, is_local, storage_path
 from coderflow.storage.parquet_io import publish_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 INGEST_MARKER = "_ingest.json"
+SOURCE_LISTING = "_source.json"  # the split's source listing at ingest time (what changes are compared with)
+IMAGE_HASHES = "_images.json"  # content hash of every sample's image bytes, in sample order (split overlap checks)
 # A shard-level problem (unreadable, truncated or empty tar) travels as one sample whose key is
 # `<shard stem>#shard` and whose only entry is SHARD_ERROR (the message); embedding records it as an error row.
 SHARD_ERROR = "shard_error"
@@ -30,33 +32,55 @@ def write_split(
     pattern_name: str,
     samples_per_shard: int,
     info: dict[str, Any],
+    extra_files: dict[str, str] | None = None,
 ) -> list[StoragePath]:
     """Write samples as tar shards into a fresh folder, then swap it in for `shard_dir` in one rename.
 
     Each sample is a WebDataset dict: `__key__`, one image entry (bytes, keyed by extension), `cls` (int) and
-    `json` (dict). A reader never sees a half-written split; `info` is stored as the ingest marker. At a URL
-    (s3://, ...) the shards are written locally, then uploaded with the marker last: until it lands, the split
-    counts as not ingested.
+    `json` (dict). A reader never sees a half-written split; `info` is stored as the ingest marker, with the
+    sha256 and sample count of every shard (`shards`), the split's content id (`split_id`, a hash of the shard
+    hashes) and, in `_images.json`, the content hash of every sample's image. `extra_files` (name -> text) land in
+    the split folder in the same swap. At a URL (s3://, ...) the shards are written locally, then uploaded with
+    the marker last: until it lands, the split counts as not ingested.
     """
+    import webdataset as wds  # imported where used: the up-to-date check reads markers without it
+
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard={samples_per_shard}: use a positive number such as 1000")
     local = is_local(shard_dir)
     if local:
         shard_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in shard_dir.parent.glob(f".{shard_dir.name}.*"):  # a killed ingest's staging (writers hold the
+            shutil.rmtree(stale, ignore_errors=True)  # work-directory lock, so none is in use now)
     staging = Path(tempfile.mkdtemp(prefix=f".{shard_dir.name}.", dir=shard_dir.parent if local else None))
     try:
         count = 0
         writer = None
+        image_hashes: list[str] = []
         for sample in samples:
             if count % samples_per_shard == 0:
                 if writer is not None:
                     writer.close()
-                writer = wds.TarWriter(str(staging / (pattern_name % (count // samples_per_shard))))
+                # a fixed mtime makes the tar a function of its samples: the same data always has the same hash
+                writer = wds.TarWriter(str(staging / (pattern_name % (count // samples_per_shard))), mtime=0.0)
             writer.write(sample)
+            entry = image_entry(sample)
+            if entry is not None:
+                image_hashes.append(hashlib.sha256(entry[1]).hexdigest()[:HASH_CHARS])
             count += 1
         if writer is not None:
             writer.close()
-        (staging / INGEST_MARKER).write_text(json.dumps({**info, "samples": count}, indent=2))
+        tars = sorted(staging.glob("*.tar"))
+        shards = [
+            {"name": t.name, "sha256": file_sha256(t), "samples": min(samples_per_shard, count - i * samples_per_shard)}
+            for i, t in enumerate(tars)
+        ]
+        split_id = content_id(*(s["sha256"] for s in shards))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        (staging / IMAGE_HASHES).write_text(json.dumps(image_hashes))
+        marker = {**info, "samples": count, "shards": shards, "split_id": split_id}
+        (staging / INGEST_MARKER).write_text(json.dumps(marker, indent=2))
         (_swap_in if local else _upload)(staging, shard_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -81,8 +105,9 @@ def _upload(staging: Path, shard_dir: StoragePath) -> None:
         fs.rm_file(f"{remote}/{INGEST_MARKER}")
     if fs.exists(remote):
         fs.rm(remote, recursive=True)
-    for tar in sorted(staging.glob("*.tar")):
-        publish_file(tar, shard_dir / tar.name)
+    for item in sorted(staging.iterdir()):
+        if item.name != INGEST_MARKER:
+            publish_file(item, shard_dir / item.name)
     publish_file(staging / INGEST_MARKER, shard_dir / INGEST_MARKER)
 
 
@@ -90,6 +115,59 @@ def ingest_info(shard_dir: StoragePath) -> dict[str, Any] | None:
     """The marker a finished ingest left in a split folder, or None if the split was never completed."""
     marker = shard_dir / INGEST_MARKER
     return json.loads(marker.read_text()) if marker.exists() else None
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One ingested shard: its file and the sha256 of its bytes (what every derived file is keyed by)."""
+
+    name: str
+    path: str
+    sha256: str
+    samples: int
+
+
+def split_shards(layout: Layout, dataset: str, split: str) -> list[ShardRef]:
+    """The shards of an ingested split as its ingest marker lists them, with their content hashes."""
+    shard_dir = layout.shard_dir(dataset, split)
+    info = ingest_info(shard_dir)
+    if info is None:
+        raise FileNotFoundError(
+            f"split {dataset}/{split} is not ingested in {layout.root}: run `coderflow ingest --dataset {dataset} "
+            f"--split {split}` (or `coderflow run`) first"
+        )
+    if "shards" not in info:
+        raise FileNotFoundError(
+            f"split {dataset}/{split} was ingested by an older coderflow without content hashes: "
+            "run `coderflow ingest --reingest` for it"
+        )
+    return [ShardRef(s["name"], str(shard_dir / s["name"]), s["sha256"], int(s["samples"])) for s in info["shards"]]
+
+
+def classes_id(classnames: list[str], templates: list[str]) -> str:
+    """Content id of a dataset's class list and templates."""
+    return content_id(*classnames, "|", *templates)
+
+
+def stored_classes_id(layout: Layout, dataset: str) -> str | None:
+    """classes_id of the dataset's classnames.txt and templates.txt as they are now (None when not written)."""
+    names, templates = layout.classnames_file(dataset), layout.templates_file(dataset)
+    if not names.exists():
+        return None
+    return classes_id(read_lines(names), read_lines(templates) if templates.exists() else [])
+
+
+def split_image_hashes(layout: Layout, dataset: str, split: str) -> list[str]:
+    """Content hashes of the split's sample images, in sample order (empty for splits ingested without them)."""
+    path = layout.shard_dir(dataset, split) / IMAGE_HASHES
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def split_overlaps(layout: Layout, dataset: str, splits: list[str]) -> list[tuple[str, str, int]]:
+    """(split a, split b, number of images with the same content) for every pair of the splits that share any."""
+    hashes = {s: set(split_image_hashes(layout, dataset, s)) for s in dict.fromkeys(splits)}
+    names = list(hashes)
+    return [(a, b, n) for i, a in enumerate(names) for b in names[i + 1 :] if (n := len(hashes[a] & hashes[b]))]
 
 
 def list_shards(shard_dir: StoragePath) -> list[StoragePath]:
@@ -109,6 +187,8 @@ def read_tar_samples(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
     Every complete sample before the damage is yielded; the error sample names the shard and the last member read,
     so a bad shard never stops the stage and never disappears silently.
     """
+    import webdataset as wds
+
     expander = wds.tariterators.tar_file_expander
     last: dict[str, str | None] = {"fname": None}
 
@@ -221,6 +301,11 @@ def validate_classnames(names: list[str], source: str) -> list[str]:
     for i, name in enumerate(names):
         if not name.strip():
             raise ValueError(f"{source}: class {i} has an empty name (line {i + 1}); give every class a name")
+        if name.splitlines() != [name]:
+            raise ValueError(
+                f"{source}: class {i} name {name!r} contains a line separator, which would split it into two "
+                "classes: rename it (folder) or fix the line"
+            )
         if name in seen:
             raise ValueError(f"{source}: class name {name!r} appears twice (lines {seen[name] + 1} and {i + 1})")
         seen[name] = i

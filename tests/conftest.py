@@ -17,8 +17,12 @@ import coderflow  # noqa: F401  (sets the offline Prefect settings before prefec
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server with a temporary database, shared by every flow test."""
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.testing.utilities import prefect_test_harness
 
+    # Prefect's console handler binds to sys.stderr when logging is first set up: do it now, not inside a CliRunner
+    # invocation whose captured stream is closed afterwards (later log lines would then fail with "Logging error")
+    ensure_logging_setup()
     with prefect_test_harness(server_startup_timeout=120):
         yield
 

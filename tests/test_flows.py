@@ -120,15 +120,24 @@ def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_di
         (["query", "DROP VIEW metrics"], "DROP statements are refused"),
         (["query", "SELECT * FROM nowhere"], "nowhere"),
         (["query", "--file", "/no/such.sql"], "not found"),
+        (["ingest", "--source", "/no/such/folder", "--kind", "folder"], "does not exist"),
         (["classify", "--dataset", "never-ingested"], "no text bank"),
         (["texts", "--dataset", "never-ingested"], "not ingested"),
     ],
 )
 def test_cli_errors_are_one_line(prefect_server, tmp_path: Path, args, message):
+    if args[0] == "query":
+        (tmp_path / "w" / "runs").mkdir(parents=True)  # a work directory with no results yet
     result = runner.invoke(app, [*args, "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_query_refuses_a_folder_that_is_not_a_work_directory(tmp_path: Path):
+    result = runner.invoke(app, ["query", "SELECT 1", "--workdir", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "is not a coderflow work directory" in result.output
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_config_errors_name_the_key(tmp_path: Path):

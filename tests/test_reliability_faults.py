@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import re
 import signal
@@ -117,7 +118,11 @@ def _image_rows(keys: list[str], shard: str) -> pa.Table:
 def test_leftover_temp_files_are_invisible_to_views_and_loaders(tmp_path: Path):
     """What a kill mid-write leaves (`.<name>.<random>.tmp`, half written) is matched by no glob."""
     layout = Layout.at(tmp_path)
-    part = layout.image_embedding_part(MODEL_ID, "d", "test", "d-test-000000.tar")
+    sha = "ab" * 32  # the split's one shard, as an ingest marker records it
+    marker = {"samples": 2, "shards": [{"name": "d-test-000000.tar", "sha256": sha, "samples": 2}], "split_id": "x"}
+    layout.shard_dir("d", "test").mkdir(parents=True)
+    (layout.shard_dir("d", "test") / "_ingest.json").write_text(json.dumps(marker))
+    part = layout.image_embedding_part(MODEL_ID, "d", "test", "d-test-000000.tar", sha)
     write_table(_image_rows(["a", "b"], part.stem), part)
     metrics = layout.run_file("r1", "metrics.parquet")
     row = {"run_id": "r1", "dataset": "d", "split": "test", "model_id": "m", "method": "clip", "shots": None}
@@ -142,7 +147,6 @@ def test_leftover_temp_files_are_invisible_to_views_and_loaders(tmp_path: Path):
     assert db.query(layout, "SELECT count(*) AS n FROM metrics").to_pylist() == [{"n": 1}]
     assert load_images(layout, MODEL_ID, "d", "test").keys == ["a", "b"]
     tmp_shard = layout.shard_dir("d", "test") / ".d-test-000009.tar.k1ll3d.tmp"
-    tmp_shard.parent.mkdir(parents=True)
     tmp_shard.write_bytes(b"")
     assert list_shards(tmp_shard.parent) == []
 

@@ -76,7 +76,9 @@ def test_a_split_at_a_url_is_replaced_whole(memory_layout):
     assert [p.name for p in written] == [f"d-test-00000{i}.tar" for i in range(3)]
     assert [s["__key__"] for p in written for s in shards.iter_samples(p)] == [f"k{i}" for i in range(5)]
     again = shards.write_split(samples[:3], shard_dir, "d-test-%06d.tar", 2, {"source": "b"})
-    assert len(again) == 2 and shards.ingest_info(shard_dir) == {"source": "b", "samples": 3}
+    info = shards.ingest_info(shard_dir)
+    assert len(again) == 2 and {k: info[k] for k in ("source", "samples")} == {"source": "b", "samples": 3}
+    assert [s["name"] for s in info["shards"]] == [p.name for p in again] and info["split_id"]
     missing = shards.iter_samples(str(shard_dir / "gone.tar"))
     assert "cannot be opened" in shards.sample_error(next(missing))
 

@@ -144,3 +144,26 @@ def test_help_and_up_to_date_rerun_import_no_torch_nor_prefect(work, command):
         assert "up to date: run " in done.stdout
     else:
         assert "--force" not in done.stdout and "demo" in done.stdout
+
+
+def test_ingesting_other_splits_keeps_the_run_up_to_date(work):
+    """A few-shot run ingests train/val of the same dataset: the class files stay as they are (same content), so the
+    next `coderflow demo` / `run` is still up to date."""
+    cfg = work["config"]
+    names = Layout.at(work["workdir"]).classnames_file(cfg.dataset.name)
+    stamp = names.stat().st_mtime_ns
+    out = runner.invoke(
+        app, ["ingest", "--workdir", str(work["workdir"]), "--kind", "demo", "--dataset", "demo", "--split", "val"]
+    )
+    assert out.exit_code == 0, out.output
+    assert names.stat().st_mtime_ns == stamp
+    assert check_inputs(cfg).up_to_date
+
+
+def test_a_changed_source_is_a_changed_input(work):
+    cfg = work["config"]
+    more = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"demo_image_size": 48})})
+    verdict = check_inputs(more)
+    assert not verdict.up_to_date and {"config", "source"} <= set(verdict.changed)
+    reingest = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"reingest": True})})
+    assert check_inputs(reingest).up_to_date  # an action, not a setting: not part of the fingerprint

@@ -98,6 +98,7 @@ def coder_table(
     split: str,
     model_id: str,
     textbank_id: str,
+    shard_hash: str | None = None,
 ) -> pa.Table:
     """One batch as a table with the CODER schema; sample_keys and labels are those of the batch's rows."""
     n = len(batch)
@@ -117,6 +118,7 @@ def coder_table(
         "sample_key": pa.array(list(sample_keys), type=pa.string()),
         "dataset": repeated(dataset, n),
         "split": repeated(split, n),
+        "shard_hash": repeated(shard_hash, n) if shard_hash else pa.nulls(n, pa.string()),
         "label": pa.array(np.asarray(labels, dtype=np.int32), type=i32),
         "model_id": repeated(model_id, n),
         "textbank_id": repeated(textbank_id, n),

@@ -89,7 +89,7 @@ def embed_samples(
 ) -> pa.Table:
     """Embed raw WebDataset samples; rows keep input order and carry status/error for undecodable images.
 
-    `meta` fills the constant columns (dataset, split, shard). A thread pool decodes the next batch while the model
+    `meta` fills the constant columns (dataset, split, shard, shard_hash). A thread pool decodes the next batch while the model
     runs on the current one. With `n_classes`, a label outside [0, n_classes) (or one that is not an
     integer) makes the row status 'error' ("label 12 out of range for 10 classes"), so classification and metrics
     never see it; a sample without a label stays 'ok' (predicted, left out of the metrics). A shard-error sample
@@ -114,7 +114,8 @@ def embed_samples(
         "model_id": repeated(lm.model_id, n),
         "embedding": list_array(matrix, pa.float32(), valid),
     }
-    return pa.Table.from_pydict({name: columns[name] for name in IMAGE_EMBEDDINGS.names}, schema=IMAGE_EMBEDDINGS)
+    columns = {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in IMAGE_EMBEDDINGS}  # meta not given: null
+    return pa.Table.from_pydict(columns, schema=IMAGE_EMBEDDINGS)
 
 
 def token_counts(texts: Sequence[str], lm: LoadedModel) -> list[int]:

@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 from prefect import get_run_logger, task
 
 from coderflow.config import ModelConfig
-from coderflow.storage.layout import Layout, content_id, text_model_id
+from coderflow.storage.arrays import image_parts
+from coderflow.storage.layout import Layout, content_id, file_sha256, text_model_id
 from coderflow.storage.parquet_io import read_table, write_rows, write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
-from coderflow.storage.shards import iter_samples, list_shards, read_lines
+from coderflow.storage.shards import iter_samples, read_lines, split_shards
 from coderflow.tasks.embed.encode import embed_samples, encode_texts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 
 
 @task(name="embed-shard", retries=1, retry_delay_seconds=2)
-def embed_shard(shard: str, dataset: str, split: str, model: ModelConfig, workdir: str) -> dict[str, Any]:
-    """Embed every sample of one shard into one Parquet file; its atomic presence marks the shard done."""
+def embed_shard(
+    shard: str, shard_hash: str, dataset: str, split: str, model: ModelConfig, workdir: str
+) -> dict[str, Any]:
+    """Embed every sample of one shard into one Parquet file keyed by the shard's content hash and the model; its
+    atomic presence marks the shard done. A shard whose bytes no longer match its ingest record is refused."""
     layout = Layout.at(workdir)
     mid = configured_model_id(model, workdir)
-    out = layout.image_embedding_part(mid, dataset, split, shard)
+    out = layout.image_embedding_part(mid, dataset, split, shard, shard_hash)
     if out.exists():
         status = read_table(out, ["status"])["status"]
         n_err = pc.sum(pc.equal(status, "error")).as_py() or 0
         return {"path": str(out), "rows": len(status), "errors": n_err, "skipped": True}
+    actual = file_sha256(shard)
+    if actual != shard_hash:
+        raise ValueError(
+            f"shard {shard} changed since it was ingested (sha256 {actual[:12]}..., recorded {shard_hash[:12]}...): "
+            f"re-run `coderflow ingest --dataset {dataset} --split {split} --reingest`"
+        )
     lm = load_configured(model, workdir)
     names_file = layout.classnames_file(dataset)
     n_classes = len(read_lines(names_file)) if names_file.exists() else None
-    meta = {"dataset": dataset, "split": split, "shard": out.stem}
+    meta = {"dataset": dataset, "split": split, "shard": Path(shard).stem, "shard_hash": shard_hash}
     table = embed_samples(iter_samples(shard), lm, model.batch_size, meta, n_classes=n_classes)
     write_table(table, out, IMAGE_EMBEDDINGS)
     errors = table.filter(pc.equal(table["status"], "error"))
@@ -69,21 +80,18 @@ def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> dict[
 
 
 @task(name="list-shards")
-def list_split_shards(dataset: str, split: str, workdir: str) -> list[str]:
-    shards = list_shards(Layout.at(workdir).shard_dir(dataset, split))
+def list_split_shards(dataset: str, split: str, workdir: str) -> list[tuple[str, str]]:
+    """(path, sha256) of every shard of an ingested split, as its ingest marker records them."""
+    shards = split_shards(Layout.at(workdir), dataset, split)
     if not shards:
         raise FileNotFoundError(f"no shards for {dataset}/{split} in {workdir}: run `coderflow ingest` first")
-    return [str(s) for s in shards]
+    return [(s.path, s.sha256) for s in shards]
 
 
 @task(name="list-embedded-shards")
 def list_image_parts(model_id: str, dataset: str, split: str, workdir: str) -> list[str]:
-    parts = sorted(Layout.at(workdir).image_embedding_dir(model_id, dataset, split).glob("*.parquet"))
-    if not parts:
-        raise FileNotFoundError(
-            f"no image embeddings for {dataset}/{split} with {model_id}: run `coderflow embed` first"
-        )
-    return [str(p) for p in parts]
+    """The image-embedding files of the split's current shards (by content hash) with this model."""
+    return [str(p) for p in image_parts(Layout.at(workdir), model_id, dataset, split)]
 
 
 @task(name="check-failures")

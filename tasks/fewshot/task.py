@@ -11,17 +11,45 @@ import numpy as np
 import pyarrow as pa
 from prefect import get_run_logger, task
 
-from coderflow.config import FewShotConfig
+from coderflow.config import DatasetConfig, FewShotConfig
 from coderflow.storage.arrays import load_images, load_texts
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import atomic_path, read_table, write_table, write_text
 from coderflow.storage.schemas import PREDICTIONS
-from coderflow.storage.shards import ingest_info, iter_samples, list_shards, sample_label, write_split
+from coderflow.storage.shards import (
+    ingest_info,
+    iter_samples,
+    list_shards,
+    sample_label,
+    split_overlaps,
+    write_split,
+)
 from coderflow.tasks.classify.methods import LOGIT_SCALE, class_mean_embeddings, clip_logits, coder_scores
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
+from coderflow.tasks.ingest.sources import shared_split_source
+
+
+@task(name="check-splits")
+def refuse_shared_splits(dataset: DatasetConfig, splits: list[str], workdir: str) -> None:
+    """Before any work: the splits must not resolve to the same source folder."""
+    problem = shared_split_source(dataset, splits)
+    if problem:
+        raise ValueError(problem)
+
+
+@task(name="check-split-overlap")
+def refuse_overlapping_splits(dataset: str, splits: list[str], workdir: str) -> None:
+    """After ingest, before embedding: no image (by content hash) may be in two of the splits."""
+    overlaps = split_overlaps(Layout.at(workdir), dataset, splits)
+    if overlaps:
+        shared = "; ".join(f"{a} and {b} share {n} images" for a, b, n in overlaps)
+        raise ValueError(
+            f"dataset {dataset!r}: {shared} (same image content): few-shot figures would be measured on images "
+            "seen in the support set or the search; give disjoint splits or use --split-ratio on one folder"
+        )
 
 
 @task(name="plan-support-sets")
@@ -52,7 +80,9 @@ def write_augmented_split(
 ) -> str:
     """Shards of `views` augmented views of each pooled train image, as a split of its own (reused when unchanged)."""
     layout = Layout.at(workdir)
-    split = f"{train_split}-aug-{content_id(str(views), str(seed), *pool, length=10)}"
+    train_id = (ingest_info(layout.shard_dir(dataset, train_split)) or {}).get("split_id", "")
+    # keyed by the train split's content too: a re-ingested train split never matches old augmented views
+    split = f"{train_split}-aug-{content_id(train_id, str(views), str(seed), *pool, length=10)}"
     out = layout.shard_dir(dataset, split)
     if ingest_info(out) is None:
         wanted = set(pool)

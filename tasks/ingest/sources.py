@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import posixpath
 import zlib
@@ -15,6 +16,8 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageDraw
 
+from coderflow.config import DatasetConfig
+from coderflow.storage.layout import Layout
 from coderflow.storage.shards import (
     IMAGE_EXTENSIONS,
     class_lines,
@@ -126,23 +129,54 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
 
 
-def folder_source(root: str | Path, classnames_file: str | Path | None = None) -> Source:
-    """An image folder with one sub-folder per class (class name = folder name, or from a classnames file).
-
-    With a classnames file, line i names class i and sub-folders are matched to lines in sorted order of the
-    folder names. Image bytes are stored as they are; decoding (and recording unreadable files) happens later.
-    """
+def folder_images(root: str | Path) -> dict[Path, list[Path]]:
+    """Class sub-folders of an image folder (sorted, hidden ones skipped) and the image files under each."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset.source: dataset folder {str(root)!r} does not exist: pass a folder with one sub-folder per class"
         )
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {f: sorted(p for p in f.rglob("*") if _is_image(p)) for f in folders}
+
+
+def ratio_slice(n: int, ratios: dict[str, float], split: str, seed: int, class_index: int) -> list[int]:
+    """Indices of one class's n items that fall into `split` under a seeded, stratified split by `ratios`.
+
+    The class's items are shuffled with (seed, class_index); split k takes the items between the rounded
+    cumulative shares of the splits before it and up to it (in the order the ratios are given), so the splits are
+    disjoint and cover every item.
+    """
+    names = list(ratios)
+    if split not in ratios:
+        raise ValueError(f"dataset.split_ratio has no share for split {split!r}: give one for each of {names}")
+    total = sum(ratios.values())
+    bounds = np.round(np.cumsum([0.0, *(ratios[k] / total for k in names)]) * n).astype(int)
+    k = names.index(split)
+    order = np.random.default_rng([seed, class_index]).permutation(n)
+    return sorted(order[bounds[k] : bounds[k + 1]].tolist())
+
+
+def folder_source(
+    root: str | Path,
+    classnames_file: str | Path | None = None,
+    split: str | None = None,
+    split_ratio: dict[str, float] | None = None,
+    seed: int = 0,
+) -> Source:
+    """An image folder with one sub-folder per class (class name = folder name, or from a classnames file).
+
+    With a classnames file, line i names class i and sub-folders are matched to lines in sorted order of the
+    folder names. Image bytes are stored as they are; decoding (and recording unreadable files) happens later.
+    With `split_ratio` (split -> share), only `split`'s part of each class is taken (see ratio_slice).
+    """
+    root = Path(root).expanduser()
+    files = folder_images(root)
+    folders = list(files)
     if not folders:
         raise ValueError(
             f"dataset folder {str(root)!r} has no class sub-folders: put each class's images in root/<class>/"
         )
-    files = {f: sorted(p for p in f.rglob("*") if _is_image(p)) for f in folders}
     for f, imgs in files.items():
         if not imgs:
             exts = ", ".join(IMAGE_EXTENSIONS)
@@ -160,6 +194,11 @@ def folder_source(root: str | Path, classnames_file: str | Path | None = None) -
             )
     else:
         names = validate_classnames([f.name.replace("_", " ") for f in folders], str(root))
+    if split_ratio:
+        files = {
+            f: [imgs[i] for i in ratio_slice(len(imgs), split_ratio, str(split), seed, ci)]
+            for ci, (f, imgs) in enumerate(files.items())
+        }
 
     def samples() -> Iterator[dict[str, Any]]:
         i = 0
@@ -175,6 +214,8 @@ def folder_source(root: str | Path, classnames_file: str | Path | None = None) -
                 i += 1
 
     info = {"kind": "folder", "root": str(root), "images": sum(len(v) for v in files.values())}
+    if split_ratio:
+        info["split_ratio"] = {"ratios": split_ratio, "seed": seed, "split": split}
     return Source(names, [], samples(), info)
 
 
@@ -239,6 +280,17 @@ def wds_source(root: str, split: str, classnames_file: str | None = None, templa
     return Source(names, templates, samples(), info)
 
 
+def make_source(cfg: DatasetConfig) -> Source:
+    """The configured dataset as a Source (class names, templates, lazy samples)."""
+    if cfg.kind == "demo":
+        return demo_source(cfg.demo_images_per_class, cfg.demo_image_size, cfg.seed, cfg.split)
+    if cfg.kind == "folder":  # one folder per split, or one folder split by ratio
+        return folder_source(
+            cfg.source.replace("{split}", cfg.split), cfg.classnames_file, cfg.split, cfg.split_ratio, cfg.seed
+        )
+    return wds_source(cfg.source, cfg.split, cfg.classnames_file, cfg.templates_file)
+
+
 # checks while ingesting -----------------------------------------------------------------------------------
 def check_samples(
     samples: Iterator[dict[str, Any]],
@@ -289,3 +341,104 @@ def check_samples(
         yield sample
     if warn is not None and said > max_warnings:
         warn(f"{said - max_warnings} more problems not shown (see the ingest marker and image_embeddings.error)")
+
+
+# identity and change detection ----------------------------------------------------------------------------
+def source_identity(cfg: DatasetConfig) -> dict[str, Any]:
+    """What a dataset name stands for: its name as given, kind and source (a local path made absolute)."""
+    source = cfg.source
+    if source and "://" not in source:
+        source = str(Path(source).expanduser().resolve())
+    return {"name": cfg.name, "kind": cfg.kind, "source": source.rstrip("/") if source else None}
+
+
+def identity_conflict(stored: dict[str, Any] | None, cfg: DatasetConfig) -> str | None:
+    """Why `cfg` may not be ingested under its dataset name (another name, source or kind owns it), else None."""
+    if not stored:
+        return None
+    now = source_identity(cfg)
+    if stored.get("name") != now["name"]:
+        return (
+            f"dataset name {now['name']!r} uses the same folder as dataset {stored.get('name')!r}: "
+            "choose another --dataset name"
+        )
+    if (stored.get("kind"), stored.get("source")) != (now["kind"], now["source"]):
+        was = stored.get("source") or "the built-in demo"
+        return (
+            f"dataset {now['name']!r} was ingested from {was} ({stored.get('kind')}), not from "
+            f"{now['source'] or 'the built-in demo'} ({now['kind']}): pass another --dataset name, or "
+            "--replace-dataset to replace it (its splits and embeddings are deleted)"
+        )
+    return None
+
+
+def stored_identity(layout: Layout, dataset: str) -> dict[str, Any] | None:
+    """The identity recorded by the dataset's last ingest (None for a new name)."""
+    path = layout.dataset_identity(dataset)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_identity(cfg: DatasetConfig, workdir: str | None) -> None:
+    """Refuse a config that would ingest another source, kind or name into an existing dataset folder."""
+    conflict = identity_conflict(stored_identity(Layout.at(workdir), cfg.name), cfg)
+    if conflict and not cfg.replace:
+        raise ValueError(conflict)
+
+
+def shared_split_source(cfg: DatasetConfig, splits: list[str]) -> str | None:
+    """Why these splits would read the same images (a folder source without `{split}` and no split_ratio), else
+    None; the content check after ingest (storage.shards.split_overlaps) catches copies across folders."""
+    if cfg.kind != "folder" or "{split}" in str(cfg.source) or cfg.split_ratio or len(set(splits)) < 2:
+        return None
+    return (
+        f"dataset.source {cfg.source!r} has no {{split}} part, so splits {', '.join(splits)} would all be the same "
+        "images (test images in the support set and the search): pass a source with {split} (e.g. "
+        f"'/data/pets/{{split}}'), or --split-ratio 0.5,0.2,0.3 to split this one folder"
+    )
+
+
+def _stat_entry(size: int, mtime: float | int | None) -> list[Any]:
+    return [int(size), mtime]
+
+
+def source_listing(cfg: DatasetConfig) -> dict[str, list[Any]]:
+    """A cheap fingerprint of what one split's ingest reads: file -> [size, mtime or ETag] (no file is opened).
+
+    Folder: every image under the class folders (relative path) and the classnames file; CLIP_benchmark root: the
+    split's shards and the class/template files (size and ETag or modification time, as the file system gives);
+    demo: its generation settings.
+    """
+    if cfg.kind == "demo":
+        return {"demo": [cfg.demo_images_per_class, cfg.demo_image_size, cfg.seed, cfg.split]}
+    out: dict[str, list[Any]] = {}
+    if cfg.kind == "folder":
+        root = Path(str(cfg.source).replace("{split}", cfg.split)).expanduser()
+        for files in folder_images(root).values():
+            for p in files:
+                st = p.stat()
+                out[p.relative_to(root).as_posix()] = _stat_entry(st.st_size, st.st_mtime_ns)
+        extra = [cfg.classnames_file] if cfg.classnames_file else []
+    else:
+        root_url = str(cfg.source).rstrip("/")
+        extra = [
+            cfg.classnames_file or f"{root_url}/classnames.txt",
+            cfg.templates_file or f"{root_url}/zeroshot_classification_templates.txt",
+            *wds_shard_urls(root_url, cfg.split),
+        ]
+    for url in extra:
+        fs, path = fsspec.core.url_to_fs(str(url))
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            continue
+        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        out[f"@{url}"] = _stat_entry(info.get("size") or 0, str(version) if version is not None else None)
+    return out
+
+
+def listing_changes(old: dict[str, list[Any]], new: dict[str, list[Any]]) -> str:
+    """'6 added, 0 removed, 1 modified' between two source listings."""
+    added = len(new.keys() - old.keys())
+    removed = len(old.keys() - new.keys())
+    modified = sum(1 for k in new.keys() & old.keys() if list(new[k]) != list(old[k]))
+    return f"{added} added, {removed} removed, {modified} modified"

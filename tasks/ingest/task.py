@@ -1,49 +1,131 @@
-"""Prefect task: ingest a dataset into WebDataset shards under the work directory (skipped when unchanged)."""
+"""Prefect task: ingest a dataset split into WebDataset shards (skipped when its source and config are unchanged)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from coderflow.config import DatasetConfig
-from coderflow.storage.layout import Layout, safe_name
-from coderflow.storage.parquet_io import write_text
-from coderflow.storage.shards import ingest_info, list_shards, write_split
-from coderflow.tasks.ingest.sources import Source, check_samples, demo_source, folder_source, wds_source
+from coderflow.storage.layout import HASH_CHARS, Layout, is_local, part_hash, safe_name
+from coderflow.storage.parquet_io import write_text_if_changed
+from coderflow.storage.shards import (
+    SOURCE_LISTING,
+    classes_id,
+    ingest_info,
+    split_shards,
+    stored_classes_id,
+    write_split,
+)
+from coderflow.tasks.ingest.sources import (
+    check_identity,
+    check_samples,
+    identity_conflict,
+    listing_changes,
+    make_source,
+    source_identity,
+    source_listing,
+    stored_identity,
+)
 
 
-def make_source(cfg: DatasetConfig) -> Source:
-    """The configured dataset as a Source (class names, templates, lazy samples)."""
-    if cfg.kind == "demo":
-        return demo_source(cfg.demo_images_per_class, cfg.demo_image_size, cfg.seed, cfg.split)
-    if cfg.kind == "folder":
-        return folder_source(cfg.source.replace("{split}", cfg.split), cfg.classnames_file)  # one folder per split
-    return wds_source(cfg.source, cfg.split, cfg.classnames_file, cfg.templates_file)
+def reingest_reason(cfg: DatasetConfig, layout: Layout, listing: dict[str, list[Any]]) -> str | None:
+    """Why the split must be ingested (again), or None when its shards still match the source and config."""
+    shard_dir = layout.shard_dir(cfg.name, cfg.split)
+    done = ingest_info(shard_dir)
+    if done is None:
+        return "not ingested yet"
+    if cfg.reingest:
+        return "re-ingest requested"
+    if "shards" not in done:
+        return "ingested by an older coderflow without content hashes"
+    if done.get("config") != cfg.fingerprint():
+        old = done.get("config") or {}
+        keys = sorted(k for k, v in cfg.fingerprint().items() if old.get(k) != v)
+        return f"dataset settings changed ({', '.join(keys) or 'format'})"
+    old_listing_file = shard_dir / SOURCE_LISTING
+    old_listing = json.loads(old_listing_file.read_text()) if old_listing_file.exists() else {}
+    if old_listing != listing:
+        return f"source changed: {listing_changes(old_listing, listing)}"
+    if stored_classes_id(layout, cfg.name) != done.get("classes_id"):
+        return "the class list or templates on disk differ from the ones ingested with these shards"
+    return None
+
+
+def _remove(path: Any) -> None:
+    if is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.fs.rm(path.path, recursive=True)
 
 
 @task(name="ingest-split")
 def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
-    """Write the dataset split as shards plus classnames.txt/templates.txt; a finished identical ingest is reused."""
+    """Write the split as shards plus classnames.txt/templates.txt, unless its source and config are unchanged.
+
+    Every shard is recorded with its sha256; derived files (image embeddings, CODER vectors) of shards that are no
+    longer in the split are deleted, and the log says how many. Another source under the same dataset name is
+    refused unless `replace` is set (then the whole dataset and everything derived from it is deleted first).
+    """
     log = get_run_logger()
     layout = Layout.at(workdir)
+    check_identity(cfg, workdir)
+    identity = source_identity(cfg)
+    previous = stored_identity(layout, cfg.name)
+    if previous is not None and identity_conflict(previous, cfg):
+        stale = layout.derived_files(cfg.name)
+        for path in stale:
+            path.unlink()
+        _remove(layout.dataset_dir(cfg.name))
+        log.warning(
+            "replaced dataset %s (was %s): deleted its shards and %d derived files",
+            cfg.name, previous.get("source") or previous.get("kind"), len(stale),
+        )  # fmt: skip
     shard_dir = layout.shard_dir(cfg.name, cfg.split)
-    fingerprint = cfg.model_dump(mode="json")
-    done = ingest_info(shard_dir)
-    if done and done.get("config") == fingerprint and layout.classnames_file(cfg.name).exists():
-        log.info("ingest of %s/%s is up to date (%d samples): skipped", cfg.name, cfg.split, done["samples"])
-        return {"shards": [str(p) for p in list_shards(shard_dir)], "samples": done["samples"], "skipped": True}
-    source = make_source(cfg)
-    write_text("\n".join(source.classnames) + "\n", layout.classnames_file(cfg.name))
-    write_text("\n".join(source.templates) + ("\n" if source.templates else ""), layout.templates_file(cfg.name))
-    pattern = f"{safe_name(cfg.name)}-{safe_name(cfg.split)}-%06d.tar"
+    source = make_source(cfg)  # reads the class list and finds the images or shards (samples are read lazily)
+    listing = source_listing(cfg)
+    reason = reingest_reason(cfg, layout, listing)
+    if reason is None:
+        shards = split_shards(layout, cfg.name, cfg.split)
+        samples = sum(s.samples for s in shards)
+        log.info("ingest of %s/%s is up to date (%d samples, source unchanged): skipped", cfg.name, cfg.split, samples)
+        info = ingest_info(shard_dir) or {}
+        return {"shards": [s.path for s in shards], "samples": samples, "skipped": True, "split_id": info["split_id"]}
+    log.info("ingesting %s/%s: %s", cfg.name, cfg.split, reason)
     problems: dict[str, Any] = {}  # filled while the samples stream through, stored in the marker at the end
     samples = check_samples(source.samples, len(source.classnames), problems, warn=log.warning)
-    shards = write_split(
-        samples, shard_dir, pattern, cfg.samples_per_shard, {"config": fingerprint, **source.info, "problems": problems}
-    )
-    info = ingest_info(shard_dir) or {}
-    log.info("ingested %s/%s: %d samples in %d shards", cfg.name, cfg.split, info.get("samples", 0), len(shards))
+    info = {
+        "config": cfg.fingerprint(),
+        **source.info,
+        "problems": problems,
+        "classes_id": classes_id(source.classnames, source.templates),
+    }
+    pattern = f"{safe_name(cfg.name)}-{safe_name(cfg.split)}-%06d.tar"
+    extra = {SOURCE_LISTING: json.dumps(listing, sort_keys=True)}
+    write_split(samples, shard_dir, pattern, cfg.samples_per_shard, info, extra)
+    # the class list follows the shards: a kill in between leaves a classes_id mismatch, which re-ingests next time
+    write_text_if_changed("\n".join(source.classnames) + "\n", layout.classnames_file(cfg.name))
+    templates = "\n".join(source.templates) + ("\n" if source.templates else "")
+    write_text_if_changed(templates, layout.templates_file(cfg.name))
+    write_text_if_changed(json.dumps(identity, indent=2), layout.dataset_identity(cfg.name))
+    shards = split_shards(layout, cfg.name, cfg.split)
+    current = {s.sha256[:HASH_CHARS] for s in shards}
+    stale = [p for p in layout.derived_files(cfg.name, cfg.split) if part_hash(p) not in current]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.warning(
+            "%s/%s changed: invalidated %d derived files (image embeddings, CODER vectors) of its old shards",
+            cfg.name, cfg.split, len(stale),
+        )  # fmt: skip
+    marker = ingest_info(shard_dir) or {}
+    total = marker.get("samples", 0)
+    log.info("ingested %s/%s: %d samples in %d shards", cfg.name, cfg.split, total, len(shards))
     counts = {"duplicate_keys": problems["duplicate_keys"], "bad_labels": problems["bad_labels"]}
     counts["shard_errors"] = len(problems["shard_errors"])
-    return {"shards": [str(p) for p in shards], "samples": info.get("samples", 0), "skipped": False, "problems": counts}
+    return {
+        "shards": [s.path for s in shards], "samples": total, "skipped": False, "problems": counts,
+        "split_id": marker["split_id"], "invalidated": len(stale), "reason": reason,
+    }  # fmt: skip

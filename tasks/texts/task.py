@@ -8,11 +8,11 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from coderflow.config import ClassifyConfig, ModelConfig, TextsConfig
-from coderflow.storage.arrays import load_images
+from coderflow.storage.arrays import image_parts, load_images
 from coderflow.storage.layout import Layout, content_id, text_model_id
-from coderflow.storage.parquet_io import write_table, write_text
+from coderflow.storage.parquet_io import write_table, write_text, write_text_if_changed
 from coderflow.storage.schemas import TEXTS
-from coderflow.storage.shards import read_lines, validate_classnames
+from coderflow.storage.shards import ingest_info, read_lines, validate_classnames
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.texts.make import make_bank, waffle_bank
 
@@ -41,15 +41,18 @@ def build_text_bank(
     chosen = list(templates or stored)
     mid = configured_model_id(model, workdir)
     confused = "ovo" in texts.types and texts.ovo_pairs == "confused"
-    image_dir = layout.image_embedding_dir(mid, dataset, split)
     # the bank is a function of these inputs: an unchanged re-run reuses it without generating anything
     inputs = [dataset, *classnames, "|", *chosen, texts.model_dump_json(), text_model_id(mid)]
-    if confused:
-        inputs += [mid, *(f"{p.name}:{p.stat().st_size}" for p in sorted(image_dir.glob("*.parquet")))]
+    if confused:  # the confused pairs depend on the split's content (its shard hashes) and the image model
+        inputs += [mid, (ingest_info(layout.shard_dir(dataset, split)) or {}).get("split_id", "")]
+        try:
+            inputs.append(str(len(image_parts(layout, mid, dataset, split))))
+        except FileNotFoundError:
+            inputs.append("not embedded")
     marker = layout.textbank_by_inputs(content_id(*inputs))
     if marker.exists() and layout.textbank_file(bank_id := marker.read_text().strip()).exists():
         report = json.loads(layout.textbank_report(bank_id).read_text())
-        write_text(bank_id, layout.textbank_alias(dataset))
+        write_text_if_changed(bank_id, layout.textbank_alias(dataset))
         log.info("text bank %s is up to date for these inputs: reused", bank_id)
         return {
             "textbank_id": bank_id, "path": str(layout.textbank_file(bank_id)), "n_texts": report["n_texts"],
@@ -71,7 +74,7 @@ def build_text_bank(
     generator = report.get("generator")
     if not (isinstance(generator, dict) and generator.get("failures")):  # failed requests are asked again next time
         write_text(bank_id, marker)
-    write_text(bank_id, layout.textbank_alias(dataset))
+    write_text_if_changed(bank_id, layout.textbank_alias(dataset))
     if report.get("not_found"):
         log.warning("not found by the %s generator (name texts only): %s", texts.generator, report["not_found"])
     log.info(
