@@ -334,8 +334,6 @@ def ingest(
     split_ratio: SplitRatio = None,
 ) -> None:
     """Write a dataset split as WebDataset shards (skipped when the source and settings are unchanged)."""
-    from coderflow.flows.pipeline import ingest_dataset
-
     cfg = _guard(
         lambda: _config(
             config, workdir, dataset, source, kind, split, reingest=reingest, replace=replace_dataset,
@@ -345,6 +343,8 @@ def ingest(
     ds: DatasetConfig = cfg.dataset
     if samples_per_shard:
         ds = ds.model_copy(update={"samples_per_shard": samples_per_shard})
+    from coderflow.flows.pipeline import ingest_dataset
+
     out = _guard(lambda: ingest_dataset(ds, cfg.workdir))
     console.print(
         f"{out['samples']} samples in {len(out['shards'])} shards" + (" (up to date)" if out["skipped"] else "")
@@ -491,7 +491,6 @@ def fewshot(
     split_ratio: SplitRatio = None,
 ) -> None:
     """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter); needs train/val/test splits."""
-    from coderflow.flows.fewshot import fewshot as fewshot_flow
 
     def ints(v: str | None) -> list[int] | None:
         return [int(x) for x in v.split(",")] if v else None
@@ -512,6 +511,8 @@ def fewshot(
     splits = [cfg.fewshot.train_split, cfg.fewshot.val_split, cfg.fewshot.test_split]
     cfg = _guard(lambda: preflight(cfg, ingests=splits))
     start = time.perf_counter()
+    from coderflow.flows.fewshot import fewshot as fewshot_flow
+
     result = _guard(lambda: fewshot_flow(cfg))
     table = Table(title=f"few-shot run {result['run_id']} (test top-1 over seeds)")
     for col in ("method", "shots", "seeds", "mean", "std"):
@@ -542,8 +543,6 @@ def adapter_train_cmd(
     batch_size: Annotated[int | None, typer.Option(help="images per step (paper: 128)")] = None,
 ) -> None:
     """Train bottleneck adapters in the image encoder with cross-entropy; checkpoints per epoch, resumable."""
-    from coderflow.flows.adapter import adapter_train
-
     flags = {
         "workdir": workdir, "dataset.name": dataset, "dataset.source": source, "dataset.kind": kind,
         "adapter.train_split": split, "model.name": model, "model.pretrained": pretrained, "adapter.epochs": epochs,
@@ -551,6 +550,8 @@ def adapter_train_cmd(
     }  # fmt: skip
     cfg = _guard(lambda: build_config(config, **flags))
     cfg = _guard(lambda: preflight(cfg, ingests=[cfg.adapter.train_split]))
+    from coderflow.flows.adapter import adapter_train
+
     out = _guard(lambda: adapter_train(cfg))
     console.print_json(json.dumps(out))
     console.print(f"use it with --adapter {out['adapter_id']} (fewshot, embed, adapter overlap)")
@@ -569,14 +570,14 @@ def adapter_overlap_cmd(
     pretrained: Pretrained = None,
 ) -> None:
     """Overlap of same- vs different-class cosine distributions, original vs adapted image features."""
-    from coderflow.flows.adapter import adapter_overlap
-
     flags = {
         "workdir": workdir, "dataset.name": dataset, "dataset.source": source, "dataset.kind": kind,
         "dataset.split": split, "model.name": model, "model.pretrained": pretrained, "model.adapter": adapter,
     }  # fmt: skip
     cfg = _guard(lambda: build_config(config, **flags))
     cfg = _guard(lambda: preflight(cfg, ingests=[cfg.dataset.split]))
+    from coderflow.flows.adapter import adapter_overlap
+
     out = _guard(lambda: adapter_overlap(cfg))
     table = Table(title=f"intra-modal overlap, run {out['run_id']}")
     for col in ("model_id", "metric", "value"):
