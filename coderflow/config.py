@@ -13,7 +13,17 @@ from coderflow.storage.layout import safe_name
 DEFAULT_MODEL = "ViT-S-32-alt"
 ZERO_SHOT_METHODS = ("clip", "dclip", "cupl", "waffle", "coder", "coder_rerank")
 DEFAULT_METHODS = ZERO_SHOT_METHODS
-TEXT_TYPES = ("name", "att", "ana", "syno", "ovo")
+TEXT_TYPES = ("name", "template", "att", "ana", "syno", "ovo")
+# CODER's one-vs-one paraphrases (CVPR24-CODER CODER/template.py:153-162): {a} differs from {b} by {x}
+CODER_OVO_TEMPLATES: tuple[str, ...] = (
+    "Because of {x}, {a} is different from {b}.",
+    "{a} is characterized by a distinct {x}, while {b} isn't.",
+    "The distinctive way in which {a} handles {x} separates it significantly from {b}.",
+    "{a} stands out in {x} compared to {b}.",
+    "The way {a} approaches {x} distinguishes it from {b}.",
+    "In {x} expression, {a} deviates from {b}.",
+    "Differences in {x} usage separate {a} from {b}.",
+)
 
 
 class _Strict(BaseModel):
@@ -117,7 +127,17 @@ class TextsConfig(_Strict):
     """How the text bank is generated: which generator, which text types, how many of each."""
 
     generator: Literal["offline", "llm"] = "offline"
-    types: tuple[Literal["name", "att", "ana", "syno", "ovo"], ...] = TEXT_TYPES
+    types: tuple[Literal["name", "template", "att", "ana", "syno", "ovo"], ...] = TEXT_TYPES
+    name_template: str = Field(
+        "a photo of {c}",
+        description="CODER's one class-name prompt per class (text_type 'name'; synonyms use it too); the ensemble "
+        "of templates (text_type 'template') is what `clip` and the few-shot zero-shot term use",
+    )
+    att_template: str = Field("{c} which has {x}", description="attribute texts: {c} class, {x} attribute")
+    ana_template: str = Field("a {c} similar to {x}.", description="look-alike texts: {c} class, {x} look-alike")
+    ovo_templates: tuple[str, ...] = Field(
+        CODER_OVO_TEMPLATES, description="one-vs-one paraphrases: {a} class, {b} the other class, {x} difference"
+    )
     n_att: int = Field(5, ge=1)
     n_ana: int = Field(5, ge=1)
     n_syno: int = Field(3, ge=1)
@@ -130,10 +150,24 @@ class TextsConfig(_Strict):
     ovo_budget: int = Field(20, ge=0, description="at most this many class pairs get one-vs-one texts")
     llm: LLMConfig = LLMConfig()
 
+    @field_validator("name_template", "att_template", "ana_template", "ovo_templates")
+    @classmethod
+    def _placeholders(cls, v: str | tuple[str, ...], info: Any) -> str | tuple[str, ...]:
+        needed = {"name_template": "{c}", "att_template": "{c} {x}", "ana_template": "{c} {x}"}.get(
+            info.field_name, "{a} {b} {x}"
+        )
+        for template in (v,) if isinstance(v, str) else v:
+            missing = [p for p in needed.split() if p not in template]
+            if missing:
+                raise ValueError(f"template {template!r} lacks {' and '.join(missing)}: write e.g. {needed}")
+        if not v:
+            raise ValueError("give at least one template")
+        return v
+
     @field_validator("types")
     @classmethod
     def _names_always(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(("name", *v)))
+        return tuple(dict.fromkeys(("name", "template", *v)))
 
 
 class CoderConfig(_Strict):

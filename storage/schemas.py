@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-TEXT_TYPES = ("name", "att", "ana", "syno", "ovo")
+TEXT_TYPES = ("name", "template", "att", "ana", "syno", "ovo")
 
 TEXTS = pa.schema(
     [

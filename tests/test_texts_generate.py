@@ -103,17 +103,26 @@ def test_synonyms_are_substituted_and_class_names_dropped():
 
 
 def test_generate_all_types_and_ovo_pairs_both_ways():
+    """CODER's layout: the ensemble as 'template' rows, ONE 'name' prompt per class, synonyms in the name template,
+    each difference in every one-vs-one paraphrase (CVPR24-CODER CODER/template.py)."""
     gen = CannedGenerator({"cat": [["lynx"]]}, syno={"dog": ["hound"]})
     texts, report = generate_texts(CLASSES, ["a photo of a {c}.", "art of a {c}."], gen, pairs=[(0, 1), (1, 0)])
     ovo = sorted((t.class_index, t.other_class_index, t.text) for t in texts if t.text_type == "ovo")
-    assert ovo == [
-        (0, 1, "a cat which, unlike a dog, has no dog ears."),
-        (1, 0, "a dog which, unlike a cat, has no cat ears."),
-    ]
-    assert "cat which has cat fur." in {t.text for t in texts}
-    assert [t.text for t in texts if t.text_type == "syno"] == ["a photo of a hound."]
-    assert report.counts == {"name": 6, "att": 3, "ana": 1, "syno": 1, "ovo": 2}
+    assert len(ovo) == 2 * 7
+    assert (0, 1, "Because of no dog ears, cat is different from dog.") in ovo
+    assert (1, 0, "Differences in no cat ears usage separate dog from cat.") in ovo
+    assert "cat which has cat fur" in {t.text for t in texts}
+    assert [t.text for t in texts if t.text_type == "name"] == ["a photo of cat", "a photo of dog", "a photo of tiger"]
+    assert [t.text for t in texts if t.text_type == "syno"] == ["a photo of hound"]
+    assert report.counts == {"template": 6, "name": 3, "att": 3, "ana": 1, "syno": 1, "ovo": 14}
     assert build_bank(texts, CLASSES).num_rows == len(texts)
+
+    one, _ = generate_texts(
+        CLASSES, ["a photo of a {c}."], gen, types=["ovo"], pairs=[(0, 1)], ovo_templates=["{a} vs {b}: {x}"],
+        name_template="a photo of a {c}, a type of pet.",
+    )  # fmt: skip
+    assert sorted(t.text for t in one if t.text_type == "ovo") == ["cat vs dog: no dog ears", "dog vs cat: no cat ears"]
+    assert [t.text for t in one if t.text_type == "name"][0] == "a photo of a cat, a type of pet."
 
 
 def test_generate_rejects_bad_arguments():

@@ -223,9 +223,9 @@ def test_generate_texts_through_the_llm(server, tmp_path):
     gen = make(server, tmp_path)
     texts, report = generate_texts(classes, ["a photo of a {c}."], gen, pairs=[(0, 1)], n_att=2, n_ana=2)
     kinds = {t.text_type for t in texts}
-    assert kinds == {"name", "att", "ana", "syno", "ovo"}
+    assert kinds == {"name", "template", "att", "ana", "syno", "ovo"}
     assert {(t.class_index, t.other_class_index) for t in texts if t.text_type == "ovo"} == {(0, 1), (1, 0)}
-    assert all(t.source == "llm:fake-model" for t in texts if t.text_type != "name")
+    assert all(t.source == "llm:fake-model" for t in texts if t.text_type not in ("name", "template"))
     bank = build_bank(texts, classes)
     assert bank.num_rows == len(texts)
     assert report.generator["usage"]["calls"] == len(server.requests) == 3 + 3 + 3 + 2

@@ -52,7 +52,8 @@ def test_small_llm_text_bank_end_to_end(llama_url, tmp_path):
     for t in by_type["att"] + by_type["ana"]:
         fmt = ATT_FORMAT if t.text_type == "att" else ANA_FORMAT
         prefix = fmt.split("{x}")[0].format(c=classes[t.class_index])
-        assert t.text.startswith(prefix) and len(t.text) > len(prefix) + 1 and t.text.endswith(".")
+        suffix = fmt.split("{x}")[1]
+        assert t.text.startswith(prefix) and len(t.text) > len(prefix) + 1 and t.text.endswith(suffix)
     bank = build_bank(texts, classes)
     assert bank.num_rows >= 5
     assert gen.usage.calls >= 6 and gen.usage.completion_tokens > 0

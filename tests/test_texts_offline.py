@@ -55,9 +55,9 @@ def test_differences_come_from_the_glosses(wordnet):
 def test_generate_offline_bank(wordnet):
     texts, report = generate_texts(CLASSES, ["a photo of a {c}."], wordnet, pairs=[(0, 1)], n_ana=5)
     by = {(t.class_index, t.text_type) for t in texts}
-    assert (3, "name") in by and not any(ci == 3 and kind != "name" for ci, kind in by)
+    assert (3, "name") in by and not any(ci == 3 and kind not in ("name", "template") for ci, kind in by)
     assert {(0, k) for k in ("name", "att", "ana", "syno", "ovo")} <= by
-    assert "a photo of a Tinca tinca." in {t.text for t in texts}
+    assert "a photo of Tinca tinca" in {t.text for t in texts}  # a synonym in CODER's name template
     tench_ana = [t.text for t in texts if t.class_index == 0 and t.text_type == "ana"]
     assert len(tench_ana) == 5 and "a tench similar to goldfish." not in tench_ana
     assert "a tench similar to gudgeon." in tench_ana and report.ana_rounds == 2  # a replacement for goldfish

@@ -149,11 +149,21 @@ def clip_logits(
     n_classes: int,
     scale: float = LOGIT_SCALE,
 ) -> np.ndarray:
-    """CLIP prompt ensemble: class weight = normalised mean of its 'name' prompts; logits = scale * X @ W.T."""
+    """CLIP prompt ensemble: logits = scale * X @ W.T (W: see `ensemble_classifier`)."""
     x, t = _embeddings(images, texts)
-    keep = _text_type(text_type, len(t)) == "name"
+    return scale * (x @ ensemble_classifier(t, class_index, text_type, n_classes).T)
+
+
+def ensemble_classifier(
+    texts: np.ndarray, class_index: np.ndarray, text_type: np.ndarray | Sequence[str], n_classes: int
+) -> np.ndarray:
+    """CLIP's zero-shot classifier W (n_classes x D): the normalised mean of each class's 'template' prompts (its
+    'name' prompts in a bank without templates, such as a WaffleCLIP bank)."""
+    t = np.asarray(texts, dtype=np.float32)
+    tt = _text_type(text_type, len(t))
     ci = _class_index(class_index, len(t), n_classes)
-    return scale * (x @ class_mean_embeddings(t[keep], ci[keep], n_classes).T)
+    keep = tt == "template" if (tt == "template").any() else tt == "name"
+    return class_mean_embeddings(t[keep], ci[keep], n_classes)
 
 
 def dclip_scores(

@@ -25,7 +25,7 @@ from coderflow.storage.shards import (
     split_overlaps,
     write_split,
 )
-from coderflow.tasks.classify.methods import LOGIT_SCALE, class_mean_embeddings, clip_logits, coder_scores
+from coderflow.tasks.classify.methods import LOGIT_SCALE, clip_logits, coder_scores, ensemble_classifier
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
@@ -121,7 +121,7 @@ def fewshot_predict(
     support = np.stack([averaged[k] for k in keys])
     support_labels = np.asarray([label_of[k] for k in keys])
     meta = (bank.class_index, bank.text_type)
-    w = class_mean_embeddings(bank.t[bank.text_type == "name"], bank.class_index[bank.text_type == "name"], n)
+    w = ensemble_classifier(bank.t, bank.class_index, bank.text_type, n)
     grid = {"alphas": cfg.alphas, "betas": cfg.betas} if cfg.alphas and cfg.betas else {}
     search = {"mode": cfg.search, "alpha": cfg.alpha, "beta": cfg.beta, "refine_steps": cfg.refine_steps, **grid}
     onehot_labels = support_labels

@@ -55,11 +55,25 @@ def fill_template(template: str, class_name: str) -> str:
     return template.replace("{c}", class_name)
 
 
-def name_texts(classnames: Sequence[str], templates: Sequence[str]) -> list[Text]:
-    """Class-name prompts: every template filled with every class name."""
+def fill(template: str, **values: str) -> str:
+    """Put values into `{key}` placeholders by plain replacement (class names may hold braces)."""
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def template_texts(classnames: Sequence[str], templates: Sequence[str]) -> list[Text]:
+    """The prompt ensemble (text_type 'template'): every template filled with every class name."""
     return [
-        Text(ci, "name", fill_template(t, name), "template") for ci, name in enumerate(classnames) for t in templates
+        Text(ci, "template", fill_template(t, name), "template")
+        for ci, name in enumerate(classnames)
+        for t in templates
     ]
+
+
+def name_texts(classnames: Sequence[str], name_template: str) -> list[Text]:
+    """CODER's class-name prompt (text_type 'name'): one per class (CVPR24-CODER CODER/CODER.py:50-63)."""
+    return [Text(ci, "name", fill_template(name_template, name), "name-template") for ci, name in enumerate(classnames)]
 
 
 def build_bank(

@@ -8,11 +8,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, Text, fill_template, name_texts
+from coderflow.config import TextsConfig
+from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, Text, fill, fill_template, name_texts, template_texts
 
-ATT_FORMAT = "{c} which has {x}."
-ANA_FORMAT = "a {c} similar to {x}."
-OVO_FORMAT = "a {a} which, unlike a {b}, has {x}."
+_DEFAULTS = TextsConfig.model_fields
+ATT_FORMAT: str = _DEFAULTS["att_template"].default  # CODER's templates (CVPR24-CODER CODER/template.py)
+ANA_FORMAT: str = _DEFAULTS["ana_template"].default
+OVO_TEMPLATES: tuple[str, ...] = _DEFAULTS["ovo_templates"].default
 GENERATED_TYPES = ("att", "ana", "syno", "ovo")
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -139,9 +141,15 @@ def generate_texts(
     n_ovo: int = 3,
     ana_max_cosine: float = 0.9,
     ana_retries: int = 2,
-    syno_templates: Sequence[str] | None = None,
+    name_template: str = "a photo of {c}",
+    att_template: str = ATT_FORMAT,
+    ana_template: str = ANA_FORMAT,
+    ovo_templates: Sequence[str] = OVO_TEMPLATES,
 ) -> tuple[list[Text], GenerationReport]:
-    """The text rows of a bank: class-name prompts for every class plus the requested generated types.
+    """The text rows of a bank: the prompt ensemble and one name prompt per class, plus the requested generated types.
+
+    Texts are written with CODER's templates (CVPR24-CODER CODER/template.py): synonyms with the name template,
+    attributes and look-alikes with their templates, each one-vs-one difference with every `ovo_templates` entry.
 
     embed(list[str]) -> L2-normalised rows, used to drop look-alikes too close to a class (skipped when None).
     pairs are class-index pairs for one-vs-other texts (both directions are written).
@@ -152,12 +160,12 @@ def generate_texts(
     templates = list(templates) or list(DEFAULT_TEMPLATES)
     source = generator.source
     report = GenerationReport()
-    texts = name_texts(classnames, templates)
+    texts = template_texts(classnames, templates) + name_texts(classnames, name_template)
 
     if "att" in types:
         for ci, items in enumerate(generator.attributes(classnames, n_att)):
             texts += [
-                Text(ci, "att", ATT_FORMAT.format(c=classnames[ci], x=_clean(x)), source) for x in items if _clean(x)
+                Text(ci, "att", fill(att_template, c=classnames[ci], x=_clean(x)), source) for x in items if _clean(x)
             ]
 
     if "ana" in types:
@@ -183,11 +191,11 @@ def generate_texts(
             # ask again only for classes that got something last time but are still short
             todo = [ci for ci, items in zip(todo, answers, strict=True) if items and len(kept[ci]) < n_ana]
         for ci, items in enumerate(kept):
-            texts += [Text(ci, "ana", ANA_FORMAT.format(c=classnames[ci], x=x), source) for x in items]
+            texts += [Text(ci, "ana", fill(ana_template, c=classnames[ci], x=x), source) for x in items]
 
     if "syno" in types:
         syno, dropped = synonym_texts(
-            classnames, generator.synonyms(classnames, n_syno), syno_templates or templates[:1], source
+            classnames, generator.synonyms(classnames, n_syno), [name_template], source
         )
         texts += syno
         report.dropped += dropped
@@ -200,9 +208,10 @@ def generate_texts(
         answers = generator.differences([(classnames[a], classnames[b]) for a, b in directed], n_ovo)
         for (a, b), items in zip(directed, answers, strict=True):
             texts += [
-                Text(a, "ovo", OVO_FORMAT.format(a=classnames[a], b=classnames[b], x=_clean(x)), source, b)
+                Text(a, "ovo", fill(t, a=classnames[a], b=classnames[b], x=_clean(x)), source, b)
                 for x in items
                 if _clean(x)
+                for t in ovo_templates
             ]
 
     for t in texts:

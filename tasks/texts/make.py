@@ -13,7 +13,7 @@ from coderflow.config import ClassifyConfig, TextsConfig
 from coderflow.tasks.classify.methods import class_mean_embeddings, waffle_texts
 from coderflow.tasks.embed.encode import encode_texts, token_counts
 from coderflow.tasks.embed.model import LoadedModel
-from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, Text, build_bank, name_texts
+from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, Text, build_bank, name_texts, template_texts
 from coderflow.tasks.texts.generate import TextGenerator, generate_texts
 from coderflow.tasks.texts.pairs import confused_pairs, nearest_pairs
 
@@ -39,7 +39,7 @@ def ovo_pairs(
     """Class pairs for one-vs-one texts, and how they were chosen ('confused' needs image embeddings)."""
     if cfg.ovo_budget == 0 or len(classnames) < 2:
         return [], "none"
-    names = name_texts(classnames, templates)
+    names = template_texts(classnames, templates)
     t = encode_texts([x.text for x in names], lm)
     w = class_mean_embeddings(t, np.array([x.class_index for x in names]), len(classnames))
     if cfg.ovo_pairs == "confused" and images is not None and len(images):
@@ -65,14 +65,15 @@ def make_bank(
         texts, gen_report = generate_texts(
             classnames, templates, generator, generated, embed=lambda xs: encode_texts(xs, lm), pairs=pairs,
             n_att=cfg.n_att, n_ana=cfg.n_ana, n_syno=cfg.n_syno, n_ovo=cfg.n_ovo,
-            ana_max_cosine=cfg.ana_max_cosine, ana_retries=cfg.ana_retries,
+            ana_max_cosine=cfg.ana_max_cosine, ana_retries=cfg.ana_retries, name_template=cfg.name_template,
+            att_template=cfg.att_template, ana_template=cfg.ana_template, ovo_templates=cfg.ovo_templates,
         )  # fmt: skip
         report |= gen_report.to_dict() | {"pairs": [list(p) for p in pairs], "pairs_from": how}
         not_found = getattr(generator, "not_found", None)
         if not_found is not None:
             report["not_found"] = not_found(classnames)
     else:
-        texts = name_texts(classnames, templates)
+        texts = template_texts(classnames, templates) + name_texts(classnames, cfg.name_template)
     bank = build_bank(texts, classnames, token_counts([t.text for t in texts], lm), lm.context_length)
     report["n_texts"] = bank.num_rows
     report["truncated"] = sum(bool(v) for v in bank["truncated"].to_pylist())
