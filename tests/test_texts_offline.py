@@ -68,7 +68,7 @@ def test_generate_offline_bank(wordnet):
         "reason": "is a class of the dataset",
     } in report.dropped
     assert report.generator["not_found"] == ["notaword_xyz"]
-    assert all(t.source == "wordnet-3.0" for t in texts if t.text_type != "name")
+    assert all(t.source == "wordnet-3.0" for t in texts if t.text_type not in ("name", "template"))
     assert build_bank(texts, CLASSES).num_rows == len(
         {(t.class_index, t.text_type, t.other_class_index, t.text) for t in texts}
     )
