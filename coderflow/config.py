@@ -189,27 +189,45 @@ class ClassifyConfig(_Strict):
     waffle_seed: int = 0
 
 
+FEWSHOT_METHODS = ("prototype", "tip_adapter", "coder_adapter", "tip_x")
+
+
 class FewShotConfig(_Strict):
-    """Training-free few-shot runs: K-shot support sets from `train`, hyper-parameters on `val`, figures on `test`."""
+    """Training-free few-shot runs: K-shot support sets from `train`, hyper-parameters on `val`, figures on `test`.
+
+    Defaults follow the references: Tip-Adapter's grid scaled by `tip_search_scale` (its per-dataset configs),
+    CODER-Adapter's three-round search from its initial (alpha, beta), IMO's grids for Tip-X. A preset sets the
+    per-dataset values (`--preset`).
+    """
 
     shots: tuple[int, ...] = (1, 2, 4, 8, 16)
     seeds: tuple[int, ...] = (1, 2, 3)
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    augment_views: int = Field(10, ge=1, description="random crop+flip views averaged per support image")
-    augment_seed: int = 0
-    methods: tuple[Literal["prototype", "tip_adapter", "coder_adapter"], ...] = (
-        "prototype",
-        "tip_adapter",
-        "coder_adapter",
+    augment_views: int = Field(
+        10, ge=0, description="random crop+flip views averaged per support image; 0: the stored train embeddings"
     )
-    search: Literal["grid", "fixed"] = Field("grid", description="alpha/beta: grid search on val, or fixed values")
+    augment_seed: int = 0
+    methods: tuple[Literal["prototype", "tip_adapter", "coder_adapter", "tip_x"], ...] = FEWSHOT_METHODS
+    search: Literal["grid", "fixed"] = Field("grid", description="hyper-parameters: searched on val, or fixed values")
     alpha: float = Field(1.0, description="cache weight in fixed mode")
     beta: float = Field(5.5, description="cache sharpness in fixed mode")
-    alphas: tuple[float, ...] | None = Field(None, description="grid of alphas (default: Tip-Adapter's)")
-    betas: tuple[float, ...] | None = Field(None, description="grid of betas (default: Tip-Adapter's)")
-    refine_steps: int = Field(0, ge=0, description="a finer grid around the best coarse point")
+    gamma: float = Field(1.0, description="Tip-X KL weight in fixed mode")
+    alphas: tuple[float, ...] | None = Field(None, description="grid of alphas for every method (default: each one's)")
+    betas: tuple[float, ...] | None = Field(None, description="grid of betas for every method (default: each one's)")
+    gammas: tuple[float, ...] | None = Field(None, description="Tip-X grid of gammas (default: IMO's 0..30, 50)")
+    tip_search_scale: tuple[float, float] = Field(
+        (7.0, 3.0), description="Tip-Adapter (beta, alpha) search maxima (its ImageNet config; presets per dataset)"
+    )
+    tip_search_steps: tuple[int, int] = Field((200, 20), description="Tip-Adapter (beta, alpha) grid sizes")
+    refine_steps: int = Field(0, ge=0, description="Tip-Adapter: a finer grid around the best coarse point")
+    coder_init: tuple[float, float] = Field(
+        (1.0, 1.0), description="CODER-Adapter initial (alpha, beta), compared with the searched pair on val"
+    )
+    coder_search_steps: tuple[int, int] = Field((500, 50), description="CODER-Adapter (beta, alpha) grid sizes")
+    coder_search_rounds: int = Field(3, ge=1, description="CODER-Adapter: 1 grid + refinements on [0.5, 1.5] x best")
+    kl_temperature: float = Field(0.5, gt=0, description="Tip-X: softmax temperature of the class distributions")
 
     @field_validator("shots", "seeds")
     @classmethod

@@ -40,21 +40,29 @@ def fewshot(config: PipelineConfig) -> dict[str, Any]:
     for ds in splits.values():
         ingest_dataset(ds, root)
     refuse_overlapping_splits(config.dataset.name, list(splits), root)
-    for name in (fs.val_split, fs.test_split):
-        embed_images(splits[name], model, root, config.max_failure_rate)
+    original = model.model_copy(update={"adapter": None})  # the zero-shot term and Tip-X's KL use these features
+    models = [original, model] if model.adapter else [original]
+    for m in models:
+        for name in (fs.val_split, fs.test_split):
+            embed_images(splits[name], m, root, config.max_failure_rate)
     bank = text_bank(
-        splits[fs.test_split], model, config.texts, root, list(config.templates) if config.templates else None
+        splits[fs.test_split], original, config.texts, root, list(config.templates) if config.templates else None
     )
     plan = plan_support_sets(config.dataset.name, fs.train_split, bank["n_classes"], fs, root)
-    aug_split = write_augmented_split(
-        config.dataset.name, fs.train_split, plan["pool"], fs.augment_views, fs.augment_seed,
-        config.dataset.samples_per_shard, root,
-    )  # fmt: skip
-    augmented = embed_images(
-        config.dataset.model_copy(update={"split": aug_split}), model, root, config.max_failure_rate
-    )
-    described = describe_model(model, root)
+    if fs.augment_views > 0:
+        support_split = write_augmented_split(
+            config.dataset.name, fs.train_split, plan["pool"], fs.augment_views, fs.augment_seed,
+            config.dataset.samples_per_shard, root,
+        )  # fmt: skip
+    else:  # no augmentation: the support features are the train images' own embeddings
+        support_split = fs.train_split
+    augmented = [
+        embed_images(config.dataset.model_copy(update={"split": support_split}), m, root, config.max_failure_rate)
+        for m in models
+    ]
+    described = describe_model(original, root)
     mid = described["model_id"]
+    adapted_mid = describe_model(model, root)["model_id"] if model.adapter else None
     run_id = new_run_id(config.run_name or "fewshot")
     record = {
         "flow": "few-shot",
@@ -63,16 +71,22 @@ def fewshot(config: PipelineConfig) -> dict[str, Any]:
         "dataset": config.dataset.name,
         "model_id": mid,
         "textbank_id": bank["textbank_id"],
-        "extra": {"preprocess": described["preprocess"], "augmented_split": aug_split, "short_classes": plan["short"]},
+        "extra": {
+            "preprocess": described["preprocess"],
+            "support_split": support_split,
+            "short_classes": plan["short"],
+            "adapted_model_id": adapted_mid,
+        },
     }
     with recorded_run(run_id, root, record) as extra:
         cells = sorted(plan["sets"])
         futures = fewshot_predict.map(
-            unmapped(run_id), cells, [plan["sets"][c] for c in cells], unmapped(config.dataset.name), unmapped(aug_split),
-            unmapped(mid), unmapped(bank["textbank_id"]), unmapped(fs), unmapped(root),
+            unmapped(run_id), cells, [plan["sets"][c] for c in cells], unmapped(config.dataset.name),
+            unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank["textbank_id"]), unmapped(fs),
+            unmapped(root),
         )  # fmt: skip
         parts = [f.result() for f in futures]
-        collect_predictions(run_id, [p["part"] for p in parts], root)
+        collect_predictions(run_id, [p["part"] for p in parts], [p["support_part"] for p in parts], root)
         params = [row for p in parts for row in p["params"]]
         evaluate_run(run_id, mid, bank["n_classes"], root, params)
         plot = plot_accuracy_vs_shots(run_id, root)

@@ -263,4 +263,5 @@ class Layout:
             "predictions": str(r / "runs" / "*" / "predictions.parquet"),
             "metrics": str(r / "runs" / "*" / "metrics.parquet"),
             "runs": str(r / "runs" / "*" / "run.parquet"),
+            "fewshot_support": str(r / "runs" / "*" / "support.parquet"),
         }

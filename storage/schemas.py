@@ -62,6 +62,16 @@ PREDICTIONS = pa.schema(
     ]
 )
 
+FEWSHOT_SUPPORT = pa.schema(  # the support set of each few-shot cell
+    [
+        ("run_id", pa.string()),
+        ("shots", pa.int32()),
+        ("seed", pa.int32()),
+        ("sample_key", pa.string()),
+        ("label", pa.int32()),
+    ]
+)
+
 METRICS = pa.schema(
     [
         ("run_id", pa.string()),
@@ -117,6 +127,7 @@ VIEWS: dict[str, pa.Schema] = {
     "predictions": PREDICTIONS,
     "metrics": METRICS,
     "runs": RUNS,
+    "fewshot_support": FEWSHOT_SUPPORT,
 }
 
 

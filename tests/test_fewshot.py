@@ -22,6 +22,7 @@ from coderflow.tasks.fewshot import (
     tip_affinity,
     tune_alpha_beta,
 )
+from coderflow.tasks.fewshot import methods as fm
 
 torch.set_num_threads(1)
 
@@ -224,3 +225,102 @@ def test_errors_name_bad_values():
         tip_affinity(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(ValueError, match="rows"):
         tune_alpha_beta(VAL_ZS[:2], VAL_AFF, SUPPORT_Y, VAL_Y, alphas=[1], betas=[1])
+
+
+# ---------- reference searches and Tip-X, against small independent implementations ----------
+
+
+def test_tip_grid_is_tip_adapters_formula():
+    """Tip-Adapter utils.py:103-104: [i * (scale - 0.1) / steps + 0.1 for i in range(steps)], endpoint excluded."""
+    betas, alphas = fm.tip_grid((7, 3), (200, 20))
+    assert len(betas) == 200 and len(alphas) == 20
+    assert betas[0] == pytest.approx(0.1) and betas[1] == pytest.approx(0.1 + 6.9 / 200) and max(betas) < 7
+    assert alphas[-1] == pytest.approx(0.1 + 19 * 2.9 / 20)
+    flowers_betas, _ = fm.tip_grid((50, 50))
+    assert max(flowers_betas) > 40  # reaches the large betas of the reference's per-dataset configs
+
+
+def _reference_search_hp(zs, aff, y_support, y_val, steps=(20, 10), rounds=3):
+    """CVPR24-CODER classify_few_shot.py:37-70 as loops: each round's best over a fresh grid, then [0.5, 1.5] x."""
+    onehot = np.eye(int(y_support.max()) + 1)[y_support]
+    lo_b, hi_b, lo_a, hi_a = 0.1, 200.0, 0.1, 20.0
+    for _ in range(rounds):
+        best = (0.0, None, None)
+        for i in range(steps[0]):
+            b = i * (hi_b - lo_b) / steps[0] + lo_b
+            for j in range(steps[1]):
+                a = j * (hi_a - lo_a) / steps[1] + lo_a
+                logits = zs + a * (np.exp(-(b - b * aff)) @ onehot)
+                acc = float((logits.argmax(1) == y_val).mean())
+                if acc > best[0]:
+                    best = (acc, a, b)
+        lo_b, hi_b, lo_a, hi_a = 0.5 * best[2], 1.5 * best[2], 0.5 * best[1], 1.5 * best[1]
+    return best
+
+
+def test_coder_adapter_search_matches_the_reference_loop():
+    rng = np.random.default_rng(3)
+    zs = rng.normal(size=(40, 4)).astype(np.float32)
+    aff = coder_affinity(rng.normal(size=(40, 6)), rng.normal(size=(8, 6)))
+    y_support, y_val = np.array([0, 1, 2, 3] * 2), rng.integers(0, 4, 40)
+    acc, alpha, beta = _reference_search_hp(zs, aff, y_support, y_val)
+    got = fm.coder_adapter_search(zs, aff, y_support, y_val, steps=(20, 10), rounds=3)
+    assert got.val_accuracy == pytest.approx(acc)
+    assert (got.alpha, got.beta) == pytest.approx((alpha, beta), rel=1e-5)
+    assert got.evaluated == 3 * 20 * 10
+
+
+def test_tip_x_matches_loops():
+    """CLIP_fewshot_imo utils.py:132-204: softmax(cos / 0.5) distributions, KL(query || support) for every pair,
+    global min-max into the affinity's range, logits = zs + gamma * (-KL') @ L + alpha * exp(-beta (1 - A)) @ L."""
+    rng = np.random.default_rng(5)
+    q, k, w = rng.normal(size=(7, 5)), rng.normal(size=(6, 5)), rng.normal(size=(3, 5))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    alpha, beta, gamma = 1.3, 4.0, 2.5
+
+    def dist(x):
+        z = np.array([[2 * _unit(r) @ _unit(c) for c in w] for r in x])
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    p, s = dist(q), dist(k)
+    kl = np.array([[sum(p[i, c] * math.log(p[i, c] / s[j, c]) for c in range(3)) for j in range(6)] for i in range(7)])
+    aff = np.array([[_unit(q[i]) @ _unit(k[j]) for j in range(6)] for i in range(7)])
+    scaled = (kl - kl.min()) / (kl.max() - kl.min()) * (aff.max() - aff.min()) + aff.min()
+    zs = np.array([[100 * _unit(q[i]) @ _unit(w[c]) for c in range(3)] for i in range(7)])
+    expected = np.zeros((7, 3))
+    for i in range(7):
+        for c in range(3):
+            members = [j for j in range(6) if y[j] == c]
+            expected[i, c] = (
+                zs[i, c]
+                - gamma * sum(scaled[i, j] for j in members)
+                + alpha * sum(math.exp(-beta * (1 - aff[i, j])) for j in members)
+            )
+    dq, ds = fm.class_distribution(q, w), fm.class_distribution(k, w)
+    np.testing.assert_allclose(dq, p, atol=1e-5)
+    np.testing.assert_allclose(fm.kl_matrix(dq, ds), kl, atol=1e-4)
+    a = tip_affinity(q, k)
+    kl_logits = fm.tip_x_kl_logits(dq, ds, a, one_hot(y, 3))
+    got = fm.tip_x_logits(fm.zero_shot_logits(q, w), a, kl_logits, y, alpha, beta, gamma)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    assert (fm.kl_matrix(dq, ds)[-1] != 0).any()  # every row computed (the reference zeroes the last N mod 100)
+
+
+def test_tip_x_search_matches_brute_force():
+    rng = np.random.default_rng(9)
+    zs, aff = rng.normal(size=(30, 3)).astype(np.float32), rng.uniform(size=(30, 6)).astype(np.float32)
+    kl = rng.normal(size=(30, 3)).astype(np.float32)
+    y, y_val = np.array([0, 1, 2] * 2), rng.integers(0, 3, 30)
+    alphas, betas, gammas = [0.0, 1.0, 3.0], [0.0, 2.0], [0.0, 0.5, 4.0]
+    best = (-1.0, None)
+    for b in betas:
+        for g in gammas:
+            for a in alphas:
+                acc = accuracy(fm.tip_x_logits(zs, aff, kl, y, a, b, g), y_val)
+                if acc > best[0]:
+                    best = (acc, (a, b, g))
+    got = tune_alpha_beta(zs, aff, y, y_val, alphas=alphas, betas=betas, val_kl=kl, gammas=gammas)
+    assert (got.val_accuracy, (got.alpha, got.beta, got.gamma)) == (pytest.approx(best[0]), best[1])
+    assert got.evaluated == 18
+    assert len(fm.IMO_ALPHAS) == 200 and fm.IMO_BETAS[-1] == 20 and fm.IMO_GAMMAS[-1] == 30  # run.py:42-47

@@ -122,7 +122,7 @@ def test_generate_all_types_and_ovo_pairs_both_ways():
         name_template="a photo of a {c}, a type of pet.",
     )  # fmt: skip
     assert sorted(t.text for t in one if t.text_type == "ovo") == ["cat vs dog: no dog ears", "dog vs cat: no cat ears"]
-    assert [t.text for t in one if t.text_type == "name"][0] == "a photo of a cat, a type of pet."
+    assert next(t.text for t in one if t.text_type == "name") == "a photo of a cat, a type of pet."
 
 
 def test_generate_rejects_bad_arguments():

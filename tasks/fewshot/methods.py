@@ -1,9 +1,10 @@
-"""Training-free few-shot logits (prototype, Tip-Adapter, CODER-Adapter) and the alpha/beta search on validation data.
+"""Training-free few-shot logits (prototype, Tip-Adapter, CODER-Adapter, Tip-X) and their searches on validation data.
 
 All functions take and return numpy arrays (float32); rows are samples. Cache methods share one form:
     logits = zero_shot + alpha * exp(-beta * (1 - A)) @ onehot(support_labels)
-with A the query-to-support affinity: plain cosine for Tip-Adapter (Zhang et al. 2022), per-row min-max normalised
-cosine of CODER vectors for the CODER-Adapter.
+with A the query-to-support affinity: plain cosine for Tip-Adapter (Zhang et al. 2022; gaopengcuhk/Tip-Adapter
+main.py:32-42), per-row min-max normalised cosine of CODER vectors for the CODER-Adapter (YCaigogogo/CVPR24-CODER
+utils.py:63-86). Tip-X (akres001/CLIP_fewshot_imo utils.py:132-204) adds gamma * (-scaled KL) @ onehot.
 """
 
 from __future__ import annotations
@@ -14,12 +15,28 @@ from typing import Literal
 
 import numpy as np
 
-from coderflow.tasks.classify.methods import l2_normalize
+from coderflow.tasks.classify.methods import l2_normalize, softmax
 
-# Tip-Adapter's search ranges (alpha in [0.1, 3), beta in [0.1, 7)), with a coarser beta step.
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.1 + i * 2.9 / 20, 6) for i in range(20))
-DEFAULT_BETAS: tuple[float, ...] = tuple(round(0.1 + i * 6.9 / 50, 6) for i in range(50))
 CHUNK_ROWS = 4096  # query rows per block, bounds the affinity matrix held in memory
+SEARCH_CELLS = 1 << 24  # rows x alphas x classes evaluated at once by the grid search (64 MiB of float32)
+
+# IMO's grids (CLIP_fewshot_imo run.py:42-47), endpoints included
+IMO_ALPHAS: tuple[float, ...] = tuple(np.linspace(0, 20, 200).tolist())
+IMO_BETAS: tuple[float, ...] = tuple(np.linspace(0, 20, 20).tolist())
+IMO_GAMMAS: tuple[float, ...] = tuple(np.linspace(0, 30, 50).tolist())
+
+
+def tip_grid(
+    scale: tuple[float, float] = (7.0, 3.0), steps: tuple[int, int] = (200, 20)
+) -> tuple[list[float], list[float]]:
+    """Tip-Adapter's (betas, alphas): `[i * (scale - 0.1) / steps + 0.1 for i in range(steps)]`, the endpoint excluded
+    (Tip-Adapter utils.py:103-104; `search_scale` per dataset in its configs, ImageNet [7, 3])."""
+    betas = [i * (scale[0] - 0.1) / steps[0] + 0.1 for i in range(steps[0])]
+    alphas = [i * (scale[1] - 0.1) / steps[1] + 0.1 for i in range(steps[1])]
+    return betas, alphas
+
+
+DEFAULT_BETAS, DEFAULT_ALPHAS = (tuple(g) for g in tip_grid())
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -139,13 +156,15 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class AlphaBeta:
-    """Chosen cache weight alpha and sharpness beta, with the validation accuracy they reach (None if not measured)."""
+    """Chosen cache weight alpha, sharpness beta and KL weight gamma (Tip-X; 0 otherwise), with the validation
+    accuracy they reach (None if not measured)."""
 
     alpha: float
     beta: float
     val_accuracy: float | None
     mode: str
-    evaluated: int = 0  # number of (alpha, beta) pairs tried
+    evaluated: int = 0  # number of (alpha, beta[, gamma]) points tried
+    gamma: float = 0.0
 
 
 def tune_alpha_beta(
@@ -160,53 +179,96 @@ def tune_alpha_beta(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     betas: Sequence[float] = DEFAULT_BETAS,
     refine_steps: int = 0,
+    val_kl: np.ndarray | None = None,
+    gammas: Sequence[float] = (0.0,),
+    gamma: float = 0.0,
 ) -> AlphaBeta:
-    """Choose (alpha, beta) maximising validation top-1 of val_zero_shot + alpha * cache_logits(val_affinity, beta).
+    """Choose (alpha, beta[, gamma]) maximising validation top-1 of
+    val_zero_shot + gamma * val_kl + alpha * cache_logits(val_affinity, beta).
 
     Takes validation arrays only (never test data). val_affinity is tip_affinity or coder_affinity of the validation
-    queries to the support keys. mode="grid" searches betas x alphas (ties: first in beta-then-alpha order); with
+    queries to the support keys; val_kl (Tip-X) is tip_x_kl_logits of the same queries. mode="grid" searches
+    betas x gammas x alphas (ties: the first in that order, as the references' loops with a strict `>`); with
     refine_steps > 0 a second grid of refine_steps x refine_steps points spans the grid neighbours (grids ascending)
-    of the coarse best and replaces it only when strictly better. mode="fixed" returns alpha, beta as given, with
-    their validation accuracy when validation arrays are passed.
+    of the coarse best alpha and beta and replaces it only when strictly better. mode="fixed" returns the values as
+    given, with their validation accuracy when validation arrays are passed.
     """
     if mode not in ("grid", "fixed"):
         raise ValueError(f"mode must be 'grid' or 'fixed', got {mode!r}")
     have_val = val_zero_shot is not None and val_affinity is not None and val_labels is not None
     if mode == "fixed":
         if not have_val:
-            return AlphaBeta(alpha, beta, None, "fixed", 0)
-        acc = _val_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, [alpha], [beta])[0, 0]
-        return AlphaBeta(alpha, beta, float(acc), "fixed", 1)
+            return AlphaBeta(alpha, beta, None, "fixed", 0, gamma)
+        acc = grid_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, [alpha], [beta], val_kl, [gamma])
+        return AlphaBeta(alpha, beta, float(acc[0, 0, 0]), "fixed", 1, gamma)
     if not have_val:
         raise ValueError("mode='grid' needs val_zero_shot, val_affinity and val_labels; or use mode='fixed'")
-    if len(alphas) == 0 or len(betas) == 0:
-        raise ValueError(f"grid search needs non-empty alphas and betas, got {list(alphas)} and {list(betas)}")
-    alphas, betas = [float(a) for a in alphas], [float(b) for b in betas]
-    accs = _val_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, alphas, betas)
-    ib, ia = np.unravel_index(int(np.argmax(accs)), accs.shape)
-    best = AlphaBeta(alphas[ia], betas[ib], float(accs[ib, ia]), "grid", accs.size)
+    if len(alphas) == 0 or len(betas) == 0 or len(gammas) == 0:
+        raise ValueError(f"grid search needs non-empty grids, got {list(alphas)}, {list(betas)}, {list(gammas)}")
+    alphas, betas, gammas = [float(a) for a in alphas], [float(b) for b in betas], [float(g) for g in gammas]
+    accs = grid_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, alphas, betas, val_kl, gammas)
+    ib, ig, ia = np.unravel_index(int(np.argmax(accs)), accs.shape)
+    best = AlphaBeta(alphas[ia], betas[ib], float(accs[ib, ig, ia]), "grid", accs.size, gammas[ig])
     if refine_steps > 0:
         fine_a = _between_neighbours(alphas, ia, refine_steps)
         fine_b = _between_neighbours(betas, ib, refine_steps)
-        fine = _val_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, fine_a, fine_b)
+        fine = grid_accuracies(
+            val_zero_shot, val_affinity, support_labels, val_labels, fine_a, fine_b, val_kl, [best.gamma]
+        )[:, 0, :]
         jb, ja = np.unravel_index(int(np.argmax(fine)), fine.shape)
         evaluated = accs.size + fine.size
         if fine[jb, ja] > best.val_accuracy:
-            best = AlphaBeta(fine_a[ja], fine_b[jb], float(fine[jb, ja]), "grid", evaluated)
+            best = AlphaBeta(fine_a[ja], fine_b[jb], float(fine[jb, ja]), "grid", evaluated, best.gamma)
         else:
-            best = AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated)
+            best = AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated, best.gamma)
     return best
 
 
-def _val_accuracies(
+def coder_adapter_search(
+    val_zero_shot: np.ndarray,
+    val_affinity: np.ndarray,
+    support_labels: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    beta_range: tuple[float, float] = (0.1, 200.0),
+    alpha_range: tuple[float, float] = (0.1, 20.0),
+    steps: tuple[int, int] = (500, 50),
+    rounds: int = 3,
+) -> AlphaBeta:
+    """CODER-Adapter's search (CVPR24-CODER classify_few_shot.py:37-70): a grid of steps[0] betas x steps[1] alphas
+    over [min, max) (endpoint excluded), then `rounds - 1` more grids over [0.5, 1.5] x the best values; validation
+    data only. The best point over all rounds is returned (each refined range contains the previous best, so this
+    equals the reference's last-round best up to ties).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: search at least one round")
+    (b_lo, b_hi), (a_lo, a_hi) = beta_range, alpha_range
+    best: AlphaBeta | None = None
+    evaluated = 0
+    for _ in range(rounds):
+        betas = [i * (b_hi - b_lo) / steps[0] + b_lo for i in range(steps[0])]
+        alphas = [i * (a_hi - a_lo) / steps[1] + a_lo for i in range(steps[1])]
+        found = tune_alpha_beta(val_zero_shot, val_affinity, support_labels, val_labels, alphas=alphas, betas=betas)
+        evaluated += found.evaluated
+        if best is None or found.val_accuracy > best.val_accuracy:
+            best = found
+        (b_lo, b_hi), (a_lo, a_hi) = (0.5 * best.beta, 1.5 * best.beta), (0.5 * best.alpha, 1.5 * best.alpha)
+    assert best is not None
+    return AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated)
+
+
+def grid_accuracies(
     zero_shot: np.ndarray,
     affinity: np.ndarray,
     support_labels: np.ndarray,
     labels: np.ndarray,
     alphas: Sequence[float],
     betas: Sequence[float],
+    kl_logits: np.ndarray | None = None,
+    gammas: Sequence[float] = (0.0,),
 ) -> np.ndarray:
-    """[len(betas), len(alphas)] validation accuracies."""
+    """[len(betas), len(gammas), len(alphas)] validation accuracies of zero_shot + gamma * kl_logits + alpha * cache,
+    all alphas of a (beta, gamma) at once, in blocks of rows bounded by SEARCH_CELLS."""
     zero_shot = np.asarray(zero_shot, dtype=np.float32)
     affinity = np.asarray(affinity, dtype=np.float32)
     labels = np.asarray(labels)
@@ -215,13 +277,68 @@ def _val_accuracies(
             f"validation arrays disagree on rows: zero_shot {zero_shot.shape}, affinity {affinity.shape}, "
             f"labels {labels.shape}; compute them from the same validation samples"
         )
+    if kl_logits is not None and np.shape(kl_logits) != zero_shot.shape:
+        raise ValueError(f"kl_logits {np.shape(kl_logits)} must have the zero-shot shape {zero_shot.shape}")
     onehot = one_hot(support_labels, zero_shot.shape[1])
-    out = np.zeros((len(betas), len(alphas)))
+    a = np.asarray(alphas, dtype=np.float32)
+    rows = max(1, SEARCH_CELLS // max(1, len(a) * zero_shot.shape[1]))
+    correct = np.zeros((len(betas), len(gammas), len(a)), dtype=np.int64)
     for ib, b in enumerate(betas):
         cache = cache_logits(affinity, onehot, b)
-        for ia, a in enumerate(alphas):
-            out[ib, ia] = accuracy(zero_shot + a * cache, labels)
-    return out
+        for ig, g in enumerate(gammas):
+            base = zero_shot if kl_logits is None or g == 0 else zero_shot + np.float32(g) * kl_logits
+            for i in range(0, len(labels), rows):
+                sl = slice(i, i + rows)
+                logits = base[sl, None, :] + a[None, :, None] * cache[sl, None, :]  # (rows, alphas, classes)
+                correct[ib, ig] += (logits.argmax(axis=2) == labels[sl, None]).sum(axis=0)
+    return correct / max(1, len(labels))
+
+
+# Tip-X ---------------------------------------------------------------------------------------------------
+def class_distribution(x: np.ndarray, text_classifier: np.ndarray, temperature: float = 0.5) -> np.ndarray:
+    """softmax(cos(x, W) / temperature): Tip-X's class distribution of each image (CLIP_fewshot_imo utils.py:171-186,
+    temp 0.5, no x100)."""
+    _check_dims(x, text_classifier, "x", "text_classifier")
+    return softmax((l2_normalize(x) @ l2_normalize(text_classifier).T) / temperature).astype(np.float32)
+
+
+def kl_matrix(query_dist: np.ndarray, support_dist: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """KL(p_query || p_support) for every (query, support) pair: [N, S] (CLIP_fewshot_imo utils.py:152-168, every row
+    computed; the reference leaves the last N mod 100 rows at zero)."""
+    p = np.clip(np.asarray(query_dist, dtype=np.float64), eps, None)
+    q = np.clip(np.asarray(support_dist, dtype=np.float64), eps, None)
+    return ((p * np.log(p)).sum(axis=1, keepdims=True) - p @ np.log(q).T).astype(np.float32)
+
+
+def scale_into(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Global min-max of x mapped into [target.min(), target.max()] (CLIP_fewshot_imo utils.py:132-138)."""
+    x = np.asarray(x, dtype=np.float32)
+    lo, span = x.min(), x.max() - x.min()
+    unit = (x - lo) / span if span > 0 else np.zeros_like(x)
+    return unit * (target.max() - target.min()) + target.min()
+
+
+def tip_x_kl_logits(
+    query_dist: np.ndarray, support_dist: np.ndarray, affinity: np.ndarray, support_onehot: np.ndarray
+) -> np.ndarray:
+    """Tip-X's KL term before gamma: (-scale_into(KL, affinity)) @ onehot, [N, C]; `affinity` is the same queries'
+    cache affinity (its range is the target of the scaling)."""
+    return -scale_into(kl_matrix(query_dist, support_dist), affinity) @ support_onehot
+
+
+def tip_x_logits(
+    zero_shot: np.ndarray,
+    affinity: np.ndarray,
+    kl_logits: np.ndarray,
+    support_labels: np.ndarray,
+    alpha: float,
+    beta: float,
+    gamma: float,
+) -> np.ndarray:
+    """Tip-X: zero_shot + gamma * kl_logits + alpha * exp(-beta * (1 - A)) @ onehot (CLIP_fewshot_imo
+    utils.py:198-204)."""
+    onehot = one_hot(support_labels, np.shape(zero_shot)[1])
+    return zero_shot + gamma * kl_logits + alpha * cache_logits(affinity, onehot, beta)
 
 
 def _between_neighbours(values: list[float], i: int, steps: int) -> list[float]:

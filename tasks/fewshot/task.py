@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,11 +14,11 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from coderflow.config import DatasetConfig, FewShotConfig
-from coderflow.storage.arrays import load_images, load_texts
+from coderflow.storage.arrays import ImageSet, load_images, load_texts
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import atomic_path, read_table, write_table, write_text
-from coderflow.storage.schemas import PREDICTIONS
+from coderflow.storage.schemas import FEWSHOT_SUPPORT, PREDICTIONS
 from coderflow.storage.shards import (
     ingest_info,
     iter_samples,
@@ -25,7 +27,7 @@ from coderflow.storage.shards import (
     split_overlaps,
     write_split,
 )
-from coderflow.tasks.classify.methods import LOGIT_SCALE, clip_logits, coder_scores, ensemble_classifier
+from coderflow.tasks.classify.methods import ensemble_classifier
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
@@ -95,83 +97,180 @@ def write_augmented_split(
     return split
 
 
+@dataclass(frozen=True)
+class _Features:
+    """One image encoder's features of a cell: validation and test splits, and the support set."""
+
+    val: ImageSet
+    test: ImageSet
+    support: np.ndarray
+    support_labels: np.ndarray
+    support_keys: list[str]
+
+
+def _features(
+    layout: Layout, model_id: str, dataset: str, cfg: FewShotConfig, support_split: str, support_keys: list[str]
+) -> _Features:
+    """Val, test and support features of one model; support rows are the augmented views' mean, or (augment_views
+    0) the train images' stored embeddings."""
+    pool = load_images(layout, model_id, dataset, support_split)
+    if cfg.augment_views > 0:
+        by_key = average_views(pool.keys, pool.x)
+        label_of = dict(zip((source_key(k) for k in pool.keys), pool.labels.tolist(), strict=True))
+    else:
+        by_key = dict(zip(pool.keys, pool.x, strict=True))
+        label_of = dict(zip(pool.keys, pool.labels.tolist(), strict=True))
+    keys = [k for k in support_keys if k in by_key]
+    return _Features(
+        load_images(layout, model_id, dataset, cfg.val_split),
+        load_images(layout, model_id, dataset, cfg.test_split),
+        np.stack([by_key[k] for k in keys]),
+        np.asarray([label_of[k] for k in keys]),
+        keys,
+    )
+
+
+def _grids(cfg: FewShotConfig, betas: Sequence[float], alphas: Sequence[float]) -> dict[str, Any]:
+    """Search arguments: the configured grids where given, else the method's own."""
+    return {
+        "mode": cfg.search, "alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
+        "alphas": cfg.alphas or alphas, "betas": cfg.betas or betas,
+    }  # fmt: skip
+
+
 @task(name="few-shot-predict")
 def fewshot_predict(
     run_id: str,
     cell: str,
     support_keys: list[str],
     dataset: str,
-    aug_split: str,
+    support_split: str,
     model_id: str,
+    adapted_model_id: str | None,
     textbank_id: str,
     cfg: FewShotConfig,
     workdir: str,
 ) -> dict[str, Any]:
-    """Every few-shot method for one (shots, seed): alpha/beta from val only, predictions on test."""
+    """Every few-shot method for one (shots, seed): hyper-parameters from val only, predictions on test.
+
+    The zero-shot term is always CLIP's prompt-ensemble classifier on the ORIGINAL image features; with an adapter,
+    each cache method runs again as `<method>_adapted` with the cache affinity from the adapted features (IMO,
+    CLIP_fewshot_imo run.py:255-420), Tip-X's KL from the original ones.
+    """
     layout = Layout.at(workdir)
     shots, seed = (int(v) for v in cell.split("-"))
     bank = load_texts(layout, textbank_id, model_id)
     n = bank.n_classes
-    val = load_images(layout, model_id, dataset, cfg.val_split)
-    test = load_images(layout, model_id, dataset, cfg.test_split)
-    aug = load_images(layout, model_id, dataset, aug_split)
-    averaged = average_views(aug.keys, aug.x)
-    label_of = dict(zip((source_key(k) for k in aug.keys), aug.labels.tolist(), strict=True))
-    keys = [k for k in support_keys if k in averaged]
-    support = np.stack([averaged[k] for k in keys])
-    support_labels = np.asarray([label_of[k] for k in keys])
-    meta = (bank.class_index, bank.text_type)
+    orig = _features(layout, model_id, dataset, cfg, support_split, support_keys)
+    variants = {"": orig}
+    if adapted_model_id:
+        variants["_adapted"] = _features(layout, adapted_model_id, dataset, cfg, support_split, support_keys)
+        if variants["_adapted"].test.keys != orig.test.keys or variants["_adapted"].val.keys != orig.val.keys:
+            raise ValueError("original and adapted embeddings cover different images: re-run `coderflow embed`")
     w = ensemble_classifier(bank.t, bank.class_index, bank.text_type, n)
-    grid = {"alphas": cfg.alphas, "betas": cfg.betas} if cfg.alphas and cfg.betas else {}
-    search = {"mode": cfg.search, "alpha": cfg.alpha, "beta": cfg.beta, "refine_steps": cfg.refine_steps, **grid}
-    onehot_labels = support_labels
+    zs_val, zs_test = fm.zero_shot_logits(orig.val.x, w), fm.zero_shot_logits(orig.test.x, w)
+    onehot = fm.one_hot(orig.support_labels, n)
+    coder_rows = np.isin(bank.text_type, ("name", "att", "ana"))  # CODER-Adapter's texts (classify_few_shot.py:129)
+    t_coder = bank.t[coder_rows]
+    dist = {  # Tip-X class distributions, original features
+        k: fm.class_distribution(x, w, cfg.kl_temperature)
+        for k, x in (("val", orig.val.x), ("test", orig.test.x), ("support", orig.support))
+    }
 
     tables, params = [], []
-    for method in cfg.methods:
-        if method == "prototype":
-            scores, is_logits = fm.prototype_logits(test.x, support, support_labels, n), False
-            chosen = None
-        elif method == "tip_adapter":
-            chosen = fm.tune_alpha_beta(
-                clip_logits(val.x, bank.t, *meta, n),
-                fm.tip_affinity(val.x, support),
-                onehot_labels,
-                val.labels,
-                **search,
-            )
-            scores = fm.tip_adapter_logits(test.x, support, support_labels, w, chosen.alpha, chosen.beta)
-            is_logits = True
-        else:  # coder_adapter: keys and queries are CODER vectors (the image-to-text cosines, normalised)
-            keys_c = fm.l2_normalize(support @ bank.t.T)
-            val_cos, test_cos = val.x @ bank.t.T, test.x @ bank.t.T
-            val_q, test_q = fm.l2_normalize(val_cos), fm.l2_normalize(test_cos)
-            val_zs = LOGIT_SCALE * coder_scores(val_cos, *meta, n)
-            test_zs = LOGIT_SCALE * coder_scores(test_cos, *meta, n)
-            chosen = fm.tune_alpha_beta(val_zs, fm.coder_affinity(val_q, keys_c), onehot_labels, val.labels, **search)
-            scores = fm.coder_adapter_logits(test_q, keys_c, support_labels, test_zs, chosen.alpha, chosen.beta)
-            is_logits = True
+
+    def record(method: str, scores: np.ndarray, logits: bool, chosen: Any = None, **extra: float) -> None:
         tables.append(
             prediction_table(
-                scores, test.keys, test.labels, run_id=run_id, method=method, dataset=dataset, split=cfg.test_split,
-                logits=is_logits, shots=shots, seed=seed,
+                scores, orig.test.keys, orig.test.labels, run_id=run_id, method=method, dataset=dataset,
+                split=cfg.test_split, logits=logits, shots=shots, seed=seed,
             )
         )  # fmt: skip
-        if chosen is not None:
-            for metric in ("alpha", "beta", "val_accuracy"):
-                value = getattr(chosen, metric)
-                if value is not None:
-                    params.append(
-                        {"method": method, "shots": shots, "seed": seed, "metric": metric, "value": float(value)}
+        values = (
+            {} if chosen is None else {"alpha": chosen.alpha, "beta": chosen.beta, "val_accuracy": chosen.val_accuracy}
+        )
+        if chosen is not None and method.startswith("tip_x"):
+            values["gamma"] = chosen.gamma
+        for metric, value in {**values, **extra}.items():
+            if value is not None:
+                params.append({"method": method, "shots": shots, "seed": seed, "metric": metric, "value": float(value)})
+
+    for method in cfg.methods:
+        if method == "prototype":
+            record(method, fm.prototype_logits(orig.test.x, orig.support, orig.support_labels, n), logits=False)
+            continue
+        for suffix, f in variants.items():
+            name = method + suffix
+            if method == "tip_adapter":
+                aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
+                betas, alphas = fm.tip_grid(cfg.tip_search_scale, cfg.tip_search_steps)
+                chosen = fm.tune_alpha_beta(
+                    zs_val, aff_val, f.support_labels, f.val.labels, refine_steps=cfg.refine_steps,
+                    **_grids(cfg, betas, alphas),
+                )  # fmt: skip
+                scores = zs_test + chosen.alpha * fm.cache_logits(aff_test, onehot, chosen.beta)
+                record(name, scores, True, chosen)
+            elif method == "coder_adapter":
+                keys = fm.l2_normalize(fm.l2_normalize(f.support) @ t_coder.T)
+                aff_val = fm.coder_affinity(fm.l2_normalize(f.val.x @ t_coder.T), keys)
+                aff_test = fm.coder_affinity(fm.l2_normalize(f.test.x @ t_coder.T), keys)
+                init_alpha, init_beta = cfg.coder_init
+                init = fm.tune_alpha_beta(
+                    zs_val, aff_val, f.support_labels, f.val.labels, mode="fixed", alpha=init_alpha, beta=init_beta
+                )
+                if cfg.search == "fixed":
+                    chosen = fm.tune_alpha_beta(
+                        zs_val, aff_val, f.support_labels, f.val.labels, mode="fixed", alpha=cfg.alpha, beta=cfg.beta
                     )
+                elif cfg.alphas or cfg.betas:
+                    chosen = fm.tune_alpha_beta(
+                        zs_val, aff_val, f.support_labels, f.val.labels, **_grids(cfg, [init_beta], [init_alpha])
+                    )
+                else:
+                    chosen = fm.coder_adapter_search(
+                        zs_val, aff_val, f.support_labels, f.val.labels, steps=cfg.coder_search_steps,
+                        rounds=cfg.coder_search_rounds,
+                    )  # fmt: skip
+                if cfg.search == "grid" and init.val_accuracy > chosen.val_accuracy:  # both judged on val only
+                    chosen = init
+                scores = zs_test + chosen.alpha * fm.cache_logits(aff_test, onehot, chosen.beta)
+                record(name, scores, True, chosen, val_accuracy_init=init.val_accuracy)
+            else:  # tip_x
+                aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
+                kl_val = fm.tip_x_kl_logits(dist["val"], dist["support"], aff_val, onehot)
+                kl_test = fm.tip_x_kl_logits(dist["test"], dist["support"], aff_test, onehot)
+                chosen = fm.tune_alpha_beta(
+                    zs_val, aff_val, f.support_labels, f.val.labels, val_kl=kl_val,
+                    gammas=cfg.gammas or fm.IMO_GAMMAS, **_grids(cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),
+                )  # fmt: skip
+                scores = fm.tip_x_logits(
+                    zs_test, aff_test, kl_test, f.support_labels, chosen.alpha, chosen.beta, chosen.gamma
+                )
+                record(name, scores, True, chosen)
     part = layout.run_file(run_id, f"fewshot/part-{shots:03d}-{seed:04d}.parquet")
     write_table(pa.concat_tables(tables), part, PREDICTIONS)
-    return {"part": str(part), "params": params, "support": len(keys), "n_classes": n}
+    support = pa.table(
+        {
+            "run_id": [run_id] * len(orig.support_keys), "shots": [shots] * len(orig.support_keys),
+            "seed": [seed] * len(orig.support_keys), "sample_key": orig.support_keys,
+            "label": orig.support_labels.astype(np.int32),
+        }
+    )  # fmt: skip
+    support_part = layout.run_file(run_id, f"fewshot/support-{shots:03d}-{seed:04d}.parquet")
+    write_table(support, support_part, FEWSHOT_SUPPORT)
+    return {
+        "part": str(part), "support_part": str(support_part), "params": params, "support": len(orig.support_keys),
+        "n_classes": n,
+    }  # fmt: skip
 
 
 @task(name="collect-predictions")
-def collect_predictions(run_id: str, parts: list[str], workdir: str) -> str:
-    """One predictions.parquet for the run from the per-(shots, seed) parts."""
+def collect_predictions(run_id: str, parts: list[str], support_parts: list[str], workdir: str) -> str:
+    """One predictions.parquet and one support.parquet (the `fewshot_support` view) for the run from the
+    per-(shots, seed) parts."""
     layout = Layout.at(workdir)
+    support = pa.concat_tables([read_table(p) for p in sorted(support_parts)])
+    write_table(support, layout.run_file(run_id, "support.parquet"), FEWSHOT_SUPPORT)
     table = pa.concat_tables([read_table(p) for p in sorted(parts)])
     return str(write_table(table, layout.run_file(run_id, "predictions.parquet"), PREDICTIONS))
 

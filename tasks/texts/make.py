@@ -57,7 +57,7 @@ def make_bank(
 ) -> tuple[pa.Table, dict[str, Any]]:
     """The bank table and a report (counts, dropped candidates, pairs, generator usage, classes not found)."""
     templates = list(templates) or list(DEFAULT_TEMPLATES)
-    generated = [t for t in cfg.types if t != "name"]
+    generated = [t for t in cfg.types if t not in ("name", "template")]
     report: dict[str, Any] = {"generator": cfg.generator, "types": list(cfg.types)}
     if generated:
         generator = make_generator(cfg, llm_cache_dir)
