@@ -248,6 +248,10 @@ class AdapterConfig(_Strict):
     bottleneck: int = Field(64, ge=1)
     scale: float = Field(0.03, description="s in x + MLP(LN(x)) + s * up(relu(down(x)))")
     dropout: float = Field(0.1, ge=0, lt=1)
+    head_input: Literal["raw", "normalized"] = Field(
+        "raw",
+        description="the training head reads the raw projected embedding (IMO adapter_utils.py:8-31) or its L2 norm",
+    )
     seed: int = 0
     overlap_bins: int = Field(100, ge=2)
     overlap_max_pairs: int = Field(2_000_000, ge=1)

@@ -201,3 +201,20 @@ def test_overlap_subsampling_is_seeded_and_close():
     assert a.mean_same == pytest.approx(exact.mean_same, abs=0.02)
     assert a.overlap == pytest.approx(exact.overlap, abs=0.05)
     assert exact.mean_same > exact.mean_diff
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_head_reads_the_raw_projected_embedding_by_default(normalize: bool):
+    """IMO adapter_utils.py:8-31: the training head is a Linear on the UNnormalised image embedding; the first step's
+    loss is the cross-entropy of head(encode_image(x)) before any update (L2-normalised only when asked)."""
+    model = _model()
+    add_adapters(model)
+    head = make_head(model, 2)
+    images, labels = _two_class_batches(1)[0]
+    with torch.no_grad():
+        feats = model.encode_image(images)
+        feats = torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
+        expected = torch.nn.functional.cross_entropy(head(feats), labels).item()
+    kwargs = {"normalize": True} if normalize else {}  # the default is the reference's raw embedding
+    result = train_adapters(model, [(images, labels)], 2, epochs=1, lr=1e-3, head=head, **kwargs)
+    assert result.losses[0] == pytest.approx(expected, rel=1e-4)

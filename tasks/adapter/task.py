@@ -62,6 +62,7 @@ def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir:
     started = time.perf_counter()
     result = train_adapters(
         net, batches, len(classnames), epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, head=head,
+        normalize=cfg.head_input == "normalized",
         start_epoch=start_epoch, optimizer_state=optimizer_state, on_epoch_end=on_epoch_end, seed=cfg.seed,
     )  # fmt: skip
     seconds = time.perf_counter() - started

@@ -52,7 +52,7 @@ def train_adapters(
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     head: nn.Linear | None = None,
-    normalize: bool = True,
+    normalize: bool = False,
     start_epoch: int = 0,
     optimizer_state: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
