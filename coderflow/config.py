@@ -183,7 +183,11 @@ class CoderConfig(_Strict):
 class ClassifyConfig(_Strict):
     """Parameters of the zero-shot methods."""
 
-    rerank_threshold: float = Field(0.5, ge=0, description="CODER*: re-rank when top1 - top2 probability is below")
+    rerank_threshold: float = Field(
+        0.1,
+        ge=0,
+        description="CODER*: re-rank when top1 - top2 probability is below (CODER: per dataset, ImageNet 0.1)",
+    )
     rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
     waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
     waffle_seed: int = 0
@@ -260,6 +264,9 @@ class AdapterConfig(_Strict):
 class PipelineConfig(_Strict):
     """The end-to-end pipeline: ingest, embed, classify, evaluate, load into DuckDB."""
 
+    preset: str | None = Field(
+        None, description="per-dataset protocol settings (coderflow/presets/<name>.yaml); explicit settings win"
+    )
     workdir: str | None = None
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
@@ -279,6 +286,16 @@ class PipelineConfig(_Strict):
         None, description="dask scheduler (tcp://host:8786) or ray address (ray://host:10001); None: a local cluster"
     )
     runner_workers: int | None = Field(None, ge=1, description="threads, or local dask/ray worker processes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("preset"):
+            return data
+        from coderflow.presets import load_preset, merge_under
+
+        given = {k: v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v for k, v in data.items()}
+        return merge_under(load_preset(str(data["preset"]))["config"], given)
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -60,6 +60,10 @@ SplitRatio = Annotated[
         help="split one image folder into train,val,test by these shares, e.g. 0.5,0.2,0.3 (stratified, seeded)"
     ),
 ]
+Preset = Annotated[
+    str | None,
+    typer.Option(help="protocol preset: per-dataset templates, thresholds and search settings (coderflow/presets/)"),
+]
 Force = Annotated[
     bool, typer.Option("--force", help="run even when the newest run had the same config and inputs (up to date)")
 ]
@@ -129,6 +133,7 @@ def _config(
     replace: bool = False,
     split_ratio: str | None = None,
     ingests: bool = False,
+    preset: str | None = None,
 ) -> PipelineConfig:
     cfg = build_config(
         config,
@@ -136,6 +141,7 @@ def _config(
             "dataset.reingest": reingest or None,
             "dataset.replace": replace or None,
             "dataset.split_ratio": split_ratio,
+            "preset": preset,
             "workdir": workdir,
             "dataset.name": dataset,
             "dataset.source": source,
@@ -307,13 +313,14 @@ def run(
     reingest: Reingest = False,
     replace_dataset: ReplaceDataset = False,
     split_ratio: SplitRatio = None,
+    preset: Preset = None,
     force: Force = False,
 ) -> None:
     """Run the pipeline end to end on a dataset (YAML config and/or flags; nothing runs when up to date)."""
     cfg = _guard(
         lambda: _config(
             config, workdir, dataset, source, kind, split, model, pretrained, device, batch_size, methods,
-            check_model=False, reingest=reingest, replace=replace_dataset, split_ratio=split_ratio,
+            check_model=False, reingest=reingest, replace=replace_dataset, split_ratio=split_ratio, preset=preset,
         )
     )  # fmt: skip
     cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
@@ -386,6 +393,7 @@ def texts(
         str | None, typer.Option(help="nearest | confused: which class pairs get one-vs-one texts")
     ] = None,
     ovo_budget: Annotated[int | None, typer.Option(help="at most this many class pairs get one-vs-one texts")] = None,
+    preset: Preset = None,
 ) -> None:
     """Generate the dataset's text bank (offline or with an LLM) and embed its new texts."""
     from coderflow.flows.pipeline import text_bank
@@ -398,6 +406,7 @@ def texts(
                 "model.pretrained": pretrained, "texts.generator": generator,
                 "texts.types": types.split(",") if types else None, "texts.llm.model": llm_model,
                 "texts.llm.base_url": llm_base_url, "texts.ovo_pairs": ovo_pairs, "texts.ovo_budget": ovo_budget,
+                "preset": preset,
             },
         )
     )  # fmt: skip
@@ -453,11 +462,16 @@ def classify(
     pretrained: Pretrained = None,
     methods: Methods = None,
     textbank: Annotated[str | None, typer.Option(help="text bank id (default: the dataset's newest)")] = None,
+    preset: Preset = None,
 ) -> None:
     """Classify an embedded split with every method, evaluate, and load the results into DuckDB."""
     from coderflow.flows.pipeline import classify as classify_flow
 
-    cfg = _guard(lambda: _config(config, workdir, dataset, None, None, split, model, pretrained, None, None, methods))
+    cfg = _guard(
+        lambda: _config(
+            config, workdir, dataset, None, None, split, model, pretrained, None, None, methods, preset=preset
+        )
+    )
     bank = textbank or _newest_bank(cfg)
     start = time.perf_counter()
     kwargs = {
@@ -489,8 +503,9 @@ def fewshot(
     reingest: Reingest = False,
     replace_dataset: ReplaceDataset = False,
     split_ratio: SplitRatio = None,
+    preset: Preset = None,
 ) -> None:
-    """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter); needs train/val/test splits."""
+    """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter, Tip-X); needs train/val/test splits."""
 
     def ints(v: str | None) -> list[int] | None:
         return [int(x) for x in v.split(",")] if v else None
@@ -504,7 +519,7 @@ def fewshot(
                 "fewshot.seeds": ints(seeds), "fewshot.augment_views": augment_views, "fewshot.search": search,
                 "fewshot.alpha": alpha, "fewshot.beta": beta, "model.adapter": adapter,
                 "dataset.reingest": reingest or None, "dataset.replace": replace_dataset or None,
-                "dataset.split_ratio": split_ratio,
+                "dataset.split_ratio": split_ratio, "preset": preset,
             },
         )
     )  # fmt: skip

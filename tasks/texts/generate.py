@@ -194,9 +194,7 @@ def generate_texts(
             texts += [Text(ci, "ana", fill(ana_template, c=classnames[ci], x=x), source) for x in items]
 
     if "syno" in types:
-        syno, dropped = synonym_texts(
-            classnames, generator.synonyms(classnames, n_syno), [name_template], source
-        )
+        syno, dropped = synonym_texts(classnames, generator.synonyms(classnames, n_syno), [name_template], source)
         texts += syno
         report.dropped += dropped
 
