@@ -144,8 +144,11 @@ class TextsConfig(_Strict):
     n_ovo: int = Field(3, ge=1)
     ana_max_cosine: float = Field(0.9, description="drop look-alikes this close to a class-name prompt")
     ana_retries: int = Field(2, ge=0)
-    ovo_pairs: Literal["nearest", "confused"] = Field(
-        "nearest", description="nearest class pairs by prompt embedding, or pairs confused by zero-shot CLIP"
+    ovo_pairs: Literal["consulted", "nearest", "confused"] = Field(
+        "consulted",
+        description="consulted: the candidate pairs CODER* will re-rank (top rerank_k classes of images under the "
+        "threshold, no labels; 'nearest' until images are embedded); nearest: closest class prompts; confused: "
+        "pairs zero-shot CLIP confuses",
     )
     ovo_budget: int = Field(20, ge=0, description="at most this many class pairs get one-vs-one texts")
     llm: LLMConfig = LLMConfig()

@@ -411,7 +411,7 @@ def texts(
         )
     )  # fmt: skip
     templates = list(cfg.templates) if cfg.templates else None
-    out = _guard(lambda: text_bank(cfg.dataset, cfg.model, cfg.texts, cfg.workdir, templates))
+    out = _guard(lambda: text_bank(cfg.dataset, cfg.model, cfg.texts, cfg.workdir, templates, cfg.classify))
     console.print_json(json.dumps(out, default=str))
 
 

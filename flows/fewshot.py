@@ -46,7 +46,12 @@ def fewshot(config: PipelineConfig) -> dict[str, Any]:
         for name in (fs.val_split, fs.test_split):
             embed_images(splits[name], m, root, config.max_failure_rate)
     bank = text_bank(
-        splits[fs.test_split], original, config.texts, root, list(config.templates) if config.templates else None
+        splits[fs.test_split],
+        original,
+        config.texts,
+        root,
+        list(config.templates) if config.templates else None,
+        config.classify,
     )
     plan = plan_support_sets(config.dataset.name, fs.train_split, bank["n_classes"], fs, root)
     if fs.augment_views > 0:

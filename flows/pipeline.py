@@ -95,10 +95,12 @@ def text_bank(
     texts: TextsConfig | None = None,
     workdir: str | None = None,
     templates: list[str] | None = None,
+    classify: ClassifyConfig | None = None,
 ) -> dict[str, Any]:
-    """Generate the dataset's text bank and embed the texts this model has not embedded yet."""
+    """Generate the dataset's text bank and embed the texts this model has not embedded yet (`classify`: CODER*'s
+    rule, which picks the one-vs-one pairs it will consult)."""
     root = _root(workdir)
-    bank = build_text_bank(dataset.name, dataset.split, model, texts or TextsConfig(), root, templates)
+    bank = build_text_bank(dataset.name, dataset.split, model, texts or TextsConfig(), root, templates, classify)
     result = {**bank, "embedded": embed_text_bank(bank["textbank_id"], model, root)}
     refresh_database(root)
     return result
@@ -191,7 +193,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     ingest_dataset(ds, root)
     images = with_runner(embed_images, config)(ds, model, root, config.max_failure_rate)
     templates = list(config.templates) if config.templates else None
-    texts = text_bank(ds, model, config.texts, root, templates)
+    texts = text_bank(ds, model, config.texts, root, templates, config.classify)
     coder = with_runner(build_coder, config)(ds, model, texts["textbank_id"], config.coder, root)
     run = classify(
         ds, model, texts["textbank_id"], list(config.methods), workdir=root, run_name=config.run_name,

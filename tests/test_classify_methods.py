@@ -21,6 +21,7 @@ from coderflow.tasks.classify.methods import (
     softmax,
     top_k,
     waffle_scores,
+    waffle_shape,
     waffle_texts,
 )
 from coderflow.tasks.texts.bank import Text, build_bank
@@ -127,17 +128,22 @@ def test_helpers_by_hand() -> None:
 
 
 def test_waffle_texts() -> None:
-    texts = waffle_texts(["cat", "dog"], n_pairs=3, seed=7)
-    assert len(texts) == 2 and len(texts[0]) == 6
-    assert texts == waffle_texts(["cat", "dog"], n_pairs=3, seed=7)
-    assert texts != waffle_texts(["cat", "dog"], n_pairs=3, seed=8)
-    prefix = len("a photo of a cat, which has ")
-    assert all(t.startswith("a photo of a cat, which has ") and t.endswith(".") for t in texts[0])
+    """WaffleCLIP waffle_tools.py:458-505: shared descriptors, shapes derived from the class names."""
+    names = ["golden retriever", "siamese cat", "tabby"]
+    texts = waffle_texts(names, n_pairs=3, seed=7)
+    assert len(texts) == 3 and len(texts[0]) == 6
+    assert texts == waffle_texts(names, n_pairs=3, seed=7)
+    assert texts != waffle_texts(names, n_pairs=3, seed=8)
+    prefix = len("A photo of a golden retriever, which has ")
+    assert all(t.startswith("A photo of a golden retriever, which ") and t.endswith(".") for t in texts[0])
     # descriptors are shared by every class: only the class name differs
-    assert [t[prefix:] for t in texts[0]] == [t[len("a photo of a dog, which has ") :] for t in texts[1]]
-    words, chars = texts[0][0][prefix:-1].split(), texts[0][1][prefix:-1].split()
-    assert len(words) == 2 and set(words) <= set(WAFFLE_WORDS) and words[0] != words[1]
-    assert len(chars) == 2 and all(len(c) == 5 and c.isalpha() and c.islower() for c in chars)
+    assert [t.split(", which", 1)[1] for t in texts[0]] == [t.split(", which", 1)[1] for t in texts[2]]
+    # 5 words in 3 names -> round(1.67) = 2 words, cut to round(mean of mean word lengths 7, 5.5, 5) = 6 letters;
+    # round(2/3 spaces) + 1 = 2 groups, ceil(mean longest word 9, 7, 5 = 7) -> 8 characters: 2 groups of 4
+    assert waffle_shape(names) == (2, 6, 2, 4)
+    words, chars = texts[0][0][prefix:-1].split(), texts[0][1][prefix:-1].split(", ")
+    assert len(words) == 2 and all(any(w[:6] == x for w in WAFFLE_WORDS) and len(x) <= 6 for x in words)
+    assert len(chars) == 2 and all(len(c) == 4 and c.isalpha() and c.islower() for c in chars)
     with pytest.raises(ValueError, match="n_pairs=0"):
         waffle_texts(["cat"], n_pairs=0)
 
@@ -250,3 +256,21 @@ def test_coder_rerank_matches_naive_loop(seed: int, threshold: float, k: int) ->
     np.testing.assert_array_equal(got.pred, pred)
     np.testing.assert_array_equal(got.top_k, tops)
     assert got.n_changed == int((pred != top_k(s, k)[:, 0]).sum()) > 0
+
+
+@pytest.mark.parametrize(("seed", "k"), [(0, 5), (1, 3)])
+def test_coder_rerank_reports_how_many_consulted_pairs_had_ovo_texts(seed: int, k: int) -> None:
+    """Coverage: of the candidate pairs {a, b} consulted for re-ranked rows, those with ovo texts both ways."""
+    c, ci, tt, oc = random_bank(seed)
+    s = coder_scores(c, ci, tt, 6) * 0.2
+    got = coder_rerank(c, s, ci, tt, oc, 6, threshold=1.5, k=k)
+    both = {(a, b) for a, b in zip(ci[tt == "ovo"], oc[tt == "ovo"], strict=True)}
+    consulted = covered = 0
+    for row in np.flatnonzero(got.reranked):
+        cands = top_k(s, k)[row]
+        for i in range(k):
+            for j in range(i + 1, k):
+                consulted += 1
+                covered += (cands[i], cands[j]) in both and (cands[j], cands[i]) in both
+    assert (got.n_pairs_consulted, got.n_pairs_covered) == (consulted, covered)
+    assert 0 < covered < consulted

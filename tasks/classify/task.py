@@ -36,7 +36,7 @@ def classify_zero_shot(
     images = load_images(layout, model_id, dataset, split)
     bank = load_texts(layout, textbank_id, model_id)
     waffle = load_texts(layout, waffle_textbank_id, model_id) if waffle_textbank_id else None
-    info: dict[str, dict[str, int]] = {}
+    info: dict[str, dict[str, float]] = {}
 
     def tables() -> Iterator[pa.Table]:
         # images in chunks: memory holds one chunk's image-to-text cosines, whatever the size of the split
@@ -53,6 +53,9 @@ def classify_zero_shot(
 
     path = layout.run_file(run_id, "predictions.parquet")
     write_stream(tables(), PREDICTIONS, path)
+    rerank = info.get("coder_rerank")
+    if rerank and rerank.get("ovo_pairs_consulted"):  # share of consulted pairs that had one-vs-one texts both ways
+        rerank["ovo_coverage"] = rerank["ovo_pairs_covered"] / rerank["ovo_pairs_consulted"]
     log = get_run_logger()
     log.info("%d samples classified with %s (%d images failed to embed)", len(images.keys), methods, images.n_errors)
     for name, details in info.items():

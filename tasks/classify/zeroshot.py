@@ -58,6 +58,9 @@ def run_methods(
                 cosines, coder, *meta, bank.other_class_index, n, threshold=params.rerank_threshold, k=params.rerank_k
             )
             top5 = r.top_k[:, :5] if r.top_k.shape[1] >= min(5, n) else None
-            info = {"n_reranked": r.n_reranked, "n_changed": r.n_changed}
+            info = {
+                "n_reranked": r.n_reranked, "n_changed": r.n_changed, "ovo_pairs_consulted": r.n_pairs_consulted,
+                "ovo_pairs_covered": r.n_pairs_covered,
+            }  # fmt: skip
             out[name] = MethodResult(coder, logits=False, pred=r.pred, top5=top5, info=info)
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from coderflow.config import ClassifyConfig, TextsConfig
-from coderflow.tasks.classify.methods import class_mean_embeddings, waffle_texts
+from coderflow.tasks.classify.methods import LOGIT_SCALE, class_mean_embeddings, coder_scores, waffle_texts
 from coderflow.tasks.embed.encode import encode_texts, token_counts
 from coderflow.tasks.embed.model import LoadedModel
 from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, Text, build_bank, name_texts, template_texts
@@ -18,12 +18,15 @@ from coderflow.tasks.texts.generate import TextGenerator, generate_texts
 from coderflow.tasks.texts.pairs import confused_pairs, nearest_pairs
 
 
-def make_generator(cfg: TextsConfig, llm_cache_dir: Path) -> TextGenerator:
-    """The configured generator: WordNet offline, or an OpenAI-compatible LLM with an on-disk reply cache."""
+def make_generator(
+    cfg: TextsConfig, llm_cache_dir: Path, embed: Callable[[list[str]], np.ndarray] | None = None
+) -> TextGenerator:
+    """The configured generator: WordNet offline (`embed` chooses the synonyms' sense), or an OpenAI-compatible LLM
+    with an on-disk reply cache."""
     if cfg.generator == "offline":
         from coderflow.tasks.texts.offline import WordNetGenerator
 
-        return WordNetGenerator()
+        return WordNetGenerator(embed=embed)
     from coderflow.tasks.texts.llm import LLMGenerator
 
     llm = cfg.llm
@@ -36,7 +39,7 @@ def make_generator(cfg: TextsConfig, llm_cache_dir: Path) -> TextGenerator:
 def ovo_pairs(
     cfg: TextsConfig, classnames: Sequence[str], templates: Sequence[str], lm: LoadedModel, images: np.ndarray | None
 ) -> tuple[list[tuple[int, int]], str]:
-    """Class pairs for one-vs-one texts, and how they were chosen ('confused' needs image embeddings)."""
+    """Class pairs for one-vs-one texts chosen before generation ('nearest', or 'confused' with image embeddings)."""
     if cfg.ovo_budget == 0 or len(classnames) < 2:
         return [], "none"
     names = template_texts(classnames, templates)
@@ -47,6 +50,17 @@ def ovo_pairs(
     return nearest_pairs(w, cfg.ovo_budget), "nearest"
 
 
+def consulted_pairs(
+    texts: Sequence[Text], n_classes: int, lm: LoadedModel, images: np.ndarray, budget: int, rerank: tuple[float, int]
+) -> list[tuple[int, int]]:
+    """The class pairs CODER* will consult: CODER scores of the images from the bank's other texts, then the pairs
+    that co-occur most among the top `rerank[1]` classes of images whose margin is below `rerank[0]` (no labels)."""
+    cosines = images @ encode_texts([t.text for t in texts], lm).T
+    meta = (np.array([t.class_index for t in texts]), np.array([t.text_type for t in texts], dtype=object))
+    scores = LOGIT_SCALE * coder_scores(cosines, *meta, n_classes)
+    return confused_pairs(scores, budget, top_k=rerank[1], max_gap=rerank[0])
+
+
 def make_bank(
     classnames: Sequence[str],
     templates: Sequence[str],
@@ -54,20 +68,40 @@ def make_bank(
     lm: LoadedModel,
     llm_cache_dir: Path,
     images: np.ndarray | None = None,
+    rerank: tuple[float, int] = (0.1, 5),
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """The bank table and a report (counts, dropped candidates, pairs, generator usage, classes not found)."""
+    """The bank table and a report (counts, dropped candidates, pairs, generator usage, classes not found).
+
+    ovo_pairs 'consulted' with image embeddings generates the other types first and picks the one-vs-one pairs from
+    their CODER scores (see consulted_pairs; `rerank` = CODER*'s (threshold, k)); without images it is 'nearest'.
+    """
     templates = list(templates) or list(DEFAULT_TEMPLATES)
     generated = [t for t in cfg.types if t not in ("name", "template")]
     report: dict[str, Any] = {"generator": cfg.generator, "types": list(cfg.types)}
     if generated:
-        generator = make_generator(cfg, llm_cache_dir)
-        pairs, how = ovo_pairs(cfg, classnames, templates, lm, images) if "ovo" in generated else ([], "none")
-        texts, gen_report = generate_texts(
-            classnames, templates, generator, generated, embed=lambda xs: encode_texts(xs, lm), pairs=pairs,
-            n_att=cfg.n_att, n_ana=cfg.n_ana, n_syno=cfg.n_syno, n_ovo=cfg.n_ovo,
-            ana_max_cosine=cfg.ana_max_cosine, ana_retries=cfg.ana_retries, name_template=cfg.name_template,
-            att_template=cfg.att_template, ana_template=cfg.ana_template, ovo_templates=cfg.ovo_templates,
-        )  # fmt: skip
+        generator = make_generator(cfg, llm_cache_dir, embed=lambda xs: encode_texts(xs, lm))
+
+        def generate(types: list[str], pairs: list[tuple[int, int]]) -> tuple[list[Text], Any]:
+            return generate_texts(
+                classnames, templates, generator, types, embed=lambda xs: encode_texts(xs, lm), pairs=pairs,
+                n_att=cfg.n_att, n_ana=cfg.n_ana, n_syno=cfg.n_syno, n_ovo=cfg.n_ovo,
+                ana_max_cosine=cfg.ana_max_cosine, ana_retries=cfg.ana_retries, name_template=cfg.name_template,
+                att_template=cfg.att_template, ana_template=cfg.ana_template, ovo_templates=cfg.ovo_templates,
+            )  # fmt: skip
+
+        consulted = "ovo" in generated and cfg.ovo_pairs == "consulted" and images is not None and len(images) > 0
+        if consulted and cfg.ovo_budget > 0 and len(classnames) > 1:
+            texts, gen_report = generate([t for t in generated if t != "ovo"], [])
+            pairs = consulted_pairs(texts, len(classnames), lm, images, cfg.ovo_budget, rerank)
+            ovo, ovo_report = generate(["ovo"], pairs)
+            texts += [t for t in ovo if t.text_type == "ovo"]
+            gen_report.counts["ovo"] = ovo_report.counts.get("ovo", 0)
+            gen_report.dropped += ovo_report.dropped
+            gen_report.generator = ovo_report.generator  # the generator's totals after both stages
+            how = "consulted"
+        else:
+            pairs, how = ovo_pairs(cfg, classnames, templates, lm, images) if "ovo" in generated else ([], "none")
+            texts, gen_report = generate(generated, pairs)
         report |= gen_report.to_dict() | {"pairs": [list(p) for p in pairs], "pairs_from": how}
         not_found = getattr(generator, "not_found", None)
         if not_found is not None:
@@ -82,7 +116,11 @@ def make_bank(
 
 def waffle_bank(classnames: Sequence[str], params: ClassifyConfig, lm: LoadedModel) -> pa.Table:
     """WaffleCLIP prompts (random word / character descriptors, seeded) as a bank of 'name' rows of its own."""
-    prompts = waffle_texts(classnames, n_pairs=params.waffle_pairs, seed=params.waffle_seed)
+    from coderflow.tasks.texts.offline import waffle_vocabulary
+
+    prompts = waffle_texts(
+        classnames, n_pairs=params.waffle_pairs, seed=params.waffle_seed, vocabulary=waffle_vocabulary()
+    )
     source = f"waffle:seed={params.waffle_seed}"
     texts = [Text(ci, "name", p, source) for ci, ps in enumerate(prompts) for p in ps]
     return build_bank(texts, classnames, token_counts([t.text for t in texts], lm), lm.context_length)

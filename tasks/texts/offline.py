@@ -6,10 +6,12 @@ import importlib.util
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from coderflow.storage.layout import local_cache_dir
 
@@ -161,10 +163,16 @@ class WordNetGenerator:
     """Texts from WordNet 3.0: synonyms = lemmas, look-alikes = sister terms and hypernyms, attributes = parts and
     gloss clauses, differences = parts and gloss words of one class absent from the other's."""
 
-    def __init__(self, wordnet_dir: str | os.PathLike[str] | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        wordnet_dir: str | os.PathLike[str] | None = None,
+        cache_dir: Path | None = None,
+        embed: Callable[[list[str]], np.ndarray] | None = None,
+    ) -> None:
         self.path = find_wordnet_dir(wordnet_dir, cache_dir)
         self.wn = load_wordnet(self.path)
         self.source = "wordnet-3.0"
+        self.embed = embed  # chooses the synonyms' sense (see synonym_senses); None: the most frequent sense
         self._not_found: set[str] = set()
 
     # lookup ----------------------------------------------------------------------------------------
@@ -223,10 +231,42 @@ class WordNetGenerator:
             out.append([x for x in dict.fromkeys(names) if _key(x) not in skip][:n])
         return out
 
+    def noun_senses(self, classname: str) -> list[Any]:
+        """The class name's noun senses, most frequent first (summed lemma counts, as CODER's ATG); else `synset`."""
+        base = classname.strip().lower()
+        for key in dict.fromkeys([base.replace(" ", "_"), base.replace("-", "_").replace(" ", "_"), base]):
+            found = self.wn.synsets(key, pos="n")
+            if found:
+                return sorted(found, key=lambda s: -sum(lemma.count() for lemma in s.lemmas()))  # stable on ties
+        s = self.synset(classname)
+        return [] if s is None else [s]
+
+    def synonym_senses(self, classnames: Sequence[str]) -> list[Any | None]:
+        """The sense whose synonyms each class gets: the noun sense whose definition's embedding is closest to
+        "a photo of {c}" (CVPR24-CODER ATG/ATG.py:151-184; the first on ties), or the most frequent one without
+        `embed`."""
+        senses = [self.noun_senses(c) for c in classnames]
+        if self.embed is None or not any(len(s) > 1 for s in senses):
+            return [s[0] if s else None for s in senses]
+        texts: list[str] = []
+        for name, cands in zip(classnames, senses, strict=True):
+            if len(cands) > 1:
+                texts += [f"a photo of {name}", *(c.definition() for c in cands)]
+        vecs = np.asarray(self.embed(texts), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True).clip(1e-12)
+        out, row = [], 0
+        for cands in senses:
+            if len(cands) <= 1:
+                out.append(cands[0] if cands else None)
+                continue
+            prompt, defs = vecs[row], vecs[row + 1 : row + 1 + len(cands)]
+            out.append(cands[int(np.argmax(defs @ prompt))])
+            row += 1 + len(cands)
+        return out
+
     def synonyms(self, classnames: Sequence[str], n: int) -> list[list[str]]:
         out = []
-        for name in classnames:
-            s = self.synset(name)
+        for name, s in zip(classnames, self.synonym_senses(classnames), strict=True):
             lemmas = [] if s is None else [lemma.name().replace("_", " ") for lemma in s.lemmas()]
             out.append([x for x in dict.fromkeys(lemmas) if _key(x) != _key(name)][:n])
         return out
@@ -247,3 +287,12 @@ class WordNetGenerator:
             items += [f"{w} features" for w in adjectives or words]
             out.append(items[:n])
         return out
+
+
+@lru_cache(maxsize=2)
+def waffle_vocabulary(wordnet_dir: str | None = None) -> tuple[str, ...]:
+    """WaffleCLIP's random-word vocabulary, offline: WordNet's single-word noun and adjective lemmas of 3-12 letters
+    (about 64,000 words; WaffleCLIP samples from its own list of 4,330, word_list.pkl)."""
+    wn = load_wordnet(find_wordnet_dir(wordnet_dir))
+    names = {w.lower() for pos in ("n", "a") for w in wn.all_lemma_names(pos)}
+    return tuple(sorted(w for w in names if w.isalpha() and w.isascii() and 2 < len(w) <= 12))

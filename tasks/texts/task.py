@@ -29,7 +29,13 @@ def dataset_classes(layout: Layout, dataset: str) -> tuple[list[str], list[str]]
 
 @task(name="build-text-bank", retries=2, retry_delay_seconds=5)
 def build_text_bank(
-    dataset: str, split: str, model: ModelConfig, texts: TextsConfig, workdir: str, templates: list[str] | None = None
+    dataset: str,
+    split: str,
+    model: ModelConfig,
+    texts: TextsConfig,
+    workdir: str,
+    templates: list[str] | None = None,
+    classify: ClassifyConfig | None = None,
 ) -> dict[str, Any]:
     """Generate and store the dataset's text bank; LLM replies are cached, so a retry costs no new calls.
 
@@ -40,11 +46,13 @@ def build_text_bank(
     classnames, stored = dataset_classes(layout, dataset)
     chosen = list(templates or stored)
     mid = configured_model_id(model, workdir)
-    confused = "ovo" in texts.types and texts.ovo_pairs == "confused"
+    classify = classify or ClassifyConfig()
+    rerank = (classify.rerank_threshold, classify.rerank_k)
+    confused = "ovo" in texts.types and texts.ovo_pairs in ("confused", "consulted") and texts.ovo_budget > 0
     # the bank is a function of these inputs: an unchanged re-run reuses it without generating anything
     inputs = [dataset, *classnames, "|", *chosen, texts.model_dump_json(), text_model_id(mid)]
-    if confused:  # the confused pairs depend on the split's content (its shard hashes) and the image model
-        inputs += [mid, (ingest_info(layout.shard_dir(dataset, split)) or {}).get("split_id", "")]
+    if confused:  # the pairs depend on the split's content (its shard hashes), the image model and CODER*'s rule
+        inputs += [mid, (ingest_info(layout.shard_dir(dataset, split)) or {}).get("split_id", ""), str(rerank)]
         try:
             inputs.append(str(len(image_parts(layout, mid, dataset, split))))
         except FileNotFoundError:
@@ -65,7 +73,7 @@ def build_text_bank(
             images = load_images(layout, lm.model_id, dataset, split).x
         except FileNotFoundError:
             log.warning("no image embeddings yet for %s/%s: one-vs-one pairs fall back to 'nearest'", dataset, split)
-    bank, report = make_bank(classnames, chosen, texts, lm, layout.llm_cache_dir, images)
+    bank, report = make_bank(classnames, chosen, texts, lm, layout.llm_cache_dir, images, rerank)
     bank_id = bank["textbank_id"][0].as_py()
     path = layout.textbank_file(bank_id)
     if not path.exists():
