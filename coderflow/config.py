@@ -194,6 +194,12 @@ class ClassifyConfig(_Strict):
     rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
     waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
     waffle_seed: int = 0
+    waffle_reps: int = Field(
+        1,
+        ge=1,
+        description="WaffleCLIP repetitions, each with its own descriptors (seed waffle_seed + r): metrics per rep "
+        "(`seed`) and top1_mean/top1_std over them (WaffleCLIP base_main.py --reps)",
+    )
 
 
 FEWSHOT_METHODS = ("prototype", "tip_adapter", "coder_adapter", "tip_x")

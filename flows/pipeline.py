@@ -155,10 +155,11 @@ def classify(
     run_id = new_run_id(run_name)
     described = describe_model(model, root)
     mid = described["model_id"]
-    waffle_textbank_id = None
-    if "waffle" in methods:  # WaffleCLIP's prompts are a seeded bank of their own, embedded once like any text
-        waffle_textbank_id = build_waffle_bank(dataset.name, model, params, root)
-        embed_text_bank(waffle_textbank_id, model, root)
+    waffle_ids: list[str] = []
+    if "waffle" in methods:  # WaffleCLIP's prompts are seeded banks of their own (one per rep), embedded like any text
+        for rep in range(params.waffle_reps):
+            waffle_ids.append(build_waffle_bank(dataset.name, model, params, root, params.waffle_seed + rep))
+            embed_text_bank(waffle_ids[-1], model, root)
     record = {
         "flow": "classify",
         "started_at": datetime.now(UTC),
@@ -166,11 +167,11 @@ def classify(
         "dataset": dataset.name,
         "model_id": mid,
         "textbank_id": textbank_id,
-        "extra": {"preprocess": described["preprocess"], "waffle_textbank_id": waffle_textbank_id},
+        "extra": {"preprocess": described["preprocess"], "waffle_textbank_ids": waffle_ids},
     }
     with recorded_run(run_id, root, record) as extra:
         result = classify_zero_shot(
-            run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root, params, waffle_textbank_id
+            run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root, params, waffle_ids
         )
         counters = [
             {"method": m, "metric": k, "value": float(v)}

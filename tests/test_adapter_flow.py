@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from coderflow.config import AdapterConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
+from coderflow.config import AdapterConfig, DatasetConfig, FewShotConfig, ModelConfig, PipelineConfig, TextsConfig
 from coderflow.storage.db import query
 from coderflow.storage.layout import Layout, text_model_id
 from coderflow.tasks.adapter.data import ShardBatches
@@ -84,6 +84,22 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     assert again["embedded"]["new"] == 0 and again["textbank_id"] == bank["textbank_id"]
     effect = query(layout, "SELECT count(DISTINCT model_id) AS n FROM (" + _sql("adapter_effect") + ")")
     assert effect.to_pylist() == [{"n": 2}]
+
+    # few-shot with the adapter: every cache method also runs on adapted features, the zero-shot term stays the
+    # original model's (IMO run.py:255-420): with alpha = gamma = 0 the adapted variants predict exactly as the others
+    from coderflow.flows.fewshot import fewshot
+
+    fs = FewShotConfig(shots=(1,), seeds=(1,), augment_views=0, search="fixed", alpha=0.0, gamma=0.0)
+    run = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": fs}))["run_id"]
+    preds = query(
+        layout, f"SELECT method, list(pred ORDER BY sample_key) AS p FROM predictions WHERE run_id = '{run}' GROUP BY 1"
+    )
+    by = {r["method"]: r["p"] for r in preds.to_pylist()}
+    for method in ("tip_adapter", "coder_adapter", "tip_x"):
+        assert by[method] == by[f"{method}_adapted"], method
+    assert set(by) == {"prototype", "tip_adapter", "coder_adapter", "tip_x"} | {
+        f"{m}_adapted" for m in ("tip_adapter", "coder_adapter", "tip_x")
+    }
 
 
 def _sql(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -25,7 +26,7 @@ def test_demo_pipeline_outputs(demo_run):
     assert q("SELECT count(*) AS n FROM image_embeddings WHERE status <> 'ok'") == [{"n": 0}]
     n_texts = q("SELECT count(*) AS n FROM texts WHERE text_type = 'template'")[0]["n"]
     assert n_texts == 10 * 18  # demo classes x default templates
-    names = q("SELECT text FROM texts WHERE text_type = 'name' ORDER BY class_index")
+    names = q("SELECT text FROM texts WHERE text_type = 'name' AND source = 'name-template' ORDER BY class_index")
     assert [r["text"] for r in names][:2] == ["a photo of circle", "a photo of square"]  # CODER's one name prompt
     n_all = q("SELECT count(*) AS n FROM texts")[0]["n"]
     assert q("SELECT count(*) AS n FROM texts JOIN text_embeddings USING (text_id)")[0]["n"] == n_all
@@ -180,3 +181,27 @@ def test_classify_in_chunks_gives_the_same_predictions(demo_run):
     assert exact == [{k: v for k, v in r.items() if k != "margin"} for r in rows[4096]]
     # matrix products over other batch sizes round differently in the last bits
     assert [r["margin"] for r in rows[7]] == pytest.approx([r["margin"] for r in rows[4096]], abs=1e-5)
+
+
+def test_waffle_reps_are_seeded_runs_with_their_mean(demo_run, tmp_path):
+    """WaffleCLIP base_main.py --reps: each rep draws new descriptors (seed waffle_seed + r); accuracies per rep and
+    their mean and spread."""
+    import shutil
+
+    from coderflow.config import ClassifyConfig
+    from coderflow.flows.pipeline import classify
+
+    work = tmp_path / "w"
+    shutil.copytree(demo_run["workdir"], work)
+    cfg = demo_run["config"]
+    bank = json.loads(next((work / "runs").glob("*/manifest.json")).read_text())["textbank_id"]
+    params = ClassifyConfig(waffle_reps=3, waffle_seed=4)
+    run = classify(cfg.dataset, cfg.model, bank, ["waffle"], workdir=str(work), params=params)["run_id"]
+    q = lambda sql: query(Layout.at(work), sql).to_pylist()  # noqa: E731
+    per_rep = q(f"SELECT seed, value FROM metrics WHERE run_id = '{run}' AND metric = 'top1' ORDER BY seed")
+    assert [r["seed"] for r in per_rep] == [4, 5, 6]
+    mean = q(f"SELECT metric, value FROM metrics WHERE run_id = '{run}' AND metric LIKE 'top1_%' ORDER BY 1")
+    assert mean[0]["value"] == pytest.approx(np.mean([r["value"] for r in per_rep]))
+    assert mean[1]["value"] == pytest.approx(np.std([r["value"] for r in per_rep]))
+    banks = q("SELECT count(DISTINCT textbank_id) AS n FROM texts WHERE source LIKE 'waffle:seed=%'")
+    assert banks[0]["n"] >= 3

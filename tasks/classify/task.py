@@ -27,7 +27,7 @@ def classify_zero_shot(
     methods: list[str],
     workdir: str,
     params: ClassifyConfig | None = None,
-    waffle_textbank_id: str | None = None,
+    waffle_textbank_ids: list[str] | None = None,
     chunk_size: int = 4096,
 ) -> dict[str, Any]:
     """All requested methods over one load of the embeddings; predictions land in runs/<run_id>/."""
@@ -35,20 +35,19 @@ def classify_zero_shot(
     layout = Layout.at(workdir)
     images = load_images(layout, model_id, dataset, split)
     bank = load_texts(layout, textbank_id, model_id)
-    waffle = load_texts(layout, waffle_textbank_id, model_id) if waffle_textbank_id else None
+    waffles = [load_texts(layout, w, model_id) for w in waffle_textbank_ids or []]
     info: dict[str, dict[str, float]] = {}
 
     def tables() -> Iterator[pa.Table]:
         # images in chunks: memory holds one chunk's image-to-text cosines, whatever the size of the split
         for start in range(0, len(images.keys), chunk_size):
             stop = start + chunk_size
-            results = run_methods(methods, images.x[start:stop], bank, params or ClassifyConfig(), waffle)
-            for name, r in results.items():
+            for r in run_methods(methods, images.x[start:stop], bank, params or ClassifyConfig(), waffles):
                 for key, value in r.info.items():
-                    info.setdefault(name, {})[key] = info.get(name, {}).get(key, 0) + value
+                    info.setdefault(r.method, {})[key] = info.get(r.method, {}).get(key, 0) + value
                 yield prediction_table(
-                    r.scores, images.keys[start:stop], images.labels[start:stop], run_id=run_id, method=name,
-                    dataset=dataset, split=split, logits=r.logits, pred=r.pred, top5=r.top5,
+                    r.scores, images.keys[start:stop], images.labels[start:stop], run_id=run_id, method=r.method,
+                    dataset=dataset, split=split, logits=r.logits, pred=r.pred, top5=r.top5, seed=r.seed,
                 )  # fmt: skip
 
     path = layout.run_file(run_id, "predictions.parquet")

@@ -15,13 +15,16 @@ from coderflow.tasks.classify import methods as m
 
 @dataclass
 class MethodResult:
-    """Scores of one method; `logits` says whether they are logits (else cosines). pred/top5 override the order."""
+    """Scores of one method; `logits` says whether they are logits (else cosines). pred/top5 override the order;
+    `seed` tells repetitions apart (WaffleCLIP reps)."""
 
+    method: str
     scores: np.ndarray
     logits: bool
     pred: np.ndarray | None = None
     top5: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
 
 
 def check_methods(names: Sequence[str]) -> None:
@@ -31,28 +34,31 @@ def check_methods(names: Sequence[str]) -> None:
 
 
 def run_methods(
-    methods: Sequence[str], x: np.ndarray, bank: TextSet, params: ClassifyConfig, waffle: TextSet | None = None
-) -> dict[str, MethodResult]:
-    """Every requested method over the same image embeddings; the image-text cosines are computed once."""
+    methods: Sequence[str], x: np.ndarray, bank: TextSet, params: ClassifyConfig, waffles: Sequence[TextSet] = ()
+) -> list[MethodResult]:
+    """Every requested method over the same image embeddings; the image-text cosines are computed once. `waffles`:
+    one WaffleCLIP bank per rep (seeds waffle_seed, waffle_seed + 1, ...; `seed` is set when there are several)."""
     check_methods(methods)
     n = bank.n_classes
     meta = (bank.class_index, bank.text_type)
-    out: dict[str, MethodResult] = {}
+    out: list[MethodResult] = []
     cosines = x @ bank.t.T if {"coder", "coder_rerank"} & set(methods) else None
     coder = m.coder_scores(cosines, *meta, n) if cosines is not None else None
     for name in methods:
         if name == "clip":
-            out[name] = MethodResult(m.clip_logits(x, bank.t, *meta, n), logits=True)
+            out.append(MethodResult(name, m.clip_logits(x, bank.t, *meta, n), logits=True))
         elif name == "dclip":
-            out[name] = MethodResult(m.dclip_scores(x, bank.t, *meta, n), logits=False)
+            out.append(MethodResult(name, m.dclip_scores(x, bank.t, *meta, n), logits=False))
         elif name == "cupl":
-            out[name] = MethodResult(m.cupl_scores(x, bank.t, *meta, n), logits=False)
+            out.append(MethodResult(name, m.cupl_scores(x, bank.t, *meta, n), logits=False))
         elif name == "waffle":
-            if waffle is None:
+            if not waffles:
                 raise ValueError("method 'waffle' needs the waffle text bank: build it with the embed-texts stage")
-            out[name] = MethodResult(m.waffle_scores(x, waffle.t, waffle.class_index, n), logits=False)
+            for rep, w in enumerate(waffles):
+                seed = params.waffle_seed + rep if len(waffles) > 1 else None
+                out.append(MethodResult(name, m.waffle_scores(x, w.t, w.class_index, n), logits=False, seed=seed))
         elif name == "coder":
-            out[name] = MethodResult(coder, logits=False)
+            out.append(MethodResult(name, coder, logits=False))
         else:  # coder_rerank
             r = m.coder_rerank(
                 cosines, coder, *meta, bank.other_class_index, n, threshold=params.rerank_threshold, k=params.rerank_k
@@ -62,5 +68,5 @@ def run_methods(
                 "n_reranked": r.n_reranked, "n_changed": r.n_changed, "ovo_pairs_consulted": r.n_pairs_consulted,
                 "ovo_pairs_covered": r.n_pairs_covered,
             }  # fmt: skip
-            out[name] = MethodResult(coder, logits=False, pred=r.pred, top5=top5, info=info)
+            out.append(MethodResult(name, coder, logits=False, pred=r.pred, top5=top5, info=info))
     return out

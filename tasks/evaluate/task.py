@@ -15,6 +15,20 @@ from coderflow.storage.schemas import METRICS
 from coderflow.tasks.evaluate.metrics import classification_metrics
 
 
+def _over_reps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """top1_mean / top1_std over the seeds of a zero-shot method run several times (WaffleCLIP's reps)."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["metric"] == "top1" and r["class_index"] is None and r["shots"] is None and r["seed"] is not None:
+            by_method.setdefault(r["method"], []).append(r)
+    out = []
+    for reps in by_method.values():
+        values = [r["value"] for r in reps]
+        for metric, value in (("top1_mean", float(np.mean(values))), ("top1_std", float(np.std(values)))):
+            out.append({**reps[0], "seed": None, "metric": metric, "value": value})
+    return out
+
+
 @task(name="evaluate-run")
 def evaluate_run(
     run_id: str, model_id: str, n_classes: int, workdir: str, extra: list[dict[str, Any]] | None = None
@@ -44,6 +58,7 @@ def evaluate_run(
             if metric == "top1" and g["shots"] is None:
                 summary[g["method"]] = value
     dataset, split = (preds["dataset"][0].as_py(), preds["split"][0].as_py()) if preds.num_rows else (None, None)
+    rows += _over_reps(rows)
     base = {"run_id": run_id, "dataset": dataset, "split": split, "model_id": model_id, "class_index": None}
     rows += [{**base, "shots": None, "seed": None, **row} for row in extra or []]
     path = write_rows(rows, METRICS, layout.run_file(run_id, "metrics.parquet"))

@@ -100,12 +100,12 @@ def build_text_bank(
 
 
 @task(name="build-waffle-bank")
-def build_waffle_bank(dataset: str, model: ModelConfig, params: ClassifyConfig, workdir: str) -> str:
-    """The WaffleCLIP prompt bank of a dataset's classes (seeded); returns its id."""
+def build_waffle_bank(dataset: str, model: ModelConfig, params: ClassifyConfig, workdir: str, seed: int) -> str:
+    """The WaffleCLIP prompt bank of a dataset's classes drawn with `seed`; returns its id."""
     layout = Layout.at(workdir)
     classnames, _ = dataset_classes(layout, dataset)
     lm = load_configured(model, workdir)
-    bank = waffle_bank(classnames, params, lm)
+    bank = waffle_bank(classnames, params, lm, seed)
     bank_id = bank["textbank_id"][0].as_py()
     if not layout.textbank_file(bank_id).exists():
         write_table(bank, layout.textbank_file(bank_id), TEXTS)
