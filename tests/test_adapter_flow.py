@@ -12,6 +12,7 @@ from coderflow.storage.db import query
 from coderflow.storage.layout import Layout, text_model_id
 from coderflow.tasks.adapter.data import ShardBatches
 from coderflow.tasks.embed.model import configured_model_id, load_model
+from coderflow.tasks.fewshot.methods import IMO_ALPHAS
 
 pytestmark = pytest.mark.flow
 
@@ -100,6 +101,14 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     assert set(by) == {"prototype", "tip_adapter", "coder_adapter", "tip_x"} | {
         f"{m}_adapted" for m in ("tip_adapter", "coder_adapter", "tip_x")
     }
+    # searched: with an adapter both Tip-Adapter variants use IMO's grid (run.py:42-47)
+    searched = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": fs.model_copy(update={"search": "grid"})}))[
+        "run_id"
+    ]
+    sql = f"SELECT method, value FROM metrics WHERE run_id = '{searched}' AND metric = 'alpha' AND method LIKE 'tip_a%'"
+    alphas = {r["method"]: r["value"] for r in query(layout, sql).to_pylist()}
+    assert set(alphas) == {"tip_adapter", "tip_adapter_adapted"}
+    assert all(any(abs(a - g) < 1e-9 for g in IMO_ALPHAS) for a in alphas.values())
 
 
 def _sql(name: str) -> str:

@@ -155,7 +155,8 @@ def fewshot_predict(
 
     The zero-shot term is always CLIP's prompt-ensemble classifier on the ORIGINAL image features; with an adapter,
     each cache method runs again as `<method>_adapted` with the cache affinity from the adapted features (IMO,
-    CLIP_fewshot_imo run.py:255-420), Tip-X's KL from the original ones.
+    CLIP_fewshot_imo run.py:255-420), Tip-X's KL from the original ones, and both Tip-Adapter variants are searched on
+    IMO's grid (run.py:42-47) so that they differ only in their features.
     """
     layout = Layout.at(workdir)
     shots, seed = (int(v) for v in cell.split("-"))
@@ -203,7 +204,11 @@ def fewshot_predict(
             name = method + suffix
             if method == "tip_adapter":
                 aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
-                betas, alphas = fm.tip_grid(cfg.tip_search_scale, cfg.tip_search_steps)
+                betas, alphas = (  # IMO's protocol searches both Tip-Adapter variants on its own grid
+                    (fm.IMO_BETAS, fm.IMO_ALPHAS)
+                    if adapted_model_id
+                    else fm.tip_grid(cfg.tip_search_scale, cfg.tip_search_steps)
+                )
                 chosen = fm.tune_alpha_beta(
                     zs_val, aff_val, f.support_labels, f.val.labels, refine_steps=cfg.refine_steps,
                     **_grids(cfg, betas, alphas),
