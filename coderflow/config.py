@@ -194,12 +194,26 @@ class ClassifyConfig(_Strict):
     rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
     waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
     waffle_seed: int = 0
+    banks: dict[str, str] | None = Field(
+        None,
+        description="method -> text bank id for methods that score on another bank than the run's (e.g. dclip on an "
+        "imported DCLIP bank: `coderflow texts import`); recorded in the run's config",
+    )
     waffle_reps: int = Field(
         1,
         ge=1,
         description="WaffleCLIP repetitions, each with its own descriptors (seed waffle_seed + r): metrics per rep "
         "(`seed`) and top1_mean/top1_std over them (WaffleCLIP base_main.py --reps)",
     )
+
+    @field_validator("banks")
+    @classmethod
+    def _known_methods(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        allowed = [m for m in ZERO_SHOT_METHODS if m != "waffle"]  # waffle draws its own banks
+        unknown = sorted(set(v or {}) - set(allowed))
+        if unknown:
+            raise ValueError(f"banks for methods {unknown}: give banks for {allowed}")
+        return v
 
 
 FEWSHOT_METHODS = ("prototype", "tip_adapter", "coder_adapter", "tip_x")

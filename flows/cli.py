@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from coderflow.config import DatasetConfig, PipelineConfig, describe_validation_error, load_yaml
+from coderflow.config import ClassifyConfig, DatasetConfig, PipelineConfig, describe_validation_error, load_yaml
 from coderflow.storage.db import QueryError, query, sql_file
 from coderflow.storage.layout import Layout, resolve_workdir
 
@@ -377,8 +377,16 @@ def embed(
     console.print_json(json.dumps(images))
 
 
-@app.command()
+texts_app = typer.Typer(
+    help="Text banks: generate one (no sub-command), import a published file, or export a bank.",
+    invoke_without_command=True,
+)
+app.add_typer(texts_app, name="texts")
+
+
+@texts_app.callback()
 def texts(
+    ctx: typer.Context,
     config: ConfigFile = None,
     workdir: Workdir = None,
     dataset: Dataset = None,
@@ -396,6 +404,8 @@ def texts(
     preset: Preset = None,
 ) -> None:
     """Generate the dataset's text bank (offline or with an LLM) and embed its new texts."""
+    if ctx.invoked_subcommand is not None:
+        return
     from coderflow.flows.pipeline import text_bank
 
     cfg = _guard(
@@ -413,6 +423,66 @@ def texts(
     templates = list(cfg.templates) if cfg.templates else None
     out = _guard(lambda: text_bank(cfg.dataset, cfg.model, cfg.texts, cfg.workdir, templates, cfg.classify))
     console.print_json(json.dumps(out, default=str))
+
+
+TextFormat = Annotated[str, typer.Option("--format", help="dclip | cupl | clip-benchmark")]
+
+
+@texts_app.command("import")
+def texts_import(
+    file: Annotated[Path, typer.Argument(help="JSON file: DCLIP/WaffleCLIP descriptors, CuPL prompts, CLIP_benchmark")],
+    fmt: TextFormat,
+    dataset: Dataset = None,
+    key: Annotated[
+        str | None, typer.Option(help="clip-benchmark: the file's dataset entry (default --dataset)")
+    ] = None,
+    config: ConfigFile = None,
+    workdir: Workdir = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+) -> None:
+    """Import a published text file as a text bank of an ingested dataset (descriptors become `att` rows)."""
+    from coderflow.tasks.texts.imports import FORMATS
+
+    if fmt not in FORMATS:
+        _fail(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if not file.is_file():
+        _fail(f"text file {str(file)!r} not found: pass a JSON file")
+    flags = {"workdir": workdir, "dataset.name": dataset, "model.name": model, "model.pretrained": pretrained}
+    cfg = _guard(lambda: build_config(config, **flags))
+    from coderflow.flows.pipeline import import_texts
+
+    out = _guard(lambda: import_texts(cfg.dataset, cfg.model, str(file), fmt, cfg.texts, cfg.workdir, key))
+    report = out["report"]
+    console.print(f"text bank {out['textbank_id']}: {out['n_texts']} texts from {file}")
+    for what in ("unmatched_classes", "unmatched_keys"):
+        if report.get(what):
+            console.print(f"{what.replace('_', ' ')} ({len(report[what])}): {report[what][:10]}", style="yellow")
+    method = {"dclip": "dclip", "cupl": "cupl", "clip-benchmark": "clip"}[fmt]
+    console.print(f"use it with: coderflow classify --bank {method}={out['textbank_id']}")
+
+
+@texts_app.command("export")
+def texts_export(
+    textbank: Annotated[str, typer.Argument(help="text bank id")],
+    fmt: TextFormat,
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON file to write")],
+    workdir: Workdir = None,
+) -> None:
+    """Write a text bank in a published format (dclip / cupl: class -> texts; clip-benchmark: templates)."""
+    from coderflow.storage.parquet_io import read_table, write_text
+    from coderflow.tasks.texts.imports import FORMATS, export_bank
+
+    if fmt not in FORMATS:
+        _fail(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    path = Layout.at(workdir).textbank_file(textbank)
+    if not path.is_file():
+        _fail(
+            f'no text bank {textbank!r} in {Layout.at(workdir).root}: see `coderflow query "SELECT DISTINCT textbank_id FROM texts"`'
+        )
+    data = export_bank(read_table(path).to_pylist(), fmt)  # type: ignore[arg-type]
+    write_text(json.dumps(data, indent=2, ensure_ascii=False), output)
+    console.print(f"{sum(map(len, data.values()))} texts of {len(data)} entries written to {output}")
 
 
 @app.command()
@@ -462,6 +532,10 @@ def classify(
     pretrained: Pretrained = None,
     methods: Methods = None,
     textbank: Annotated[str | None, typer.Option(help="text bank id (default: the dataset's newest)")] = None,
+    bank: Annotated[
+        list[str] | None,
+        typer.Option("--bank", help="METHOD=BANK_ID: score a method on another bank (e.g. dclip=<imported id>)"),
+    ] = None,
     preset: Preset = None,
 ) -> None:
     """Classify an embedded split with every method, evaluate, and load the results into DuckDB."""
@@ -472,7 +546,14 @@ def classify(
             config, workdir, dataset, None, None, split, model, pretrained, None, None, methods, preset=preset
         )
     )
-    bank = textbank or _newest_bank(cfg)
+    if bank:
+        pairs = [b.split("=", 1) for b in bank]
+        if any(len(p) != 2 or not p[1] for p in pairs):
+            _fail(f"--bank {bank}: write METHOD=BANK_ID, e.g. --bank dclip=0123456789abcdef")
+        update = {**(cfg.classify.banks or {}), **dict(pairs)}
+        classify_cfg = _guard(lambda: ClassifyConfig(**{**cfg.classify.model_dump(), "banks": update}))
+        cfg = cfg.model_copy(update={"classify": classify_cfg})
+    textbank = textbank or _newest_bank(cfg)
     start = time.perf_counter()
     kwargs = {
         "workdir": cfg.workdir,
@@ -480,7 +561,7 @@ def classify(
         "params": cfg.classify,
         "config": cfg.model_dump(mode="json"),
     }
-    result = _guard(lambda: classify_flow(cfg.dataset, cfg.model, bank, list(cfg.methods), **kwargs))
+    result = _guard(lambda: classify_flow(cfg.dataset, cfg.model, textbank, list(cfg.methods), **kwargs))
     _report(cfg, result, time.perf_counter() - start)
 
 

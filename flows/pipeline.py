@@ -30,7 +30,7 @@ from coderflow.tasks.evaluate.task import evaluate_run
 from coderflow.tasks.ingest.task import ingest_split
 from coderflow.tasks.report.task import report_run, results_with_progress
 from coderflow.tasks.runs import record_run, refresh_database
-from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank
+from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank, import_text_bank
 
 
 @contextmanager
@@ -106,6 +106,26 @@ def text_bank(
     return result
 
 
+@flow(name="import-texts", flow_run_name=run_namer(), on_running=[tag_flow_run])
+@holds_workdir_lock
+def import_texts(
+    dataset: DatasetConfig,
+    model: ModelConfig,
+    path: str,
+    fmt: str,
+    texts: TextsConfig | None = None,
+    workdir: str | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """A text bank from a published file (DCLIP/WaffleCLIP descriptors, CuPL prompts, CLIP_benchmark templates),
+    embedded with the model; use it for a method with classify.banks (e.g. {dclip: <id>})."""
+    root = _root(workdir)
+    bank = import_text_bank(dataset.name, path, fmt, model, texts or TextsConfig(), root, key)
+    result = {**bank, "embedded": embed_text_bank(bank["textbank_id"], model, root)}
+    refresh_database(root)
+    return result
+
+
 @flow(
     name="build-coder",
     task_runner=ThreadPoolTaskRunner(max_workers=THREADS),
@@ -160,6 +180,8 @@ def classify(
         for rep in range(params.waffle_reps):
             waffle_ids.append(build_waffle_bank(dataset.name, model, params, root, params.waffle_seed + rep))
             embed_text_bank(waffle_ids[-1], model, root)
+    for other in dict.fromkeys((params.banks or {}).values()):  # banks of some methods (imported ones, say)
+        embed_text_bank(other, model, root)
     record = {
         "flow": "classify",
         "started_at": datetime.now(UTC),
@@ -171,7 +193,7 @@ def classify(
     }
     with recorded_run(run_id, root, record) as extra:
         result = classify_zero_shot(
-            run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root, params, waffle_ids
+            run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root, params, waffle_ids, params.banks
         )
         counters = [
             {"method": m, "metric": k, "value": float(v)}

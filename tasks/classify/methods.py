@@ -208,13 +208,16 @@ def waffle_shape(classnames: Sequence[str]) -> tuple[int, int, int, int]:
     return n_words, word_length, groups, n_chars // groups
 
 
-def _which(descriptor: str) -> str:
-    """WaffleCLIP's modify_descriptor (waffle_tools.py:214-222): the verb joining the class and the descriptor."""
-    first = descriptor.split(" ", 1)[0].lower()
-    if first in ("a", "an", "used"):
+def descriptor_sentence(descriptor: str) -> str:
+    """DCLIP's make_descriptor_sentence (sachit-menon/classify_by_description_release; WaffleCLIP waffle_tools.py
+    :214-222): 'which is' for descriptors starting with 'a'/'an'/'used' (a plain string prefix, as the reference),
+    'which' for has/often/typically/may/can, else 'which has'."""
+    if descriptor.startswith(("a", "an")):
         return f"which is {descriptor}"
-    if first in ("has", "often", "typically", "may", "can"):
+    if descriptor.startswith(("has", "often", "typically", "may", "can")):
         return f"which {descriptor}"
+    if descriptor.startswith("used"):
+        return f"which is {descriptor}"
     return f"which has {descriptor}"
 
 
@@ -246,7 +249,7 @@ def waffle_texts(
     for _ in range(n_pairs):
         descriptors.append(" ".join(words[int(i)][:word_length] for i in rng.integers(0, len(words), n_words)))
         descriptors.append(", ".join("".join(rng.choice(letters, size=per_group)) for _ in range(groups)))
-    return [[f"A photo of a {name}, {_which(d)}." for d in descriptors] for name in classnames]
+    return [[f"A photo of a {name}, {descriptor_sentence(d)}." for d in descriptors] for name in classnames]
 
 
 def waffle_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:

@@ -28,6 +28,7 @@ def classify_zero_shot(
     workdir: str,
     params: ClassifyConfig | None = None,
     waffle_textbank_ids: list[str] | None = None,
+    method_banks: dict[str, str] | None = None,
     chunk_size: int = 4096,
 ) -> dict[str, Any]:
     """All requested methods over one load of the embeddings; predictions land in runs/<run_id>/."""
@@ -36,13 +37,22 @@ def classify_zero_shot(
     images = load_images(layout, model_id, dataset, split)
     bank = load_texts(layout, textbank_id, model_id)
     waffles = [load_texts(layout, w, model_id) for w in waffle_textbank_ids or []]
+    loaded = {bid: load_texts(layout, bid, model_id) for bid in set((method_banks or {}).values())}
+    others = {method: loaded[bid] for method, bid in (method_banks or {}).items()}
+    for method, other in others.items():
+        if other.class_names != bank.class_names:
+            raise ValueError(
+                f"bank {method_banks[method]} for {method} has other classes than bank {textbank_id}: import it for "
+                "this dataset (`coderflow texts import --dataset ...`)"
+            )
     info: dict[str, dict[str, float]] = {}
 
     def tables() -> Iterator[pa.Table]:
         # images in chunks: memory holds one chunk's image-to-text cosines, whatever the size of the split
         for start in range(0, len(images.keys), chunk_size):
             stop = start + chunk_size
-            for r in run_methods(methods, images.x[start:stop], bank, params or ClassifyConfig(), waffles):
+            chunk = images.x[start:stop]
+            for r in run_methods(methods, chunk, bank, params or ClassifyConfig(), waffles, others):
                 for key, value in r.info.items():
                     info.setdefault(r.method, {})[key] = info.get(r.method, {}).get(key, 0) + value
                 yield prediction_table(

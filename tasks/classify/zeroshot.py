@@ -34,23 +34,38 @@ def check_methods(names: Sequence[str]) -> None:
 
 
 def run_methods(
-    methods: Sequence[str], x: np.ndarray, bank: TextSet, params: ClassifyConfig, waffles: Sequence[TextSet] = ()
+    methods: Sequence[str],
+    x: np.ndarray,
+    bank: TextSet,
+    params: ClassifyConfig,
+    waffles: Sequence[TextSet] = (),
+    method_banks: dict[str, TextSet] | None = None,
 ) -> list[MethodResult]:
-    """Every requested method over the same image embeddings; the image-text cosines are computed once. `waffles`:
-    one WaffleCLIP bank per rep (seeds waffle_seed, waffle_seed + 1, ...; `seed` is set when there are several)."""
+    """Every requested method over the same image embeddings; the image-text cosines of a bank are computed once.
+
+    `waffles`: one WaffleCLIP bank per rep (seeds waffle_seed, waffle_seed + 1, ...; `seed` is set when there are
+    several). `method_banks`: another bank for some methods (e.g. dclip on an imported DCLIP bank), else `bank`.
+    """
     check_methods(methods)
-    n = bank.n_classes
-    meta = (bank.class_index, bank.text_type)
+    banks = method_banks or {}
     out: list[MethodResult] = []
-    cosines = x @ bank.t.T if {"coder", "coder_rerank"} & set(methods) else None
-    coder = m.coder_scores(cosines, *meta, n) if cosines is not None else None
+    coder_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def coder_of(b: TextSet) -> tuple[np.ndarray, np.ndarray]:
+        if id(b) not in coder_cache:
+            cosines = x @ b.t.T
+            coder_cache[id(b)] = (cosines, m.coder_scores(cosines, b.class_index, b.text_type, b.n_classes))
+        return coder_cache[id(b)]
+
     for name in methods:
+        b = banks.get(name, bank)
+        n, meta = b.n_classes, (b.class_index, b.text_type)
         if name == "clip":
-            out.append(MethodResult(name, m.clip_logits(x, bank.t, *meta, n), logits=True))
+            out.append(MethodResult(name, m.clip_logits(x, b.t, *meta, n), logits=True))
         elif name == "dclip":
-            out.append(MethodResult(name, m.dclip_scores(x, bank.t, *meta, n), logits=False))
+            out.append(MethodResult(name, m.dclip_scores(x, b.t, *meta, n), logits=False))
         elif name == "cupl":
-            out.append(MethodResult(name, m.cupl_scores(x, bank.t, *meta, n), logits=False))
+            out.append(MethodResult(name, m.cupl_scores(x, b.t, *meta, n), logits=False))
         elif name == "waffle":
             if not waffles:
                 raise ValueError("method 'waffle' needs the waffle text bank: build it with the embed-texts stage")
@@ -58,10 +73,11 @@ def run_methods(
                 seed = params.waffle_seed + rep if len(waffles) > 1 else None
                 out.append(MethodResult(name, m.waffle_scores(x, w.t, w.class_index, n), logits=False, seed=seed))
         elif name == "coder":
-            out.append(MethodResult(name, coder, logits=False))
+            out.append(MethodResult(name, coder_of(b)[1], logits=False))
         else:  # coder_rerank
+            cosines, coder = coder_of(b)
             r = m.coder_rerank(
-                cosines, coder, *meta, bank.other_class_index, n, threshold=params.rerank_threshold, k=params.rerank_k
+                cosines, coder, *meta, b.other_class_index, n, threshold=params.rerank_threshold, k=params.rerank_k
             )
             top5 = r.top_k[:, :5] if r.top_k.shape[1] >= min(5, n) else None
             info = {

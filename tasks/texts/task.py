@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from coderflow.config import ClassifyConfig, ModelConfig, TextsConfig
 from coderflow.storage.arrays import image_parts, load_images
-from coderflow.storage.layout import Layout, content_id, text_model_id
+from coderflow.storage.layout import Layout, content_id, file_sha256, text_model_id
 from coderflow.storage.parquet_io import write_table, write_text, write_text_if_changed
 from coderflow.storage.schemas import TEXTS
 from coderflow.storage.shards import ingest_info, read_lines, validate_classnames
+from coderflow.tasks.embed.encode import token_counts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
+from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, build_bank, name_texts, template_texts
+from coderflow.tasks.texts.imports import FORMATS, clip_benchmark_templates, imported_texts, read_json_lists
 from coderflow.tasks.texts.make import make_bank, waffle_bank
 
 
@@ -110,3 +114,48 @@ def build_waffle_bank(dataset: str, model: ModelConfig, params: ClassifyConfig, 
     if not layout.textbank_file(bank_id).exists():
         write_table(bank, layout.textbank_file(bank_id), TEXTS)
     return bank_id
+
+
+@task(name="import-text-bank")
+def import_text_bank(
+    dataset: str,
+    path: str,
+    fmt: str,
+    model: ModelConfig,
+    texts: TextsConfig,
+    workdir: str,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """A text bank from a published file (see tasks/texts/imports.py): the dataset's templates and name prompts plus
+    the file's texts; class names matched case-insensitively, the unmatched ones reported, never dropped silently."""
+    layout = Layout.at(workdir)
+    log = get_run_logger()
+    classnames, stored = dataset_classes(layout, dataset)
+    data = read_json_lists(path)
+    source = f"import:{fmt}:{Path(path).name}:{file_sha256(path)[:12]}"
+    if fmt == "clip-benchmark":
+        templates = clip_benchmark_templates(data, key or dataset)
+        rows = template_texts(classnames, templates)
+        report: dict[str, Any] = {"format": fmt, "key": key or dataset, "templates": len(templates)}
+    elif fmt in ("dclip", "cupl"):
+        imported, report = imported_texts(classnames, data, fmt, source)  # type: ignore[arg-type]
+        rows = template_texts(classnames, stored or DEFAULT_TEMPLATES) + imported
+        if report["unmatched_classes"]:
+            log.warning("%d classes have no texts in %s: %s", len(report["unmatched_classes"]), path,
+                        report["unmatched_classes"][:20])  # fmt: skip
+        if report["unmatched_keys"]:
+            log.warning("%d entries of %s match no class of %s: %s", len(report["unmatched_keys"]), path, dataset,
+                        report["unmatched_keys"][:20])  # fmt: skip
+    else:
+        raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    rows += name_texts(classnames, texts.name_template)
+    lm = load_configured(model, workdir)
+    bank = build_bank(rows, classnames, token_counts([t.text for t in rows], lm), lm.context_length)
+    bank_id = bank["textbank_id"][0].as_py()
+    if not layout.textbank_file(bank_id).exists():
+        write_table(bank, layout.textbank_file(bank_id), TEXTS)
+    report |= {"source": source, "file": str(path), "n_texts": bank.num_rows, "generator": fmt}
+    report["truncated"] = sum(bool(v) for v in bank["truncated"].to_pylist())
+    write_text(json.dumps(report, indent=2), layout.textbank_report(bank_id))
+    log.info("imported %s as text bank %s: %d texts", path, bank_id, bank.num_rows)
+    return {"textbank_id": bank_id, "n_texts": bank.num_rows, "report": report}
