@@ -13,7 +13,14 @@ from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error, make_gene
 
 from coderflow.tasks.texts.bank import build_bank
 from coderflow.tasks.texts.generate import generate_texts
-from coderflow.tasks.texts.llm import LLMConfigError, LLMGenerator, clean_items, parse_items, synonym_request
+from coderflow.tasks.texts.llm import (
+    LLMConfigError,
+    LLMGenerator,
+    clean_items,
+    item_problem,
+    parse_items,
+    synonym_request,
+)
 
 
 @pytest.fixture
@@ -80,10 +87,13 @@ def test_malformed_structured_json_falls_back_to_plain_completion(server, tmp_pa
 
 def test_endpoint_without_structured_outputs_switches_to_plain_mode(server, tmp_path):
     server.push(error(400, "response_format json_schema is not supported"))
-    server.responder = lambda req: completion('```json\n{"things": ["a wolf", "a coyote"]}\n```')
+    server.responder = lambda req: completion('```json\n{"things": ["a dingo", "a coyote"]}\n```')
     gen = make(server, tmp_path, max_workers=1)
-    assert gen.analogies(["husky", "beagle"], 2) == [["a wolf", "a coyote"], ["a wolf", "a coyote"]]
+    assert gen.analogies(["husky", "beagle"], 2) == [["a dingo", "a coyote"], ["a dingo", "a coyote"]]
     assert [("response_format" in r) for r in server.requests] == [True, False, False]
+    plain = server.requests[1]["messages"][1]["content"]  # the JSON shape in words, no copyable placeholder
+    assert 'key "things" holds a list of short phrases' in plain and "<phrase>" not in plain
+    assert "Reply with" not in server.requests[0]["messages"][1]["content"]  # structured: the schema says it
 
 
 def test_reply_cut_at_max_tokens_keeps_its_complete_items(server, tmp_path):
@@ -102,9 +112,12 @@ def test_empty_or_refused_replies_are_retried_then_recorded(server, tmp_path, ki
     assert len(server.requests) == 2
     assert gen.usage.failed == 1 and gen.failures[0]["subject"] == "cat"
     assert ("refused" in gen.failures[0]["problem"]) == (kind == "refusal")
-    again = make(server, tmp_path)  # the empty outcome is cached too: a re-run makes no call
-    assert again.synonyms(["cat"], 3) == [[]]
-    assert len(server.requests) == 2 and again.usage.cache_hits == 1 and again.usage.failed == 1
+    assert list(tmp_path.glob("*.failed.json")) and not [p for p in tmp_path.glob("*.json") if ".failed" not in p.name]
+    server.push(completion('{"synonyms": ["kitty"]}'))  # a failure is not an answer: the next run asks again
+    again = make(server, tmp_path)
+    assert again.synonyms(["cat"], 3) == [["kitty"]]
+    assert len(server.requests) == 3 and again.usage.cache_hits == 0 and again.usage.failed == 0
+    assert make(server, tmp_path).synonyms(["cat"], 3) == [["kitty"]] and len(server.requests) == 3  # now cached
 
 
 def test_429_honours_retry_after_then_succeeds(server, tmp_path):
@@ -215,7 +228,31 @@ def test_tolerant_parsing(text, expected):
 
 
 def test_clean_items_dedupes_and_limits():
-    assert clean_items(["A wolf.", "a wolf", "  ", "x" * 500, "<phrase>", "'fox'", "dog"], 2) == ["A wolf", "fox"]
+    dropped: dict[str, int] = {}
+    items = ["A lynx.", "a lynx", "  ", "x" * 500, "<phrase>", "'fox'", "dog"]
+    assert clean_items(items, 2, dropped=dropped) == ["A lynx", "fox"]
+    assert dropped == {"duplicate": 1, "empty": 1, "longer than a phrase": 1, "placeholder": 1}
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ("circle which has a long curved beak", None),  # a real phrase may mention the example's words
+        ("a long curved beak", "copies the prompt's example"),
+        ("a shorter tail", "copies the prompt's example"),
+        ("https://example.org/cross", "url"),
+        ("see www.example.com", "url"),
+        ("square_square_square", "repeated words or underscores"),
+        ("dots dots", "repeated words or underscores"),
+        ("A wolf is a creature that is often depicted in stories. It howls.", "longer than a phrase"),
+        ("a circle", "restates the class"),
+        ("Circle", "restates the class"),
+        ("a round shape", None),
+    ],
+)
+def test_quality_filter_reasons(item, reason):
+    """The garbage a small local model writes (copied examples, URLs, repetitions, sentences, the class itself)."""
+    assert item_problem(item, "circle") == reason
 
 
 def test_generate_texts_through_the_llm(server, tmp_path):

@@ -62,5 +62,7 @@ def test_small_llm_text_bank_end_to_end(llama_url, tmp_path):
     texts2, _ = generate_texts(
         classes, ["a photo of a {c}."], again, types=("att", "ana"), n_att=3, n_ana=3, ana_retries=0
     )
-    assert again.usage.calls == 0 and again.usage.cache_hits == 6  # failed requests are cached too
-    assert {t.text for t in texts2} == {t.text for t in texts}
+    # answers come from the cache; requests that gave nothing are asked again (a failure is not an answer)
+    assert again.usage.cache_hits == 6 - gen.usage.failed
+    assert again.usage.calls >= gen.usage.failed and (again.usage.calls > 0) == (gen.usage.failed > 0)
+    assert {t.text for t in texts2} >= {t.text for t in texts}

@@ -77,9 +77,15 @@ class Request:
     def field(self) -> str:
         return next(iter(self.response_model.model_fields))
 
-    def messages(self) -> list[dict[str, str]]:
-        fmt = f'Reply with a JSON object {{"{self.field}": ["<phrase>", "<phrase>"]}} and nothing else.'
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"{self.prompt} {fmt}"}]
+    def messages(self, structured: bool = True) -> list[dict[str, str]]:
+        """The chat messages; a plain-mode request says the JSON shape in words (a literal example with placeholders
+        gets copied by small models), a structured one needs no hint (the schema travels with it)."""
+        content = self.prompt
+        if not structured:
+            content += (
+                f' Reply with a JSON object whose key "{self.field}" holds a list of short phrases, nothing else.'
+            )
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
 
 @dataclass
@@ -147,16 +153,48 @@ def parse_items(text: str | None, key: str = "items") -> list[str]:
     return [ln for ln in lines if not ln.rstrip().endswith(":") and not ln.strip().startswith(("{", "}", "[", "]"))]
 
 
-def clean_items(items: Sequence[str], n: int) -> list[str]:
-    """Strip quotes, list markers and end punctuation; drop empty, overlong and repeated phrases; keep n."""
+# the examples the prompts give: a reply that copies one says nothing about the class
+PROMPT_EXAMPLES = frozenset(
+    {"a long curved beak", "long curved beak", "a wolf", "wolf", "a shorter tail", "shorter tail"}
+)
+MAX_ITEM_WORDS = 12
+_URL = re.compile(r"https?://|www\.|\.(?:com|org|net)\b", re.I)
+_REPEAT = re.compile(r"_{2,}|(?<![a-z])([a-z]+)(?:[\s_]+\1)+(?![a-z])", re.I)
+
+
+def item_problem(text: str, subject: str = "") -> str | None:
+    """Why a cleaned phrase is not kept (a reason counted in the bank's report), or None when it is a phrase."""
+    low = text.lower()
+    subjects = {" ".join(s.lower().split()) for s in subject.split("|") if s.strip()}
+    if not text:
+        return "empty"
+    if text.startswith("<") and text.endswith(">"):
+        return "placeholder"
+    if low in PROMPT_EXAMPLES:
+        return "copies the prompt's example"
+    if _URL.search(text):
+        return "url"
+    if _REPEAT.search(text):
+        return "repeated words or underscores"
+    if len(text) > MAX_ITEM_CHARS or len(text.split()) > MAX_ITEM_WORDS or ". " in text:
+        return "longer than a phrase"
+    if low in subjects or low.removeprefix("a ").removeprefix("an ") in subjects:
+        return "restates the class"
+    return None
+
+
+def clean_items(items: Sequence[str], n: int, subject: str = "", dropped: dict[str, int] | None = None) -> list[str]:
+    """Strip quotes, list markers and end punctuation; drop what is not a usable phrase (see item_problem) and
+    repeats, counting the reasons in `dropped`; keep n."""
     out: dict[str, str] = {}
     for item in items:
         m = _BULLET.match(item)
         text = " ".join((m.group(1) if m else item).split()).strip(" \"'`*.,;:")
-        if text.startswith("<") and text.endswith(">"):
-            continue  # the format hint's placeholder, copied
-        if text and len(text) <= MAX_ITEM_CHARS and text.lower() not in out:
+        problem = item_problem(text, subject) or ("duplicate" if text.lower() in out else None)
+        if problem is None:
             out[text.lower()] = text
+        elif dropped is not None:
+            dropped[problem] = dropped.get(problem, 0) + 1
     return list(out.values())[:n]
 
 
@@ -251,6 +289,7 @@ class LLMGenerator:
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
         self.usage = Usage()
         self.failures: list[dict[str, str]] = []
+        self.dropped: dict[str, dict[str, int]] = {}  # text type -> reason -> phrases dropped by the filter
         self._structured: bool | None = None  # None: not known yet; False: endpoint lacks structured outputs
         self._lock = threading.Lock()
 
@@ -271,7 +310,10 @@ class LLMGenerator:
         return self.run([difference_request(a, b, n) for a, b in pairs])
 
     def report(self) -> dict[str, Any]:
-        return {"source": self.source, "usage": asdict(self.usage), "failures": list(self.failures)}
+        return {
+            "source": self.source, "usage": asdict(self.usage), "failures": list(self.failures),
+            "dropped": {k: dict(v) for k, v in self.dropped.items()},
+        }  # fmt: skip
 
     # running requests ----------------------------------------------------------------------------------
     def run(self, requests: Sequence[Request]) -> list[list[str]]:
@@ -292,16 +334,15 @@ class LLMGenerator:
 
     def ask(self, request: Request) -> list[str]:
         """One request: from the cache, else from the endpoint, retrying refusals and empty replies a bounded number
-        of times. Replies are cached, refusals and empty ones too (so a re-run makes no call); transient HTTP
-        failures are not. Raises LLMConfigError on a bad key or model; records other failures and returns []."""
+        of times. Only replies with phrases are cached as answers; an empty or refused one is kept beside them as
+        `<key>.failed.json` (for a look) and asked again on the next run, as are transient HTTP failures. Raises
+        LLMConfigError on a bad key or model; records other failures and returns []."""
         key = self.cache_key(request)
         path = self.cache_dir / f"{key}.json"
         record = self._cached(path)
-        if record is not None:
+        if record is not None and record["items"]:  # an empty answer cached by an older coderflow is asked again
             with self._lock:
                 self.usage.cache_hits += 1
-            if not record["items"]:
-                self._failed(request, f"{record['problem']} (cached)")
             return record["items"]
         for _ in range(self.content_retries + 1):
             try:
@@ -324,7 +365,8 @@ class LLMGenerator:
             "raw": reply.raw,
             "usage": reply.usage,
         }
-        write_text(json.dumps(record, indent=1, ensure_ascii=False), path)
+        target = path if reply.items else self.cache_dir / f"{key}.failed.json"
+        write_text(json.dumps(record, indent=1, ensure_ascii=False), target)
         if not reply.items:
             self._failed(request, reply.problem)
         return reply.items
@@ -350,7 +392,7 @@ class LLMGenerator:
 
     def _complete(self, request: Request) -> _Reply:
         """One answer: structured outputs first, a plain completion with tolerant parsing when they fail."""
-        messages: Any = request.messages()
+        messages: Any = request.messages(structured=True)
         if self._structured is not False:
             try:
                 completion = self._call(
@@ -366,14 +408,14 @@ class LLMGenerator:
                     return _Reply([], "structured", message.refusal, f"refused: {message.refusal[:200]}", usage)
                 raw = message.content or ""
                 items = getattr(message.parsed, request.field) if message.parsed else parse_items(raw, request.field)
-                return _Reply(clean_items(items, request.n), "structured", raw, "empty reply", usage)
+                return _Reply(self._clean(items, request), "structured", raw, "empty reply", usage)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 log.info("endpoint rejected structured outputs (%s): using plain completions", type(exc).__name__)
                 self._structured = False
             except openai.LengthFinishReasonError as exc:  # cut at max_tokens: keep the complete items, if any
                 usage = self._add_usage(exc.completion)
                 raw = exc.completion.choices[0].message.content or ""
-                items = clean_items(parse_items(raw, request.field), request.n)
+                items = self._clean(parse_items(raw, request.field), request)
                 if items:
                     return _Reply(items, "structured-truncated", raw, "", usage)
                 log.info("reply for %r cut at max_tokens: asking again in plain mode", request.subject)
@@ -381,9 +423,10 @@ class LLMGenerator:
                 log.info("unparseable structured reply for %r (%s): asking again in plain mode", request.subject, exc)
             except openai.ContentFilterFinishReasonError:
                 return _Reply([], "structured", "", "refused: content filter")
+        plain: Any = request.messages(structured=False)
         try:
             completion = self._call(
-                lambda: self.client.chat.completions.create(model=self.model, messages=messages, **self.params)
+                lambda: self.client.chat.completions.create(model=self.model, messages=plain, **self.params)
             )
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             raise LLMConfigError(
@@ -397,7 +440,17 @@ class LLMGenerator:
         if getattr(message, "refusal", None):
             return _Reply([], "plain", message.refusal, f"refused: {message.refusal[:200]}", usage)
         raw = message.content or ""
-        return _Reply(clean_items(parse_items(raw, request.field), request.n), "plain", raw, "empty reply", usage)
+        return _Reply(self._clean(parse_items(raw, request.field), request), "plain", raw, "empty reply", usage)
+
+    def _clean(self, items: Sequence[str], request: Request) -> list[str]:
+        """clean_items, with the dropped phrases counted per text type and reason for the report."""
+        dropped: dict[str, int] = {}
+        kept = clean_items(items, request.n, request.subject, dropped)
+        with self._lock:
+            counts = self.dropped.setdefault(request.kind, {})
+            for reason, n in dropped.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return kept
 
     def _add_usage(self, completion: Any) -> dict[str, int]:
         usage = getattr(completion, "usage", None)
