@@ -9,5 +9,7 @@ for _key, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # module loggers under `coderflow` (the LLM generator's warnings, say) reach the run's logs in the Prefect UI
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "coderflow",
 }.items():
     os.environ.setdefault(_key, _value)

@@ -205,3 +205,32 @@ def test_waffle_reps_are_seeded_runs_with_their_mean(demo_run, tmp_path):
     assert mean[1]["value"] == pytest.approx(np.std([r["value"] for r in per_rep]))
     banks = q("SELECT count(DISTINCT textbank_id) AS n FROM texts WHERE source LIKE 'waffle:seed=%'")
     assert banks[0]["n"] >= 3
+
+
+def test_module_loggers_reach_the_run_logs(prefect_server):
+    """Warnings of pure modules (the LLM generator's, say) use `logging.getLogger(__name__)`; they show in the run's
+    logs in the Prefect UI (coderflow sets PREFECT_LOGGING_EXTRA_LOGGERS=coderflow)."""
+    import logging
+    import time
+
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    @task
+    def warn() -> None:
+        logging.getLogger("coderflow.tasks.texts.llm").warning("LLM gave nothing for att 'x': empty reply")
+
+    @flow
+    def run_it() -> None:
+        warn()
+
+    run_id = run_it(return_state=True).state_details.flow_run_id
+    messages: list[str] = []
+    for _ in range(20):  # logs are shipped in the background
+        with get_client(sync_client=True) as client:
+            messages = [x.message for x in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+        if any("LLM gave nothing" in m for m in messages):
+            break
+        time.sleep(0.5)
+    assert any("LLM gave nothing for att 'x'" in m for m in messages), messages
