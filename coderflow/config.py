@@ -116,11 +116,13 @@ class LLMConfig(_Strict):
 
     model: str = Field("gpt-4o-mini", description="model name the endpoint serves")
     base_url: str | None = Field(None, description="endpoint URL; default $OPENAI_BASE_URL, else api.openai.com")
-    max_concurrency: int = Field(4, ge=1)
-    timeout: float = Field(60.0, gt=0)
+    max_concurrency: int | None = Field(
+        None, ge=1, description="requests in flight; None: the server's slots (llama.cpp /props), else 4"
+    )
+    timeout: float = Field(120.0, gt=0, description="seconds per request (a small local model on 2 cores is slow)")
     max_retries: int = Field(4, ge=0)
     temperature: float = Field(0.0, ge=0)
-    max_tokens: int = Field(512, ge=16)
+    max_tokens: int = Field(160, ge=16, description="reply length cap: a short phrase list needs about 160 tokens")
 
 
 class TextsConfig(_Strict):

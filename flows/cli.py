@@ -64,6 +64,20 @@ Preset = Annotated[
     str | None,
     typer.Option(help="protocol preset: per-dataset templates, thresholds and search settings (coderflow/presets/)"),
 ]
+LLMTimeout = Annotated[float | None, typer.Option(help="LLM: seconds per request (default 120)")]
+LLMConcurrency = Annotated[
+    int | None, typer.Option(help="LLM: requests in flight (default: the server's slots from llama.cpp /props, else 4)")
+]
+LLMMaxTokens = Annotated[int | None, typer.Option(help="LLM: reply length cap in tokens (default 160)")]
+
+
+def llm_flags(timeout: float | None, concurrency: int | None, max_tokens: int | None) -> dict[str, Any]:
+    """The --llm-* flags as dotted config keys."""
+    return {
+        "texts.llm.timeout": timeout, "texts.llm.max_concurrency": concurrency, "texts.llm.max_tokens": max_tokens,
+    }  # fmt: skip
+
+
 Force = Annotated[
     bool, typer.Option("--force", help="run even when the newest run had the same config and inputs (up to date)")
 ]
@@ -134,6 +148,7 @@ def _config(
     split_ratio: str | None = None,
     ingests: bool = False,
     preset: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> PipelineConfig:
     cfg = build_config(
         config,
@@ -152,6 +167,7 @@ def _config(
             "model.device": device,
             "model.batch_size": batch_size,
             "methods": methods.split(",") if methods else None,
+            **(extra or {}),
         },
     )
     return preflight(cfg, check_model=check_model, ingests=[cfg.dataset.split] if ingests else ())
@@ -314,6 +330,9 @@ def run(
     replace_dataset: ReplaceDataset = False,
     split_ratio: SplitRatio = None,
     preset: Preset = None,
+    llm_timeout: LLMTimeout = None,
+    llm_concurrency: LLMConcurrency = None,
+    llm_max_tokens: LLMMaxTokens = None,
     force: Force = False,
 ) -> None:
     """Run the pipeline end to end on a dataset (YAML config and/or flags; nothing runs when up to date)."""
@@ -321,6 +340,7 @@ def run(
         lambda: _config(
             config, workdir, dataset, source, kind, split, model, pretrained, device, batch_size, methods,
             check_model=False, reingest=reingest, replace=replace_dataset, split_ratio=split_ratio, preset=preset,
+            extra=llm_flags(llm_timeout, llm_concurrency, llm_max_tokens),
         )
     )  # fmt: skip
     cfg = _guard(lambda: _with_runner_flags(cfg, runner, runner_address, runner_workers))
@@ -401,6 +421,9 @@ def texts(
         str | None, typer.Option(help="nearest | confused: which class pairs get one-vs-one texts")
     ] = None,
     ovo_budget: Annotated[int | None, typer.Option(help="at most this many class pairs get one-vs-one texts")] = None,
+    llm_timeout: LLMTimeout = None,
+    llm_concurrency: LLMConcurrency = None,
+    llm_max_tokens: LLMMaxTokens = None,
     preset: Preset = None,
 ) -> None:
     """Generate the dataset's text bank (offline or with an LLM) and embed its new texts."""
@@ -416,7 +439,7 @@ def texts(
                 "model.pretrained": pretrained, "texts.generator": generator,
                 "texts.types": types.split(",") if types else None, "texts.llm.model": llm_model,
                 "texts.llm.base_url": llm_base_url, "texts.ovo_pairs": ovo_pairs, "texts.ovo_budget": ovo_budget,
-                "preset": preset,
+                "preset": preset, **llm_flags(llm_timeout, llm_concurrency, llm_max_tokens),
             },
         )
     )  # fmt: skip
@@ -585,6 +608,9 @@ def fewshot(
     replace_dataset: ReplaceDataset = False,
     split_ratio: SplitRatio = None,
     preset: Preset = None,
+    llm_timeout: LLMTimeout = None,
+    llm_concurrency: LLMConcurrency = None,
+    llm_max_tokens: LLMMaxTokens = None,
 ) -> None:
     """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter, Tip-X); needs train/val/test splits."""
 
@@ -601,6 +627,7 @@ def fewshot(
                 "fewshot.alpha": alpha, "fewshot.beta": beta, "model.adapter": adapter,
                 "dataset.reingest": reingest or None, "dataset.replace": replace_dataset or None,
                 "dataset.split_ratio": split_ratio, "preset": preset,
+                **llm_flags(llm_timeout, llm_concurrency, llm_max_tokens),
             },
         )
     )  # fmt: skip

@@ -83,6 +83,7 @@ class FakeOpenAI:
         self.model = model
         self.script: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.slots: int | None = None  # set: answer GET /props like llama.cpp with this many slots
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -111,6 +112,18 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/props" and fake.slots:  # llama.cpp's server properties
+                    data = json.dumps({"total_slots": fake.slots}).encode()
+                    self.send_response(200)
+                else:
+                    data = json.dumps({"error": {"message": f"no route {self.path}"}}).encode()
+                    self.send_response(404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)

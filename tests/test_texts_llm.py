@@ -267,3 +267,28 @@ def test_generate_texts_through_the_llm(server, tmp_path):
     assert bank.num_rows == len(texts)
     assert report.generator["usage"]["calls"] == len(server.requests) == 3 + 3 + 3 + 2
     assert report.generator["usage"]["prompt_tokens"] == 10 * len(server.requests)
+
+
+def test_concurrency_follows_the_servers_slots(server, tmp_path):
+    """llama.cpp's GET /props says how many requests it runs at once; more in flight would only queue and time out."""
+    from coderflow.tasks.texts.llm import server_slots
+
+    assert server_slots(server.base_url) is None and make(server, tmp_path, max_workers=None).max_workers == 4
+    server.slots = 3
+    assert server_slots(server.base_url) == 3
+    assert make(server, tmp_path, max_workers=None).max_workers == 3
+    assert make(server, tmp_path, max_workers=1).max_workers == 1  # an explicit setting wins
+
+
+@pytest.mark.parametrize("command", ["run", "texts", "fewshot"])
+def test_llm_flags_reach_the_config_of_every_command_that_writes_texts(command, tmp_path):
+    from typer.testing import CliRunner
+
+    from coderflow.flows.cli import app
+
+    out = CliRunner().invoke(app, [command, "--llm-max-tokens", "3", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "texts.llm.max_tokens" in out.output
+    out = CliRunner().invoke(app, [command, "--llm-timeout", "0", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "texts.llm.timeout" in out.output
+    out = CliRunner().invoke(app, [command, "--llm-concurrency", "0", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "texts.llm.max_concurrency" in out.output

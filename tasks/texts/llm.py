@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import openai
 from pydantic import BaseModel, ValidationError
 
@@ -258,7 +259,7 @@ class LLMGenerator:
         cache_dir: str | os.PathLike[str],
         base_url: str | None = None,
         api_key: str | None = None,
-        max_workers: int = 4,
+        max_workers: int | None = None,
         timeout: float = 60.0,
         max_retries: int = 4,
         backoff: float = 1.0,
@@ -281,7 +282,7 @@ class LLMGenerator:
         self.model = model
         self.source = f"llm:{model}"
         self.cache_dir = storage_path(cache_dir)
-        self.max_workers = max_workers
+        self.max_workers = max_workers or server_slots(str(self.client.base_url), min(timeout, 5.0)) or 4
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -503,6 +504,20 @@ class LLMGenerator:
                 log.warning("LLM request failed (%s); retry %d/%d in %.2fs", what, attempt + 1, self.max_retries, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def server_slots(base_url: str, timeout: float = 5.0) -> int | None:
+    """How many requests the server runs at once, when it says (llama.cpp's GET /props `total_slots`); else None.
+
+    More requests in flight than slots only queue at the server, where they run into their timeouts.
+    """
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        reply = httpx.get(f"{root}/props", timeout=timeout)
+        slots = reply.json().get("total_slots") if reply.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return int(slots) if isinstance(slots, int) and slots > 0 else None
 
 
 def _display_url(url: str) -> str:
