@@ -123,6 +123,7 @@ class LLMConfig(_Strict):
     max_retries: int = Field(4, ge=0)
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(160, ge=16, description="reply length cap: a short phrase list needs about 160 tokens")
+    price_per_1k: float | None = Field(None, ge=0, description="price per 1,000 tokens: the summary shows the cost")
 
 
 class TextsConfig(_Strict):

@@ -69,12 +69,16 @@ LLMConcurrency = Annotated[
     int | None, typer.Option(help="LLM: requests in flight (default: the server's slots from llama.cpp /props, else 4)")
 ]
 LLMMaxTokens = Annotated[int | None, typer.Option(help="LLM: reply length cap in tokens (default 160)")]
+LLMPrice = Annotated[float | None, typer.Option(help="LLM: price per 1,000 tokens, for the cost in the summary")]
 
 
-def llm_flags(timeout: float | None, concurrency: int | None, max_tokens: int | None) -> dict[str, Any]:
+def llm_flags(
+    timeout: float | None, concurrency: int | None, max_tokens: int | None, price: float | None = None
+) -> dict[str, Any]:
     """The --llm-* flags as dotted config keys."""
     return {
         "texts.llm.timeout": timeout, "texts.llm.max_concurrency": concurrency, "texts.llm.max_tokens": max_tokens,
+        "texts.llm.price_per_1k": price,
     }  # fmt: skip
 
 
@@ -424,6 +428,7 @@ def texts(
     llm_timeout: LLMTimeout = None,
     llm_concurrency: LLMConcurrency = None,
     llm_max_tokens: LLMMaxTokens = None,
+    llm_price: LLMPrice = None,
     preset: Preset = None,
 ) -> None:
     """Generate the dataset's text bank (offline or with an LLM) and embed its new texts."""
@@ -439,7 +444,7 @@ def texts(
                 "model.pretrained": pretrained, "texts.generator": generator,
                 "texts.types": types.split(",") if types else None, "texts.llm.model": llm_model,
                 "texts.llm.base_url": llm_base_url, "texts.ovo_pairs": ovo_pairs, "texts.ovo_budget": ovo_budget,
-                "preset": preset, **llm_flags(llm_timeout, llm_concurrency, llm_max_tokens),
+                "preset": preset, **llm_flags(llm_timeout, llm_concurrency, llm_max_tokens, llm_price),
             },
         )
     )  # fmt: skip

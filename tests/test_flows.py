@@ -61,7 +61,15 @@ def test_demo_pipeline_outputs(demo_run):
     assert counts[0]["value"] <= counts[1]["value"] <= 30
     # the one-vs-one pairs are those CODER* consults, and the share of consulted pairs with ovo texts is stored
     bank_id = manifest["textbank_id"]
-    assert json.loads(layout.textbank_report(bank_id).read_text())["pairs_from"] == "consulted"
+    bank_report = json.loads(layout.textbank_report(bank_id).read_text())
+    assert bank_report["pairs_from"] == "consulted"
+    summary = bank_report["summary"]  # per type: kept rows, classes covered, drops by reason (also an artifact)
+    assert summary["types"]["name"] == {"kept": 10, "classes": 10, "dropped": {}, "requests": 0, "tokens": 0}
+    assert (
+        sum(summary["per_class"]["circle"].values())
+        == q(f"SELECT count(*) AS n FROM texts WHERE textbank_id = '{bank_id}' AND class_name = 'circle'")[0]["n"]
+    )
+    assert set(summary["classes_without"]) == {"att", "ana"}
     cover = {r["metric"]: r["value"] for r in q("SELECT metric, value FROM metrics WHERE metric LIKE 'ovo_%'")}
     assert cover["ovo_pairs_covered"] <= cover["ovo_pairs_consulted"]
     assert cover["ovo_coverage"] == pytest.approx(cover["ovo_pairs_covered"] / cover["ovo_pairs_consulted"])

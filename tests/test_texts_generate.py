@@ -177,3 +177,30 @@ def test_nearest_pairs_by_cosine():
 def test_pair_selection_rejects_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_bank_summary_counts_types_drops_and_classes_without_texts():
+    from coderflow.tasks.texts.bank import Text, bank_summary
+
+    texts = [
+        Text(0, "name", "a photo of cat", "s"),
+        Text(1, "name", "a photo of dog", "s"),
+        Text(0, "att", "cat which has fur", "llm"),
+    ]
+    bank = build_bank(texts, ["cat", "dog"])
+    report = {
+        "generator": {"dropped": {"att": {"url": 2}}, "by_type": {"att": {"requests": 2, "tokens": 300}}},
+        "dropped": [{"type": "ana", "class_index": 0, "text": "dog", "reason": "is a class of the dataset"}],
+    }
+    s = bank_summary(bank, report, price_per_1k=0.5)
+    assert s["types"]["att"] == {
+        "kept": 1,
+        "classes": 1,
+        "dropped": {"url": 2},
+        "requests": 2,
+        "tokens": 300,
+        "cost": 0.15,
+    }
+    assert s["types"]["ana"]["dropped"] == {"is a class of the dataset": 1} and s["types"]["ana"]["kept"] == 0
+    assert s["classes_without"] == {"att": ["dog"], "ana": ["cat", "dog"]}
+    assert s["per_class"] == {"cat": {"name": 1, "att": 1}, "dog": {"name": 1}}

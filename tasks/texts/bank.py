@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -131,3 +132,39 @@ def build_bank(
         r["textbank_id"] = bank_id
         r["text_index"] = i
     return pa.Table.from_pylist(rows, schema=TEXTS)
+
+
+def bank_summary(bank: pa.Table, report: dict[str, Any], price_per_1k: float | None = None) -> dict[str, Any]:
+    """Per text type: rows kept, classes covered, phrases dropped by reason, LLM requests and tokens (and cost at
+    `price_per_1k` tokens); the classes left without att or ana texts; rows per class and type."""
+    types = bank["text_type"].to_pylist()
+    names = bank["class_name"].to_pylist()
+    classes = list(dict.fromkeys(names))
+    generator = report.get("generator") if isinstance(report.get("generator"), dict) else {}
+    dropped: dict[str, dict[str, int]] = {k: dict(v) for k, v in (generator.get("dropped") or {}).items()}
+    for d in report.get("dropped") or []:  # the bank's own filters (look-alikes near a class, synonyms)
+        reason = str(d.get("reason", "")).split(" (")[0]
+        dropped.setdefault(d["type"], {})[reason] = dropped.setdefault(d["type"], {}).get(reason, 0) + 1
+    by_type = generator.get("by_type") or {}
+    per_class: dict[str, dict[str, int]] = {c: {} for c in classes}
+    for t, c in zip(types, names, strict=True):
+        per_class[c][t] = per_class[c].get(t, 0) + 1
+    summary: dict[str, Any] = {"types": {}, "per_class": per_class}
+    for t in dict.fromkeys([*TEXT_TYPES, *dropped]):
+        kept = types.count(t)
+        if not kept and t not in dropped and t not in by_type:
+            continue
+        row: dict[str, Any] = {
+            "kept": kept,
+            "classes": sum(1 for c in classes if per_class[c].get(t)),
+            "dropped": dropped.get(t, {}),
+            "requests": by_type.get(t, {}).get("requests", 0),
+            "tokens": by_type.get(t, {}).get("tokens", 0),
+        }
+        if price_per_1k is not None:
+            row["cost"] = round(row["tokens"] / 1000 * price_per_1k, 6)
+        summary["types"][t] = row
+    summary["classes_without"] = {
+        t: [c for c in classes if not per_class[c].get(t)] for t in ("att", "ana") if t in summary["types"]
+    }
+    return summary

@@ -291,6 +291,7 @@ class LLMGenerator:
         self.usage = Usage()
         self.failures: list[dict[str, str]] = []
         self.dropped: dict[str, dict[str, int]] = {}  # text type -> reason -> phrases dropped by the filter
+        self.by_kind: dict[str, dict[str, int]] = {}  # text type -> requests asked (not cached), tokens spent
         self._structured: bool | None = None  # None: not known yet; False: endpoint lacks structured outputs
         self._lock = threading.Lock()
 
@@ -314,6 +315,7 @@ class LLMGenerator:
         return {
             "source": self.source, "usage": asdict(self.usage), "failures": list(self.failures),
             "dropped": {k: dict(v) for k, v in self.dropped.items()},
+            "by_type": {k: dict(v) for k, v in self.by_kind.items()},
         }  # fmt: skip
 
     # running requests ----------------------------------------------------------------------------------
@@ -345,6 +347,8 @@ class LLMGenerator:
             with self._lock:
                 self.usage.cache_hits += 1
             return record["items"]
+        with self._lock:
+            self.by_kind.setdefault(request.kind, {"requests": 0, "tokens": 0})["requests"] += 1
         for _ in range(self.content_retries + 1):
             try:
                 reply = self._complete(request)
@@ -401,7 +405,7 @@ class LLMGenerator:
                         model=self.model, messages=messages, response_format=request.response_model, **self.params
                     )
                 )
-                usage = self._add_usage(completion)
+                usage = self._add_usage(completion, request.kind)
                 if not getattr(completion, "choices", None):
                     return _Reply([], "structured", "", "no choices in reply", usage)
                 message = completion.choices[0].message
@@ -414,7 +418,7 @@ class LLMGenerator:
                 log.info("endpoint rejected structured outputs (%s): using plain completions", type(exc).__name__)
                 self._structured = False
             except openai.LengthFinishReasonError as exc:  # cut at max_tokens: keep the complete items, if any
-                usage = self._add_usage(exc.completion)
+                usage = self._add_usage(exc.completion, request.kind)
                 raw = exc.completion.choices[0].message.content or ""
                 items = self._clean(parse_items(raw, request.field), request)
                 if items:
@@ -434,7 +438,7 @@ class LLMGenerator:
                 f"the LLM endpoint {self.base_url} rejected the request (HTTP {exc.status_code}: "
                 f"{self._redact(exc.message)[:200]}): check the model name and the generation parameters {self.params}"
             ) from None
-        usage = self._add_usage(completion)
+        usage = self._add_usage(completion, request.kind)
         message = completion.choices[0].message if getattr(completion, "choices", None) else None
         if message is None:
             return _Reply([], "plain", "", "no choices in reply", usage)
@@ -453,7 +457,7 @@ class LLMGenerator:
                 counts[reason] = counts.get(reason, 0) + n
         return kept
 
-    def _add_usage(self, completion: Any) -> dict[str, int]:
+    def _add_usage(self, completion: Any, kind: str = "") -> dict[str, int]:
         usage = getattr(completion, "usage", None)
         got = {
             "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
@@ -462,6 +466,8 @@ class LLMGenerator:
         with self._lock:
             self.usage.prompt_tokens += got["prompt_tokens"]
             self.usage.completion_tokens += got["completion_tokens"]
+            per = self.by_kind.setdefault(kind, {"requests": 0, "tokens": 0})
+            per["tokens"] += got["prompt_tokens"] + got["completion_tokens"]
         return got
 
     def _redact(self, text: str) -> str:

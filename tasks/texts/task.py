@@ -16,7 +16,7 @@ from coderflow.storage.schemas import TEXTS
 from coderflow.storage.shards import ingest_info, read_lines, validate_classnames
 from coderflow.tasks.embed.encode import token_counts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
-from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, build_bank, name_texts, template_texts
+from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, bank_summary, build_bank, name_texts, template_texts
 from coderflow.tasks.texts.imports import FORMATS, clip_benchmark_templates, imported_texts, read_json_lists
 from coderflow.tasks.texts.make import make_bank, waffle_bank
 
@@ -78,6 +78,7 @@ def build_text_bank(
         except FileNotFoundError:
             log.warning("no image embeddings yet for %s/%s: one-vs-one pairs fall back to 'nearest'", dataset, split)
     bank, report = make_bank(classnames, chosen, texts, lm, layout.llm_cache_dir, images, rerank)
+    report["summary"] = bank_summary(bank, report, texts.llm.price_per_1k)
     bank_id = bank["textbank_id"][0].as_py()
     path = layout.textbank_file(bank_id)
     if not path.exists():
@@ -92,6 +93,10 @@ def build_text_bank(
     log.info(
         "text bank %s: %d texts %s, %d truncated", bank_id, bank.num_rows, report.get("counts", {}), report["truncated"]
     )
+    for kind, missing in report["summary"]["classes_without"].items():
+        if missing:
+            log.warning("%d classes have no %s texts: %s", len(missing), kind, missing[:20])
+    publish_bank_summary(bank_id, bank, report["summary"])
     usage = generator.get("usage") if isinstance(generator, dict) else None
     return {
         "textbank_id": bank_id,
@@ -100,7 +105,38 @@ def build_text_bank(
         "n_classes": len(classnames),
         "usage": usage,
         "reused": False,
+        "summary": report["summary"]["types"],
     }
+
+
+def summary_markdown(bank_id: str, bank: Any, summary: dict[str, Any], sample: int = 3) -> str:
+    """The text-bank summary as Markdown: a row per type, the classes left without att/ana, a few texts per type."""
+    lines = [
+        f"# Text bank {bank_id}",
+        "",
+        "| type | kept | classes | dropped | requests | tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t, r in summary["types"].items():
+        dropped = ", ".join(f"{k}: {v}" for k, v in r["dropped"].items()) or "-"
+        lines.append(f"| {t} | {r['kept']} | {r['classes']} | {dropped} | {r['requests']} | {r['tokens']} |")
+    for t, missing in summary["classes_without"].items():
+        if missing:
+            lines.append(f"\nClasses without {t} texts ({len(missing)}): {', '.join(missing[:30])}")
+    rows = bank.select(["text_type", "text"]).to_pylist()
+    lines.append("\n## Sample")
+    for t in summary["types"]:
+        lines += [f"- {t}: {r['text']}" for r in [x for x in rows if x["text_type"] == t][:sample]]
+    return "\n".join(lines)
+
+
+def publish_bank_summary(bank_id: str, bank: Any, summary: dict[str, Any]) -> None:
+    """The summary in the run's log and as the `text-bank` Markdown artifact in the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact
+
+    text = summary_markdown(bank_id, bank, summary)
+    get_run_logger().info("%s", text.split("\n## Sample")[0])
+    create_markdown_artifact(text, key="text-bank", description=f"text bank {bank_id}: counts, drops, samples")
 
 
 @task(name="build-waffle-bank")
