@@ -11,5 +11,6 @@ for _key, _value in {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # module loggers under `coderflow` (the LLM generator's warnings, say) reach the run's logs in the Prefect UI
     "PREFECT_LOGGING_EXTRA_LOGGERS": "coderflow",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # outside a run (plain library use) they stay local
 }.items():
     os.environ.setdefault(_key, _value)
