@@ -141,6 +141,12 @@ class TextsConfig(_Strict):
     ovo_templates: tuple[str, ...] = Field(
         CODER_OVO_TEMPLATES, description="one-vs-one paraphrases: {a} class, {b} the other class, {x} difference"
     )
+    grammar: Literal["generated", "all", "off"] = Field(
+        "generated",
+        description="articles and plurals that agree with the class name ('dots similar to', 'many circles'): in "
+        "coderflow's generated texts (att, ana, syno, ovo), also in the template ensemble (all; CLIP's templates are "
+        "then no longer verbatim), or nowhere",
+    )
     n_att: int = Field(5, ge=1)
     n_ana: int = Field(5, ge=1)
     n_syno: int = Field(3, ge=1)

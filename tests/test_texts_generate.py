@@ -204,3 +204,41 @@ def test_bank_summary_counts_types_drops_and_classes_without_texts():
     assert s["types"]["ana"]["dropped"] == {"is a class of the dataset": 1} and s["types"]["ana"]["kept"] == 0
     assert s["classes_without"] == {"att": ["dog"], "ana": ["cat", "dog"]}
     assert s["per_class"] == {"cat": {"name": 1, "att": 1}, "dog": {"name": 1}}
+
+
+@pytest.mark.parametrize(
+    ("template", "values", "expected"),
+    [
+        ("a {c} similar to {x}.", {"c": "dots", "x": "a wolf"}, "dots similar to a wolf."),
+        ("a {c} similar to {x}.", {"c": "apple", "x": "a pear"}, "an apple similar to a pear."),
+        ("A {c} photo", {"c": "owl"}, "An owl photo"),
+        ("a photo of many {c}.", {"c": "circle"}, "a photo of many circles."),
+        ("a photo of many {c}.", {"c": "horizontal stripes"}, "a photo of many horizontal stripes."),
+        (
+            "a {a} which, unlike a {b}, has {x}.",
+            {"a": "mice", "b": "hour", "x": "fur"},
+            "mice which, unlike an hour, has fur.",
+        ),
+        ("a {c} similar to sheep.", {"c": "sheep"}, "a sheep similar to sheep."),  # same form in both numbers
+    ],
+)
+def test_grammar_agrees_with_plural_and_vowel_names(template, values, expected):
+    from coderflow.tasks.texts.bank import fill
+
+    assert fill(template, grammar=True, **values) == expected
+    assert fill(template, **values) == template.format(**values)  # verbatim without grammar
+
+
+def test_generated_texts_are_grammatical_and_clip_templates_stay_verbatim():
+    def make(grammar: str) -> set[tuple[str, str]]:
+        gen = CannedGenerator({"dots": [["confetti"]]})
+        texts, _ = generate_texts(
+            ["dots", "cat", "tiger"], ["a photo of many {c}."], gen, types=["ana"], grammar=grammar
+        )
+        return {(t.text_type, t.text) for t in texts}
+
+    default = make("generated")
+    assert ("ana", "dots similar to confetti.") in default
+    assert ("template", "a photo of many cat.") in default  # CLIP's template, verbatim
+    assert ("template", "a photo of many cats.") in make("all")
+    assert ("ana", "a dots similar to confetti.") in make("off")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import pyarrow as pa
@@ -50,31 +52,73 @@ def text_id(text: str) -> str:
     return content_id("text", text)
 
 
-def fill_template(template: str, class_name: str) -> str:
+def fill_template(template: str, class_name: str, grammar: bool = False) -> str:
     if "{c}" not in template:
         raise ValueError(f"template {template!r} has no '{{c}}' placeholder: write it like 'a photo of a {{c}}.'")
-    return template.replace("{c}", class_name)
+    return fill(template, grammar=grammar, c=class_name)
 
 
-def fill(template: str, **values: str) -> str:
-    """Put values into `{key}` placeholders by plain replacement (class names may hold braces)."""
+_ARTICLE = re.compile(r"\b(a|an|A|An) \{(\w+)\}")
+_MANY = re.compile(r"\b(many|Many) \{(\w+)\}")
+
+
+@cache
+def _inflect() -> Any:
+    import inflect
+
+    return inflect.engine()
+
+
+def is_plural(name: str) -> bool:
+    """Whether a class name reads as a plural noun ('dots', 'horizontal stripes', 'mice'; not 'sheep')."""
+    last = name.split()[-1] if name.split() else name
+    singular = _inflect().singular_noun(last.lower())
+    return bool(singular) and singular != last.lower()
+
+
+def fill(template: str, grammar: bool = False, **values: str) -> str:
+    """Put values into `{key}` placeholders by plain replacement (class names may hold braces). With `grammar`, an
+    article before a placeholder agrees with its value ('an apple'; none before a plural: 'dots similar to ...') and
+    'many {c}' takes the plural ('many circles'), using the `inflect` library."""
+    if grammar:
+
+        def article(m: re.Match[str]) -> str:
+            value = values.get(m[2])
+            if value is None:
+                return m[0]
+            if is_plural(value):
+                return "{" + m[2] + "}"
+            word = _inflect().a(value).split(" ", 1)[0]
+            return (word.capitalize() if m[1][0].isupper() else word) + " {" + m[2] + "}"
+
+        def many(m: re.Match[str]) -> str:
+            value = values.get(m[2])
+            if value is None or is_plural(value):
+                return m[0]
+            return f"{m[1]} {_inflect().plural_noun(value)}"
+
+        template = _MANY.sub(many, _ARTICLE.sub(article, template))
     for key, value in values.items():
         template = template.replace("{" + key + "}", value)
     return template
 
 
-def template_texts(classnames: Sequence[str], templates: Sequence[str]) -> list[Text]:
-    """The prompt ensemble (text_type 'template'): every template filled with every class name."""
+def template_texts(classnames: Sequence[str], templates: Sequence[str], grammar: bool = False) -> list[Text]:
+    """The prompt ensemble (text_type 'template'): every template filled with every class name (CLIP's templates
+    verbatim unless `grammar`)."""
     return [
-        Text(ci, "template", fill_template(t, name), "template")
+        Text(ci, "template", fill_template(t, name, grammar), "template")
         for ci, name in enumerate(classnames)
         for t in templates
     ]
 
 
-def name_texts(classnames: Sequence[str], name_template: str) -> list[Text]:
+def name_texts(classnames: Sequence[str], name_template: str, grammar: bool = False) -> list[Text]:
     """CODER's class-name prompt (text_type 'name'): one per class (CVPR24-CODER CODER/CODER.py:50-63)."""
-    return [Text(ci, "name", fill_template(name_template, name), "name-template") for ci, name in enumerate(classnames)]
+    return [
+        Text(ci, "name", fill_template(name_template, name, grammar), "name-template")
+        for ci, name in enumerate(classnames)
+    ]
 
 
 def build_bank(

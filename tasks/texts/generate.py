@@ -104,7 +104,11 @@ def filter_analogies(
 
 
 def synonym_texts(
-    classnames: Sequence[str], synonyms: Sequence[Sequence[str]], templates: Sequence[str], source: str
+    classnames: Sequence[str],
+    synonyms: Sequence[Sequence[str]],
+    templates: Sequence[str],
+    source: str,
+    grammar: bool = False,
 ) -> tuple[list[Text], list[dict[str, Any]]]:
     """Synonyms substituted into the name templates; drops a synonym equal to its own or another class's name and
     checks the substitution (the text holds the synonym and differs from the class-name prompt)."""
@@ -119,8 +123,8 @@ def synonym_texts(
                 dropped.append({"type": "syno", "class_index": ci, "text": raw, "reason": "is a class name"})
                 continue
             for template in templates:
-                filled = fill_template(template, raw)
-                if raw not in filled or filled == fill_template(template, classnames[ci]):
+                filled = fill_template(template, raw, grammar)
+                if raw not in filled or filled == fill_template(template, classnames[ci], grammar):
                     reason = f"not substituted into {template!r}"
                     dropped.append({"type": "syno", "class_index": ci, "text": raw, "reason": reason})
                     continue
@@ -145,6 +149,7 @@ def generate_texts(
     att_template: str = ATT_FORMAT,
     ana_template: str = ANA_FORMAT,
     ovo_templates: Sequence[str] = OVO_TEMPLATES,
+    grammar: str = "generated",
 ) -> tuple[list[Text], GenerationReport]:
     """The text rows of a bank: the prompt ensemble and one name prompt per class, plus the requested generated types.
 
@@ -160,12 +165,15 @@ def generate_texts(
     templates = list(templates) or list(DEFAULT_TEMPLATES)
     source = generator.source
     report = GenerationReport()
-    texts = template_texts(classnames, templates) + name_texts(classnames, name_template)
+    own, every = grammar != "off", grammar == "all"  # generated texts / also the template ensemble and name prompts
+    texts = template_texts(classnames, templates, every) + name_texts(classnames, name_template, every)
 
     if "att" in types:
         for ci, items in enumerate(generator.attributes(classnames, n_att)):
             texts += [
-                Text(ci, "att", fill(att_template, c=classnames[ci], x=_clean(x)), source) for x in items if _clean(x)
+                Text(ci, "att", fill(att_template, own, c=classnames[ci], x=_clean(x)), source)
+                for x in items
+                if _clean(x)
             ]
 
     if "ana" in types:
@@ -191,10 +199,10 @@ def generate_texts(
             # ask again only for classes that got something last time but are still short
             todo = [ci for ci, items in zip(todo, answers, strict=True) if items and len(kept[ci]) < n_ana]
         for ci, items in enumerate(kept):
-            texts += [Text(ci, "ana", fill(ana_template, c=classnames[ci], x=x), source) for x in items]
+            texts += [Text(ci, "ana", fill(ana_template, own, c=classnames[ci], x=x), source) for x in items]
 
     if "syno" in types:
-        syno, dropped = synonym_texts(classnames, generator.synonyms(classnames, n_syno), [name_template], source)
+        syno, dropped = synonym_texts(classnames, generator.synonyms(classnames, n_syno), [name_template], source, own)
         texts += syno
         report.dropped += dropped
 
@@ -206,7 +214,7 @@ def generate_texts(
         answers = generator.differences([(classnames[a], classnames[b]) for a, b in directed], n_ovo)
         for (a, b), items in zip(directed, answers, strict=True):
             texts += [
-                Text(a, "ovo", fill(t, a=classnames[a], b=classnames[b], x=_clean(x)), source, b)
+                Text(a, "ovo", fill(t, own, a=classnames[a], b=classnames[b], x=_clean(x)), source, b)
                 for x in items
                 if _clean(x)
                 for t in ovo_templates

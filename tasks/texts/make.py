@@ -87,6 +87,7 @@ def make_bank(
                 n_att=cfg.n_att, n_ana=cfg.n_ana, n_syno=cfg.n_syno, n_ovo=cfg.n_ovo,
                 ana_max_cosine=cfg.ana_max_cosine, ana_retries=cfg.ana_retries, name_template=cfg.name_template,
                 att_template=cfg.att_template, ana_template=cfg.ana_template, ovo_templates=cfg.ovo_templates,
+                grammar=cfg.grammar,
             )  # fmt: skip
 
         consulted = "ovo" in generated and cfg.ovo_pairs == "consulted" and images is not None and len(images) > 0
@@ -107,7 +108,8 @@ def make_bank(
         if not_found is not None:
             report["not_found"] = not_found(classnames)
     else:
-        texts = template_texts(classnames, templates) + name_texts(classnames, cfg.name_template)
+        every = cfg.grammar == "all"
+        texts = template_texts(classnames, templates, every) + name_texts(classnames, cfg.name_template, every)
     bank = build_bank(texts, classnames, token_counts([t.text for t in texts], lm), lm.context_length)
     report["n_texts"] = bank.num_rows
     report["truncated"] = sum(bool(v) for v in bank["truncated"].to_pylist())

@@ -171,11 +171,11 @@ def import_text_bank(
     source = f"import:{fmt}:{Path(path).name}:{file_sha256(path)[:12]}"
     if fmt == "clip-benchmark":
         templates = clip_benchmark_templates(data, key or dataset)
-        rows = template_texts(classnames, templates)
+        rows = template_texts(classnames, templates, texts.grammar == "all")
         report: dict[str, Any] = {"format": fmt, "key": key or dataset, "templates": len(templates)}
     elif fmt in ("dclip", "cupl"):
         imported, report = imported_texts(classnames, data, fmt, source)  # type: ignore[arg-type]
-        rows = template_texts(classnames, stored or DEFAULT_TEMPLATES) + imported
+        rows = template_texts(classnames, stored or DEFAULT_TEMPLATES, texts.grammar == "all") + imported
         if report["unmatched_classes"]:
             log.warning("%d classes have no texts in %s: %s", len(report["unmatched_classes"]), path,
                         report["unmatched_classes"][:20])  # fmt: skip
@@ -184,7 +184,7 @@ def import_text_bank(
                         report["unmatched_keys"][:20])  # fmt: skip
     else:
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    rows += name_texts(classnames, texts.name_template)
+    rows += name_texts(classnames, texts.name_template, texts.grammar == "all")
     lm = load_configured(model, workdir)
     bank = build_bank(rows, classnames, token_counts([t.text for t in rows], lm), lm.context_length)
     bank_id = bank["textbank_id"][0].as_py()
