@@ -147,6 +147,32 @@ def test_timeout_is_retried(server, tmp_path):
     assert out and out != ["late"]
     assert 0.3 <= time.monotonic() - start < 1.0
     assert gen.usage.calls == 2
+    assert gen.concurrency == 1  # make() asks for 2 in flight: a timeout halves that (the server is queueing)
+
+
+def test_timeouts_lower_the_requests_in_flight(server, tmp_path):
+    """With 4 in flight and a server that answers one at a time, requests time out: concurrency backs off, and the
+    peak of concurrent requests the server sees drops to 1."""
+    lock, state = threading.Lock(), {"now": 0, "peak_late": 0, "calls": 0}
+
+    def one_at_a_time(request):
+        with lock:
+            state["now"] += 1
+            state["calls"] += 1
+            late = state["calls"] > 8
+            if late:
+                state["peak_late"] = max(state["peak_late"], state["now"])
+            crowded = state["now"] > 1
+        time.sleep(0.35 if crowded else 0.05)  # a second request at once waits behind the first: too slow
+        with lock:
+            state["now"] -= 1
+        return structured(request)
+
+    server.responder = one_at_a_time
+    gen = make(server, tmp_path, max_workers=4, timeout=0.3, max_retries=6, backoff=0.4, max_backoff=0.4)
+    out = gen.attributes([f"class {i}" for i in range(12)], 1)
+    assert gen.concurrency == 1 and all(out)
+    assert state["peak_late"] == 1
 
 
 def test_bad_api_key_raises_a_clear_error_without_the_key(server, tmp_path, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -11,7 +12,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -294,6 +295,9 @@ class LLMGenerator:
         self.by_kind: dict[str, dict[str, int]] = {}  # text type -> requests asked (not cached), tokens spent
         self._structured: bool | None = None  # None: not known yet; False: endpoint lacks structured outputs
         self._lock = threading.Lock()
+        self.concurrency = self.max_workers  # halved on a timeout: a slow server gets fewer requests at once
+        self._in_flight = 0
+        self._slots = threading.Condition()
 
     # the generator interface -------------------------------------------------------------------------
     def attributes(self, classnames: Sequence[str], n: int) -> list[list[str]]:
@@ -479,7 +483,8 @@ class LLMGenerator:
             with self._lock:
                 self.usage.calls += 1
             try:
-                return fn()
+                with self._slot():
+                    return fn()
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise LLMConfigError(
                     f"the LLM endpoint {self.base_url} refused the API key (HTTP {exc.status_code}): "
@@ -500,6 +505,8 @@ class LLMGenerator:
                 AttributeError,
             ) as exc:
                 what = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
+                if isinstance(exc, openai.APITimeoutError):
+                    self._back_off()
                 if isinstance(exc, json.JSONDecodeError | TypeError | AttributeError):
                     what = "a response body that is not a chat completion"
                 if attempt == self.max_retries:
@@ -510,6 +517,27 @@ class LLMGenerator:
                 log.warning("LLM request failed (%s); retry %d/%d in %.2fs", what, attempt + 1, self.max_retries, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of `concurrency` request slots while a request is in flight."""
+        with self._slots:
+            while self._in_flight >= self.concurrency:
+                self._slots.wait()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._slots:
+                self._in_flight -= 1
+                self._slots.notify_all()
+
+    def _back_off(self) -> None:
+        """A timeout: halve the requests in flight (down to 1), since the server queues what it cannot run."""
+        with self._slots:
+            if self.concurrency > 1:
+                self.concurrency = max(1, self.concurrency // 2)
+                log.warning("LLM request timed out: %d request(s) in flight from now on", self.concurrency)
 
 
 def server_slots(base_url: str, timeout: float = 5.0) -> int | None:
