@@ -318,3 +318,14 @@ def test_llm_flags_reach_the_config_of_every_command_that_writes_texts(command, 
     assert out.exit_code == 2 and "texts.llm.timeout" in out.output
     out = CliRunner().invoke(app, [command, "--llm-concurrency", "0", "--workdir", str(tmp_path)])
     assert out.exit_code == 2 and "texts.llm.max_concurrency" in out.output
+
+
+def test_each_batch_of_requests_logs_a_summary_line(server, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="coderflow.tasks.texts.llm"):
+        make(server, tmp_path).attributes(["cat", "dog"], 2)
+        make(server, tmp_path).attributes(["cat", "dog"], 2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LLM att:")]
+    assert lines[0].startswith("LLM att: 2 requests, 0 from the cache, 0 failed,")
+    assert lines[1].startswith("LLM att: 2 requests, 2 from the cache, 0 failed, 0 tokens")

@@ -9,11 +9,12 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 import httpx
 import openai
 from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from coderflow.storage.layout import storage_path
 from coderflow.storage.parquet_io import write_text
@@ -324,11 +327,35 @@ class LLMGenerator:
 
     # running requests ----------------------------------------------------------------------------------
     def run(self, requests: Sequence[Request]) -> list[list[str]]:
-        """Answer requests concurrently (at most max_workers in flight), in order; [] where a request failed."""
+        """Answer requests concurrently (at most `concurrency` in flight), in order; [] where a request failed.
+
+        On a terminal a progress bar shows requests done, tokens and failures; a summary line goes to the log.
+        """
         if not requests:
             return []
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(requests)))) as pool:
-            return list(pool.map(self.ask, requests))
+        kind, start = requests[0].kind, time.perf_counter()
+        before = asdict(self.usage)
+        bar = Progress(
+            TextColumn("LLM {task.fields[kind]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[tokens]} tokens, {task.fields[failed]} failed"), TimeElapsedColumn(),
+            console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=True,
+        )  # fmt: skip
+        with bar, ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(requests)))) as pool:
+            task = bar.add_task("llm", total=len(requests), kind=kind, tokens=0, failed=0)
+            futures = [pool.submit(self.ask, r) for r in requests]
+            for _ in as_completed(futures):
+                tokens = self.usage.prompt_tokens + self.usage.completion_tokens
+                bar.update(task, advance=1, tokens=tokens - before["prompt_tokens"] - before["completion_tokens"],
+                           failed=self.usage.failed - before["failed"])  # fmt: skip
+            results = [f.result() for f in futures]
+        now = asdict(self.usage)
+        log.info(
+            "LLM %s: %d requests, %d from the cache, %d failed, %d tokens in %.1f s", kind, len(requests),
+            now["cache_hits"] - before["cache_hits"], now["failed"] - before["failed"],
+            now["prompt_tokens"] + now["completion_tokens"] - before["prompt_tokens"] - before["completion_tokens"],
+            time.perf_counter() - start,
+        )  # fmt: skip
+        return results
 
     def cache_key(self, request: Request) -> str:
         payload = {
