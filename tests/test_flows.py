@@ -64,7 +64,15 @@ def test_demo_pipeline_outputs(demo_run):
     bank_report = json.loads(layout.textbank_report(bank_id).read_text())
     assert bank_report["pairs_from"] == "consulted"
     summary = bank_report["summary"]  # per type: kept rows, classes covered, drops by reason (also an artifact)
-    assert summary["types"]["name"] == {"kept": 10, "classes": 10, "dropped": {}, "requests": 0, "tokens": 0}
+    assert summary["types"]["name"] == {
+        "kept": 10,
+        "classes": 10,
+        "dropped": {},
+        "requests": 0,
+        "requested": 0,
+        "received": 0,
+        "tokens": 0,
+    }
     assert (
         sum(summary["per_class"]["circle"].values())
         == q(f"SELECT count(*) AS n FROM texts WHERE textbank_id = '{bank_id}' AND class_name = 'circle'")[0]["n"]

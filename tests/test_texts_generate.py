@@ -189,7 +189,10 @@ def test_bank_summary_counts_types_drops_and_classes_without_texts():
     ]
     bank = build_bank(texts, ["cat", "dog"])
     report = {
-        "generator": {"dropped": {"att": {"url": 2}}, "by_type": {"att": {"requests": 2, "tokens": 300}}},
+        "generator": {
+            "dropped": {"att": {"url": 2}},
+            "by_type": {"att": {"requests": 2, "requested": 10, "received": 4, "tokens": 300}},
+        },
         "dropped": [{"type": "ana", "class_index": 0, "text": "dog", "reason": "is a class of the dataset"}],
     }
     s = bank_summary(bank, report, price_per_1k=0.5)
@@ -198,6 +201,8 @@ def test_bank_summary_counts_types_drops_and_classes_without_texts():
         "classes": 1,
         "dropped": {"url": 2},
         "requests": 2,
+        "requested": 10,
+        "received": 4,
         "tokens": 300,
         "cost": 0.15,
     }

@@ -203,6 +203,8 @@ def bank_summary(bank: pa.Table, report: dict[str, Any], price_per_1k: float | N
             "classes": sum(1 for c in classes if per_class[c].get(t)),
             "dropped": dropped.get(t, {}),
             "requests": by_type.get(t, {}).get("requests", 0),
+            "requested": by_type.get(t, {}).get("requested", 0),  # phrases asked for
+            "received": by_type.get(t, {}).get("received", 0),  # phrases in the replies, before the filter
             "tokens": by_type.get(t, {}).get("tokens", 0),
         }
         if price_per_1k is not None:

@@ -379,7 +379,9 @@ class LLMGenerator:
                 self.usage.cache_hits += 1
             return record["items"]
         with self._lock:
-            self.by_kind.setdefault(request.kind, {"requests": 0, "tokens": 0})["requests"] += 1
+            per = self.by_kind.setdefault(request.kind, {"requests": 0, "tokens": 0})
+            per["requests"] += 1
+            per["requested"] = per.get("requested", 0) + request.n
         for _ in range(self.content_retries + 1):
             try:
                 reply = self._complete(request)
@@ -483,6 +485,8 @@ class LLMGenerator:
         dropped: dict[str, int] = {}
         kept = clean_items(items, request.n, request.subject, dropped)
         with self._lock:
+            per = self.by_kind.setdefault(request.kind, {"requests": 0, "tokens": 0})
+            per["received"] = per.get("received", 0) + len(items)
             counts = self.dropped.setdefault(request.kind, {})
             for reason, n in dropped.items():
                 counts[reason] = counts.get(reason, 0) + n
