@@ -450,7 +450,17 @@ def texts(
     )  # fmt: skip
     templates = list(cfg.templates) if cfg.templates else None
     out = _guard(lambda: text_bank(cfg.dataset, cfg.model, cfg.texts, cfg.workdir, templates, cfg.classify))
-    console.print_json(json.dumps(out, default=str))
+    console.print_json(json.dumps({k: v for k, v in out.items() if k != "summary"}, default=str))
+    if out.get("summary"):
+        table = Table(title=f"text bank {out['textbank_id']}")
+        columns = ["kept", "classes", "requests", "requested", "received", "tokens"]
+        columns += ["cost"] if cfg.texts.llm.price_per_1k is not None else []
+        for col in ("type", *columns, "dropped"):
+            table.add_column(col)
+        for kind, row in out["summary"].items():
+            dropped = ", ".join(f"{k} {v}" for k, v in row["dropped"].items())
+            table.add_row(kind, *(str(row.get(c, "")) for c in columns), dropped)
+        console.print(table)
 
 
 TextFormat = Annotated[str, typer.Option("--format", help="dclip | cupl | clip-benchmark")]

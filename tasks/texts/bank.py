@@ -187,7 +187,7 @@ def bank_summary(bank: pa.Table, report: dict[str, Any], price_per_1k: float | N
     generator = report.get("generator") if isinstance(report.get("generator"), dict) else {}
     dropped: dict[str, dict[str, int]] = {k: dict(v) for k, v in (generator.get("dropped") or {}).items()}
     for d in report.get("dropped") or []:  # the bank's own filters (look-alikes near a class, synonyms)
-        reason = str(d.get("reason", "")).split(" (")[0]
+        reason = re.sub(r" '.*", "", str(d.get("reason", "")).split(" (")[0])  # "near class 'cat'" -> "near class"
         dropped.setdefault(d["type"], {})[reason] = dropped.setdefault(d["type"], {}).get(reason, 0) + 1
     by_type = generator.get("by_type") or {}
     per_class: dict[str, dict[str, int]] = {c: {} for c in classes}

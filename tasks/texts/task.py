@@ -114,12 +114,13 @@ def summary_markdown(bank_id: str, bank: Any, summary: dict[str, Any], sample: i
     lines = [
         f"# Text bank {bank_id}",
         "",
-        "| type | kept | classes | dropped | requests | tokens |",
-        "|---|---|---|---|---|---|",
+        "| type | kept | classes | dropped | requests | asked | received | tokens |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t, r in summary["types"].items():
         dropped = ", ".join(f"{k}: {v}" for k, v in r["dropped"].items()) or "-"
-        lines.append(f"| {t} | {r['kept']} | {r['classes']} | {dropped} | {r['requests']} | {r['tokens']} |")
+        cells = (r["kept"], r["classes"], dropped, r["requests"], r["requested"], r["received"], r["tokens"])
+        lines.append(f"| {t} | " + " | ".join(map(str, cells)) + " |")
     for t, missing in summary["classes_without"].items():
         if missing:
             lines.append(f"\nClasses without {t} texts ({len(missing)}): {', '.join(missing[:30])}")
