@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 import openai
+import tenacity
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -509,8 +510,12 @@ class LLMGenerator:
         return text.replace(self._secret, "***") if len(self._secret) >= 4 else text
 
     def _call(self, fn: Callable[[], T]) -> T:
-        """Send one HTTP request, retrying transient errors (429, 5xx, timeouts, connection) with backoff."""
-        for attempt in range(self.max_retries + 1):
+        """Send one HTTP request, retrying transient errors (429, 5xx, timeouts, connection, a body that is not a chat
+        completion) with exponential backoff or the server's Retry-After (tenacity); a bad key or model raises
+        LLMConfigError at once; running out of attempts raises _Unavailable."""
+        last: dict[str, str] = {}
+
+        def attempt() -> T:
             with self._lock:
                 self.usage.calls += 1
             try:
@@ -526,28 +531,39 @@ class LLMGenerator:
                     f"model {self.model!r} or the chat-completions route is unknown at {self.base_url} (HTTP 404: "
                     f"{self._redact(exc.message)[:200]}): check the model name and OPENAI_BASE_URL"
                 ) from None
-            except (
-                openai.RateLimitError,
-                openai.InternalServerError,
-                openai.ConflictError,
-                openai.APIConnectionError,
-                json.JSONDecodeError,  # a body that is not JSON (a proxy's error page): transient like a 5xx
-                TypeError,  # JSON that is not a chat completion ({} or a list): the client cannot read it
-                AttributeError,
-            ) as exc:
+            except TRANSIENT as exc:
                 what = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
-                if isinstance(exc, openai.APITimeoutError):
-                    self._back_off()
                 if isinstance(exc, json.JSONDecodeError | TypeError | AttributeError):
                     what = "a response body that is not a chat completion"
-                if attempt == self.max_retries:
-                    raise _Unavailable(f"{what} after {attempt + 1} attempts at {self.base_url}") from None
-                delay = min(self.backoff * 2**attempt, self.max_backoff)
-                if isinstance(exc, openai.APIStatusError):
-                    delay = min(_retry_after(exc) or delay, self.max_backoff)
-                log.warning("LLM request failed (%s); retry %d/%d in %.2fs", what, attempt + 1, self.max_retries, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+                if isinstance(exc, openai.APITimeoutError):
+                    self._back_off()
+                last["what"] = what
+                raise
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            delay = min(self.backoff * 2 ** (state.attempt_number - 1), self.max_backoff)
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, openai.APIStatusError):
+                delay = min(_retry_after(exc) or delay, self.max_backoff)
+            return delay
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            log.warning(
+                "LLM request failed (%s); retry %d/%d in %.2fs", last.get("what"), state.attempt_number,
+                self.max_retries, state.next_action.sleep if state.next_action else 0.0,
+            )  # fmt: skip
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=wait,
+            retry=tenacity.retry_if_exception_type(TRANSIENT),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except TRANSIENT:
+            raise _Unavailable(f"{last.get('what')} after {self.max_retries + 1} attempts at {self.base_url}") from None
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -569,6 +585,19 @@ class LLMGenerator:
             if self.concurrency > 1:
                 self.concurrency = max(1, self.concurrency // 2)
                 log.warning("LLM request timed out: %d request(s) in flight from now on", self.concurrency)
+
+
+# errors worth another attempt: rate limits, server errors, timeouts and connections, and a reply body that is not
+# a chat completion (a proxy's error page: the client raises while reading it)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.ConflictError,
+    openai.APIConnectionError,
+    json.JSONDecodeError,
+    TypeError,
+    AttributeError,
+)
 
 
 def server_slots(base_url: str, timeout: float = 5.0) -> int | None:
