@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -73,3 +74,25 @@ def test_small_llm_text_bank_end_to_end(llama_url, tmp_path):
     assert again.usage.cache_hits == 6 - gen.usage.failed
     assert again.usage.calls >= gen.usage.failed and (again.usage.calls > 0) == (gen.usage.failed > 0)
     assert {t.text for t in texts2} >= {t.text for t in texts}
+
+
+def test_whole_bank_with_the_default_settings(llama_url, tmp_path):
+    """Defaults as a user gets them (160 tokens, 120 s, concurrency from /props): every type of a small bank
+    completes against the real server, garbage is filtered with reasons, and failures are not cached."""
+    import time
+
+    from coderflow.tasks.texts.bank import bank_summary
+
+    classes = ["tench", "goldfish"]
+    gen = LLMGenerator("smollm2", tmp_path, base_url=llama_url)
+    start = time.perf_counter()
+    texts, report = generate_texts(classes, ["a photo of a {c}."], gen, pairs=[(0, 1)], n_att=3, n_ana=3, ana_retries=0)
+    seconds = time.perf_counter() - start
+    summary = bank_summary(build_bank(texts, classes), report.to_dict() | {"generator": gen.report()})
+    asked = {k: v["requests"] for k, v in summary["types"].items() if v["requests"]}
+    assert asked == {"att": 2, "ana": 2, "syno": 2, "ovo": 2}, summary["types"]
+    assert seconds < 300 and gen.max_workers == 2
+    assert all(v["received"] >= v["kept"] or k in ("ovo",) for k, v in summary["types"].items() if v["requests"])
+    assert not [
+        p for p in tmp_path.glob("*.json") if ".failed" not in p.name and not json.loads(p.read_text())["items"]
+    ]
