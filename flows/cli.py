@@ -195,15 +195,13 @@ def preflight(cfg: PipelineConfig, check_model: bool = True, ingests: Sequence[s
     `check_model=False` leaves the model name (which imports open_clip) to the caller: see `_run_pipeline`.
     """
     from coderflow.tasks.embed.model import check_model_name
-    from coderflow.tasks.ingest.sources import check_identity, make_source, shared_split_source
+    from coderflow.tasks.ingest.sources import check_distinct_splits, check_identity, make_source
 
     resolve_workdir(cfg.workdir)  # a URL whose fsspec package is missing fails here, before any work
     ds = cfg.dataset
     if ingests:
         check_identity(ds, cfg.workdir)  # another source under this dataset name: refused before any work
-        problem = shared_split_source(ds, list(ingests))
-        if problem:
-            raise ValueError(problem)
+        check_distinct_splits(ds, list(ingests))
         for split in dict.fromkeys(ingests):
             make_source(ds.model_copy(update={"split": split}))
     if check_model:

@@ -31,15 +31,13 @@ from coderflow.tasks.classify.methods import ensemble_classifier
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
-from coderflow.tasks.ingest.sources import shared_split_source
+from coderflow.tasks.ingest.sources import check_distinct_splits
 
 
 @task(name="check-splits")
 def refuse_shared_splits(dataset: DatasetConfig, splits: list[str], workdir: str) -> None:
     """Before any work: the splits must not resolve to the same source folder."""
-    problem = shared_split_source(dataset, splits)
-    if problem:
-        raise ValueError(problem)
+    check_distinct_splits(dataset, splits)
 
 
 @task(name="check-split-overlap")

@@ -378,19 +378,22 @@ def stored_identity(layout: Layout, dataset: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_identity(cfg: DatasetConfig, workdir: str | None) -> None:
-    """Refuse a config that would ingest another source, kind or name into an existing dataset folder."""
-    conflict = identity_conflict(stored_identity(Layout.at(workdir), cfg.name), cfg)
+def check_identity(cfg: DatasetConfig, workdir: str | None) -> dict[str, Any] | None:
+    """Refuse a config that would ingest another source, kind or name into an existing dataset folder (unless
+    `replace`); returns the stored identity when `cfg` replaces it, else None."""
+    stored = stored_identity(Layout.at(workdir), cfg.name)
+    conflict = identity_conflict(stored, cfg)
     if conflict and not cfg.replace:
         raise ValueError(conflict)
+    return stored if conflict else None
 
 
-def shared_split_source(cfg: DatasetConfig, splits: list[str]) -> str | None:
-    """Why these splits would read the same images (a folder source without `{split}` and no split_ratio), else
-    None; the content check after ingest (storage.shards.split_overlaps) catches copies across folders."""
+def check_distinct_splits(cfg: DatasetConfig, splits: list[str]) -> None:
+    """Refuse splits that would read the same images (a folder source without `{split}` and no split_ratio); the
+    content check after ingest (storage.shards.split_overlaps) catches copies across folders."""
     if cfg.kind != "folder" or "{split}" in str(cfg.source) or cfg.split_ratio or len(set(splits)) < 2:
-        return None
-    return (
+        return
+    raise ValueError(
         f"dataset.source {cfg.source!r} has no {{split}} part, so splits {', '.join(splits)} would all be the same "
         "images (test images in the support set and the search): pass a source with {split} (e.g. "
         f"'/data/pets/{{split}}'), or --split-ratio 0.5,0.2,0.3 to split this one folder"

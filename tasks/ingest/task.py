@@ -22,12 +22,10 @@ from coderflow.storage.shards import (
 from coderflow.tasks.ingest.sources import (
     check_identity,
     check_samples,
-    identity_conflict,
     listing_changes,
     make_source,
     source_identity,
     source_listing,
-    stored_identity,
 )
 
 
@@ -71,10 +69,9 @@ def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
     """
     log = get_run_logger()
     layout = Layout.at(workdir)
-    check_identity(cfg, workdir)
     identity = source_identity(cfg)
-    previous = stored_identity(layout, cfg.name)
-    if previous is not None and identity_conflict(previous, cfg):
+    previous = check_identity(cfg, workdir)  # the replaced dataset's identity, or None
+    if previous is not None:
         stale = layout.derived_files(cfg.name)
         for path in stale:
             path.unlink()
