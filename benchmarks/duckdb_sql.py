@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from _common import Timings, print_header, result_line
 
-from coderflow.config import ZERO_SHOT_METHODS
+from coderflow.tasks.classify.zeroshot import SCORERS as ZERO_SHOT_METHODS
 from coderflow.storage.db import SQL_DIR, query, refresh_views
 from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import write_table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from coderflow.storage.layout import safe_name
 
 DEFAULT_MODEL = "ViT-S-32-alt"
-ZERO_SHOT_METHODS = ("clip", "dclip", "cupl", "waffle", "coder", "coder_rerank")
-DEFAULT_METHODS = ZERO_SHOT_METHODS
 TEXT_TYPES = ("name", "template", "att", "ana", "syno", "ovo")
 # CODER's one-vs-one paraphrases (CVPR24-CODER CODER/template.py:153-162): {a} differs from {b} by {x}
 CODER_OVO_TEMPLATES: tuple[str, ...] = (
@@ -24,6 +24,49 @@ CODER_OVO_TEMPLATES: tuple[str, ...] = (
     "In {x} expression, {a} deviates from {b}.",
     "Differences in {x} usage separate {a} from {b}.",
 )
+
+
+# Short names of the most used flags (each setting's own flag is its dotted key: --dataset.source).
+FLAG_ALIASES = {
+    "dataset.source": "--source", "dataset.kind": "--kind", "dataset.split": "--split",
+    "dataset.split_ratio": "--split-ratio", "dataset.reingest": "--reingest", "dataset.replace": "--replace-dataset",
+    "model.pretrained": "--pretrained", "model.device": "--device", "model.adapter": "--adapter",
+    "texts.generator": "--generator", "fewshot.shots": "--shots", "fewshot.seeds": "--seeds",
+}  # fmt: skip
+
+
+def parse_mapping(text: str, names: Sequence[str] = (), what: str = "value") -> dict[str, str]:
+    """'a=1,b=2' or JSON as a mapping; bare values 'x,y,z' name `names` in order (split shares: train,val,test)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{what} {text!r} is not valid JSON ({exc.msg})") from None
+        return {str(k): v for k, v in data.items()}
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if items and all("=" in x for x in items):
+        return {k.strip(): v.strip() for k, v in (x.split("=", 1) for x in items)}
+    if names and len(items) == len(names):
+        return dict(zip(names, items, strict=True))
+    example = f"{','.join(names)} as e.g. 0.5,0.2,0.3 or " if names else ""
+    raise ValueError(f"{what} {text!r}: give {example}key=value pairs separated by commas (a=1,b=2)")
+
+
+def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Nested settings laid over each other (later layers win key by key); a source's kind is inferred if unset."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_settings(out[key], value)
+            else:
+                out[key] = value
+    ds = out.get("dataset")
+    if isinstance(ds, dict) and ds.get("source") and "kind" not in ds:
+        src = Path(str(ds["source"]).replace("{split}", str(ds.get("split") or "test"))).expanduser()
+        ds["kind"] = "folder" if src.is_dir() and not (src / "classnames.txt").exists() else "wds"
+    return out
 
 
 class _Strict(BaseModel):
@@ -41,6 +84,7 @@ def default_dataset_name(source: str | None) -> str:
         raise ValueError(f"cannot name a dataset after source {source!r}: pass dataset.name (--dataset NAME)") from None
 
 
+SPLIT_NAMES = ("train", "val", "test")
 # Actions of one invocation, not properties of the data: left out of every fingerprint.
 DATASET_ACTIONS = frozenset({"reingest", "replace"})
 
@@ -74,6 +118,11 @@ class DatasetConfig(_Strict):
         if isinstance(data, dict) and not data.get("name"):
             data = {**data, "name": default_dataset_name(data.get("source"))}
         return data
+
+    @field_validator("split_ratio", mode="before")
+    @classmethod
+    def _shares_text(cls, v: Any) -> Any:
+        return parse_mapping(v, SPLIT_NAMES, "dataset.split_ratio") if isinstance(v, str) else v
 
     @field_validator("split_ratio")
     @classmethod
@@ -215,10 +264,17 @@ class ClassifyConfig(_Strict):
         "(`seed`) and top1_mean/top1_std over them (WaffleCLIP base_main.py --reps)",
     )
 
+    @field_validator("banks", mode="before")
+    @classmethod
+    def _banks_text(cls, v: Any) -> Any:
+        return parse_mapping(v, (), "classify.banks (METHOD=BANK_ID)") if isinstance(v, str) else v
+
     @field_validator("banks")
     @classmethod
     def _known_methods(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        allowed = [m for m in ZERO_SHOT_METHODS if m != "waffle"]  # waffle draws its own banks
+        from coderflow.tasks.classify.zeroshot import OWN_BANKS, SCORERS
+
+        allowed = [m for m in SCORERS if m not in OWN_BANKS]
         unknown = sorted(set(v or {}) - set(allowed))
         if unknown:
             raise ValueError(f"banks for methods {unknown}: give banks for {allowed}")
@@ -293,6 +349,13 @@ class AdapterConfig(_Strict):
     overlap_max_pairs: int = Field(2_000_000, ge=1)
 
 
+def default_methods() -> tuple[str, ...]:
+    """Every registered zero-shot method (tasks/classify/zeroshot.py:SCORERS), in its order."""
+    from coderflow.tasks.classify.zeroshot import SCORERS
+
+    return tuple(SCORERS)
+
+
 class PipelineConfig(_Strict):
     """The end-to-end pipeline: ingest, embed, classify, evaluate, load into DuckDB."""
 
@@ -307,7 +370,9 @@ class PipelineConfig(_Strict):
     classify: ClassifyConfig = ClassifyConfig()
     fewshot: FewShotConfig = FewShotConfig()
     adapter: AdapterConfig = AdapterConfig()
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = Field(
+        default_factory=lambda: default_methods(), description="zero-shot methods (tasks/classify/zeroshot.py)"
+    )
     templates: tuple[str, ...] | None = Field(
         None, description="class-name templates with {c}; overrides the dataset's"
     )
@@ -318,6 +383,26 @@ class PipelineConfig(_Strict):
         None, description="dask scheduler (tcp://host:8786) or ray address (ray://host:10001); None: a local cluster"
     )
     runner_workers: int | None = Field(None, ge=1, description="threads, or local dask/ray worker processes")
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from coderflow.tasks.classify.zeroshot import check_methods
+
+        check_methods(v)
+        return tuple(dict.fromkeys(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_names(cls, data: Any) -> Any:
+        """Bare split shares ('0.5,0.2,0.3') name the few-shot splits in order (train, val, test by default)."""
+        ds = data.get("dataset") if isinstance(data, dict) else None
+        if isinstance(ds, dict) and isinstance(ds.get("split_ratio"), str):
+            fs = data.get("fewshot") or {}
+            fs = fs.model_dump() if isinstance(fs, BaseModel) else fs
+            names = [fs.get(f"{k}_split") or k for k in SPLIT_NAMES]
+            data = {**data, "dataset": {**ds, "split_ratio": parse_mapping(ds["split_ratio"], names, "--split-ratio")}}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -343,11 +428,32 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def build_config(path: str | Path | None = None, *layers: dict[str, Any], **dotted: Any) -> PipelineConfig:
+    """A PipelineConfig as the CLI builds one: defaults < YAML file < each nested layer < dotted keys
+    (`**{"fewshot.shots": [1, 2]}`; None values are left out); errors name the key and the source."""
+    flags: dict[str, Any] = {}
+    for key, value in dotted.items():
+        if value is None:
+            continue
+        node = flags
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    data = merge_settings(load_yaml(path) if path else {}, *layers, flags)
+    try:
+        return PipelineConfig(**data)
+    except ValidationError as exc:
+        where = f"{path} and the flags" if path and (layers or flags) else str(path) if path else "the flags"
+        raise ValueError(describe_validation_error(exc, where)) from exc
+
+
 def describe_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem, naming the key: 'dataset.kind: Input should be ...'."""
     parts = []
     for err in exc.errors():
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
         parts.append(f"{key}: {msg}")
     return f"invalid configuration in {source}: " + "; ".join(parts)

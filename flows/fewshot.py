@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect import flow, unmapped
 
 from coderflow.config import PipelineConfig
-from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run, text_bank
+from coderflow.flows.pipeline import _root, embed_images, flow_run_id, ingest_dataset, recorded_run, text_bank
 from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
+from coderflow.results import FewShotResult
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.embed.task import describe_model
 from coderflow.tasks.evaluate.task import evaluate_run
@@ -28,7 +28,7 @@ from coderflow.tasks.fewshot.task import (
 @flow(name="few-shot")
 @subflows_share_heartbeat
 @holds_workdir_lock
-def fewshot(config: PipelineConfig) -> dict[str, Any]:
+def fewshot(config: PipelineConfig) -> FewShotResult:
     """Training-free few-shot classification over shots x seeds; alpha/beta chosen on val, figures on test."""
     root = _root(config.workdir)
     fs, model = config.fewshot, config.model
@@ -53,7 +53,7 @@ def fewshot(config: PipelineConfig) -> dict[str, Any]:
         list(config.templates) if config.templates else None,
         config.classify,
     )
-    plan = plan_support_sets(config.dataset.name, fs.train_split, bank["n_classes"], fs, root)
+    plan = plan_support_sets(config.dataset.name, fs.train_split, bank.n_classes, fs, root)
     if fs.augment_views > 0:
         support_split = write_augmented_split(
             config.dataset.name, fs.train_split, plan["pool"], fs.augment_views, fs.augment_seed,
@@ -75,7 +75,7 @@ def fewshot(config: PipelineConfig) -> dict[str, Any]:
         "config": config.model_dump(mode="json"),
         "dataset": config.dataset.name,
         "model_id": mid,
-        "textbank_id": bank["textbank_id"],
+        "textbank_id": bank.textbank_id,
         "extra": {
             "preprocess": described["preprocess"],
             "support_split": support_split,
@@ -87,14 +87,14 @@ def fewshot(config: PipelineConfig) -> dict[str, Any]:
         cells = sorted(plan["sets"])
         futures = fewshot_predict.map(
             unmapped(run_id), cells, [plan["sets"][c] for c in cells], unmapped(config.dataset.name),
-            unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank["textbank_id"]), unmapped(fs),
+            unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank.textbank_id), unmapped(fs),
             unmapped(root),
         )  # fmt: skip
         parts = [f.result() for f in futures]
         collect_predictions(run_id, [p["part"] for p in parts], [p["support_part"] for p in parts], root)
         params = [row for p in parts for row in p["params"]]
-        evaluate_run(run_id, mid, bank["n_classes"], root, params)
+        evaluate_run(run_id, mid, bank.n_classes, root, params)
         plot = plot_accuracy_vs_shots(run_id, root)
         extra |= {"plot": plot, "augmented_images": augmented}
     table = accuracy_table(run_id, root)
-    return {"run_id": run_id, "plot": plot, "cells": len(parts), "table": table}
+    return FewShotResult(run_id, plot, len(parts), table, flow_run_id())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +15,14 @@ from coderflow.config import ClassifyConfig, CoderConfig, DatasetConfig, ModelCo
 from coderflow.flows import uptodate
 from coderflow.flows.naming import run_namer, tag_flow_run
 from coderflow.flows.runners import THREADS, holds_workdir_lock, subflows_share_heartbeat, with_runner
+from coderflow.results import (
+    ClassifyResult,
+    CoderResult,
+    EmbedResult,
+    IngestResult,
+    PipelineResult,
+    TextBankResult,
+)
 from coderflow.storage.layout import Layout
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.classify.task import classify_zero_shot
@@ -47,6 +56,23 @@ def recorded_run(run_id: str, root: str, record: dict[str, Any]) -> Iterator[dic
     refresh_database(root)
 
 
+@contextmanager
+def timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Seconds spent in a block, stored under `name`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = round(time.perf_counter() - start, 2)
+
+
+def flow_run_id() -> str | None:
+    """The id of the flow run this code runs in (for the UI link)."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
 @task(name="record-inputs")
 def record_inputs(run_id: str, config: PipelineConfig) -> str | None:
     """Store the fingerprint of the finished run's inputs in its manifest (an unchanged CLI re-run then skips)."""
@@ -59,9 +85,10 @@ def _root(workdir: str | None) -> str:
 
 @flow(name="ingest-dataset", flow_run_name=run_namer(with_model=False), on_running=[tag_flow_run])
 @holds_workdir_lock
-def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> dict[str, Any]:
+def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> IngestResult:
     """Write a dataset split as WebDataset shards under the work directory."""
-    return ingest_split(dataset, _root(workdir))
+    out = ingest_split(dataset, _root(workdir))
+    return IngestResult(**{k: v for k, v in out.items() if k in IngestResult.__dataclass_fields__})
 
 
 @flow(
@@ -73,7 +100,7 @@ def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> dict[s
 @holds_workdir_lock
 def embed_images(
     dataset: DatasetConfig, model: ModelConfig, workdir: str | None = None, max_failure_rate: float = 0.1
-) -> dict[str, Any]:
+) -> EmbedResult:
     """Embed every shard of a split (one mapped task per shard; finished shards are skipped)."""
     root = _root(workdir)
     shards = list_split_shards(dataset.name, dataset.split, root)
@@ -82,7 +109,7 @@ def embed_images(
         paths, hashes, unmapped(dataset.name), unmapped(dataset.split), unmapped(model), unmapped(root)
     )
     done = results_with_progress(futures, f"{dataset.name}/{dataset.split} shards")
-    result = summarize_shards(done, max_failure_rate)
+    result = EmbedResult(**summarize_shards(done, max_failure_rate))
     refresh_database(root)
     return result
 
@@ -96,14 +123,21 @@ def text_bank(
     workdir: str | None = None,
     templates: list[str] | None = None,
     classify: ClassifyConfig | None = None,
-) -> dict[str, Any]:
+) -> TextBankResult:
     """Generate the dataset's text bank and embed the texts this model has not embedded yet (`classify`: CODER*'s
     rule, which picks the one-vs-one pairs it will consult)."""
     root = _root(workdir)
     bank = build_text_bank(dataset.name, dataset.split, model, texts or TextsConfig(), root, templates, classify)
-    result = {**bank, "embedded": embed_text_bank(bank["textbank_id"], model, root)}
+    embedded = embed_text_bank(bank["textbank_id"], model, root)
     refresh_database(root)
-    return result
+    return TextBankResult(
+        bank["textbank_id"],
+        bank["n_texts"],
+        embedded["new"],
+        bank.get("n_classes"),
+        bank.get("summary") or {},
+        usage=bank.get("usage"),
+    )
 
 
 @flow(name="import-texts", flow_run_name=run_namer(), on_running=[tag_flow_run])
@@ -116,14 +150,14 @@ def import_texts(
     texts: TextsConfig | None = None,
     workdir: str | None = None,
     key: str | None = None,
-) -> dict[str, Any]:
+) -> TextBankResult:
     """A text bank from a published file (DCLIP/WaffleCLIP descriptors, CuPL prompts, CLIP_benchmark templates),
     embedded with the model; use it for a method with classify.banks (e.g. {dclip: <id>})."""
     root = _root(workdir)
     bank = import_text_bank(dataset.name, path, fmt, model, texts or TextsConfig(), root, key)
-    result = {**bank, "embedded": embed_text_bank(bank["textbank_id"], model, root)}
+    embedded = embed_text_bank(bank["textbank_id"], model, root)
     refresh_database(root)
-    return result
+    return TextBankResult(bank["textbank_id"], bank["n_texts"], embedded["new"], report=bank["report"])
 
 
 @flow(
@@ -139,7 +173,7 @@ def build_coder(
     textbank_id: str,
     coder: CoderConfig | None = None,
     workdir: str | None = None,
-) -> dict[str, Any]:
+) -> CoderResult:
     """Materialise CODER vectors for every embedded shard of a split (one mapped task per shard)."""
     root = _root(workdir)
     mid = describe_model(model, root)["model_id"]
@@ -150,11 +184,7 @@ def build_coder(
     )  # fmt: skip
     results = [f.result() for f in futures]
     refresh_database(root)
-    return {
-        "shards": len(results),
-        "shards_skipped": sum(r["skipped"] for r in results),
-        "rows": sum(r["rows"] for r in results),
-    }
+    return CoderResult(len(results), sum(r["skipped"] for r in results), sum(r["rows"] for r in results))
 
 
 @flow(name="classify", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
@@ -168,7 +198,7 @@ def classify(
     run_name: str | None = None,
     params: ClassifyConfig | None = None,
     config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ClassifyResult:
     """Classify with every method over the stored embeddings, evaluate, record the run and refresh DuckDB."""
     root = _root(workdir)
     params = params or ClassifyConfig()
@@ -203,24 +233,32 @@ def classify(
         metrics = evaluate_run(run_id, mid, result["n_classes"], root, counters)
         extra["counts"] = result
     report_run(run_id, dataset.name, root)
-    return {"run_id": run_id, "top1": metrics["top1"], **result}
+    return ClassifyResult(
+        run_id, metrics["top1"], result["n_samples"], result["n_errors"], result["n_classes"], result["methods"]
+    )
 
 
 @flow(name="pipeline", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
 @subflows_share_heartbeat
 @holds_workdir_lock
-def pipeline(config: PipelineConfig) -> dict[str, Any]:
+def pipeline(config: PipelineConfig) -> PipelineResult:
     """End to end: ingest, embed images, text bank, CODER, classify with every method, evaluate, DuckDB."""
     root = _root(config.workdir)
     ds, model = config.dataset, config.model
-    ingest_dataset(ds, root)
-    images = with_runner(embed_images, config)(ds, model, root, config.max_failure_rate)
-    templates = list(config.templates) if config.templates else None
-    texts = text_bank(ds, model, config.texts, root, templates, config.classify)
-    coder = with_runner(build_coder, config)(ds, model, texts["textbank_id"], config.coder, root)
-    run = classify(
-        ds, model, texts["textbank_id"], list(config.methods), workdir=root, run_name=config.run_name,
-        params=config.classify, config=config.model_dump(mode="json"),
-    )  # fmt: skip
-    record_inputs(run["run_id"], config)
-    return {**run, "images": images, "texts": texts, "coder": coder}
+    stages: dict[str, float] = {}
+    with timed(stages, "ingest"):
+        ingest_dataset(ds, root)
+    with timed(stages, "embed"):
+        images = with_runner(embed_images, config)(ds, model, root, config.max_failure_rate)
+    with timed(stages, "texts"):
+        templates = list(config.templates) if config.templates else None
+        texts = text_bank(ds, model, config.texts, root, templates, config.classify)
+    with timed(stages, "coder"):
+        coder = with_runner(build_coder, config)(ds, model, texts.textbank_id, config.coder, root)
+    with timed(stages, "classify"):
+        run = classify(
+            ds, model, texts.textbank_id, list(config.methods), workdir=root, run_name=config.run_name,
+            params=config.classify, config=config.model_dump(mode="json"),
+        )  # fmt: skip
+        record_inputs(run.run_id, config)
+    return PipelineResult(run.run_id, run.top1, images, texts, coder, run, stages, flow_run_id())

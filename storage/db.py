@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import re
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -160,18 +161,32 @@ def _check_explained(sql: str) -> None:
         raise QueryError(f"EXPLAIN of {got} is refused: `coderflow query` is read-only, EXPLAIN a SELECT only")
 
 
-def query(layout: Layout, sql: str) -> pa.Table:
-    """Run read-only SQL over the views; the last statement's result is returned."""
+def query(layout: Layout, sql: str, where: dict[str, Any] | None = None) -> pa.Table:
+    """Run read-only SQL over the views; the last statement's result is returned, its rows filtered by `where`
+    (column -> value, bound as parameters: a value is never pasted into SQL)."""
     statements = check_read_only(sql)
     con = connect_read_only(layout)
     try:
         for st in statements[:-1]:
             con.execute(st)
-        return con.sql(statements[-1]).to_arrow_table()
+        if not where:
+            return con.sql(statements[-1]).to_arrow_table()
+        cond = " AND ".join(f'q."{c}" = ?' for c in where)
+        last = statements[-1].rstrip().rstrip(";")
+        return con.sql(f"SELECT * FROM ({last}) AS q WHERE {cond}", params=list(where.values())).to_arrow_table()
     except duckdb.Error as exc:
         raise QueryError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from exc
     finally:
         con.close()
+
+
+def canned_queries() -> dict[str, str]:
+    """The bundled questions: name -> the first comment line of its SQL file."""
+    out = {}
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        first = path.read_text().split("\n", 1)[0]
+        out[path.stem] = first.removeprefix("--").strip()
+    return out
 
 
 def sql_file(name: str) -> str:

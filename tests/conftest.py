@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import webdataset as wds
 from PIL import Image
 
 import coderflow  # noqa: F401  (sets the offline Prefect settings before prefect is imported)
+
+os.environ.setdefault("COLUMNS", "200")  # the CLI's tables and messages unwrapped in captured output
 
 
 @pytest.fixture(scope="session")

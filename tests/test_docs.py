@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coderflow.flows.cli import build_config
+from coderflow.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_runner import run_cli
 
-from coderflow.flows.cli import app
 from coderflow.storage.db import SQL_DIR, query
 from coderflow.storage.db import sql_file as db_sql
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table
 
 pytestmark = pytest.mark.flow
-runner = CliRunner()
 
 
 def test_demo_pipeline_outputs(demo_run):
@@ -53,7 +51,7 @@ def test_demo_pipeline_outputs(demo_run):
     assert manifest["config"]["dataset"]["kind"] == "demo" and manifest["textbank_id"]
     assert manifest["preprocess"]["size"] == [224, 224]
     for sql in sorted(SQL_DIR.glob("*.sql")):
-        result = runner.invoke(app, ["query", "--canned", sql.stem, "--workdir", str(layout.root), "--format", "json"])
+        result = run_cli(["query", "--canned", sql.stem, "--workdir", str(layout.root), "--format", "json"])
         assert result.exit_code == 0, result.output
     # CODER*: how many samples were re-ranked and changed is stored next to its accuracy
     counts = q("SELECT metric, value FROM metrics WHERE method = 'coder_rerank' AND metric LIKE 'n_%' ORDER BY 1")
@@ -109,7 +107,7 @@ def test_run_on_image_folder_records_bad_images(prefect_server, image_folder: Pa
         f"dataset:\n  name: colors\n  source: {image_folder}\n  samples_per_shard: 5\n"
         "model:\n  batch_size: 8\nmax_failure_rate: 0.5\nmethods: [clip]\ntexts:\n  types: [name, att]\n"
     )
-    result = runner.invoke(app, ["run", str(config), "--workdir", str(tmp_path / "w")])
+    result = run_cli(["run", "-c", str(config), "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 0, result.output
     assert "RANDOM weights" in result.output
     layout = Layout.at(tmp_path / "w")
@@ -120,12 +118,12 @@ def test_run_on_image_folder_records_bad_images(prefect_server, image_folder: Pa
 
 def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_dir: Path, tmp_path: Path):
     workdir = tmp_path / "w"
-    args = ["--workdir", str(workdir), "--dataset", "cb", "--source", str(clip_benchmark_dir), "--kind", "wds"]
-    assert runner.invoke(app, ["ingest", *args]).exit_code == 0
-    for stage in (["embed"], ["texts", "--types", "name"], ["coder", "--format", "sparse", "--top-k", "3"]):
-        out = runner.invoke(app, [*stage, "--workdir", str(workdir), "--dataset", "cb"])
+    args = ["--workdir", str(workdir), "--dataset.name", "cb", "--source", str(clip_benchmark_dir), "--kind", "wds"]
+    assert run_cli(["ingest", *args]).exit_code == 0
+    for stage in (["embed"], ["texts", "--texts.types", "name"], ["coder", "--format", "sparse", "--top-k", "3"]):
+        out = run_cli([*stage, "--workdir", str(workdir), "--dataset.name", "cb"])
         assert out.exit_code == 0, out.output
-    out = runner.invoke(app, ["classify", "--workdir", str(workdir), "--dataset", "cb", "--methods", "clip,coder"])
+    out = run_cli(["classify", "--workdir", str(workdir), "--dataset.name", "cb", "--methods", "clip,coder"])
     assert out.exit_code == 0, out.output
     sparse = query(Layout.at(workdir), "SELECT len(indices) AS k, vector IS NULL AS dense_null FROM coder").to_pylist()
     assert sparse == [{"k": 3, "dense_null": True}] * 6
@@ -140,27 +138,27 @@ def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_di
     ("args", "message"),
     [
         (["run", "--source", "/no/such/folder", "--kind", "folder"], "does not exist"),
-        (["run", "--model", "ViT-Nope"], "unknown open_clip model"),
+        (["run", "--model.name", "ViT-Nope"], "unknown open_clip model"),
         (["run", "--methods", "clip,nope"], "unknown zero-shot method"),
         (["query", "DROP VIEW metrics"], "DROP statements are refused"),
         (["query", "SELECT * FROM nowhere"], "nowhere"),
         (["query", "--file", "/no/such.sql"], "not found"),
         (["ingest", "--source", "/no/such/folder", "--kind", "folder"], "does not exist"),
-        (["classify", "--dataset", "never-ingested"], "no text bank"),
-        (["texts", "--dataset", "never-ingested"], "not ingested"),
+        (["classify", "--dataset.name", "never-ingested"], "no text bank"),
+        (["texts", "--dataset.name", "never-ingested"], "not ingested"),
     ],
 )
 def test_cli_errors_are_one_line(prefect_server, tmp_path: Path, args, message):
     if args[0] == "query":
         (tmp_path / "w" / "runs").mkdir(parents=True)  # a work directory with no results yet
-    result = runner.invoke(app, [*args, "--workdir", str(tmp_path / "w")])
+    result = run_cli([*args, "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
 
 
 def test_query_refuses_a_folder_that_is_not_a_work_directory(tmp_path: Path):
-    result = runner.invoke(app, ["query", "SELECT 1", "--workdir", str(tmp_path / "nothing")])
+    result = run_cli(["query", "SELECT 1", "--workdir", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "is not a coderflow work directory" in result.output
     assert not (tmp_path / "nothing").exists()
 
@@ -168,7 +166,7 @@ def test_query_refuses_a_folder_that_is_not_a_work_directory(tmp_path: Path):
 def test_config_errors_name_the_key(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset:\n  nmae: x\nmodel:\n  batch_size: many\n")
-    result = runner.invoke(app, ["run", str(bad)])
+    result = run_cli(["run", "-c", str(bad)])
     assert result.exit_code == 2
     assert "dataset.nmae: unknown key" in result.output and "model.batch_size" in result.output
 

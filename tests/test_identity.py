@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from cli_runner import run_cli
 from conftest import png_bytes
-from typer.testing import CliRunner
 
 from coderflow.config import DatasetConfig, PipelineConfig, default_dataset_name
-from coderflow.flows.cli import app
 from coderflow.storage.db import query
 from coderflow.storage.layout import Layout, part_hash
 from coderflow.storage.shards import INGEST_MARKER, split_overlaps, split_shards, validate_classnames
@@ -26,7 +25,6 @@ from coderflow.tasks.ingest.sources import (
     source_listing,
 )
 
-runner = CliRunner()
 CLASSES = ("red_apple", "green_leaf", "blue_sky")
 
 
@@ -132,8 +130,8 @@ def test_changed_source_is_reingested_and_old_embeddings_never_match(prefect_ser
     photos = make_folder(tmp_path / "photos")
     workdir = tmp_path / "w"
     cfg = tiny_config(tmp_path / "run.yaml")
-    args = ["run", str(cfg), "--source", str(photos), "--workdir", str(workdir)]
-    first = runner.invoke(app, args)
+    args = ["run", "-c", str(cfg), "--source", str(photos), "--workdir", str(workdir)]
+    first = run_cli(args)
     assert first.exit_code == 0, first.output
     layout = Layout.at(workdir)
     assert layout.shard_dir("photos", "test").is_dir()  # the dataset is named after its folder, not 'demo'
@@ -142,7 +140,7 @@ def test_changed_source_is_reingested_and_old_embeddings_never_match(prefect_ser
     assert old_parts and all(part_hash(p) for p in old_parts)
 
     make_folder(photos, per_class=2, start=4)  # 6 more images
-    second = runner.invoke(app, args)
+    second = run_cli(args)
     assert second.exit_code == 0, second.output
     assert "inputs changed" in second.output and "source" in second.output
     run_id = newest_run(workdir)
@@ -155,10 +153,10 @@ def test_changed_source_is_reingested_and_old_embeddings_never_match(prefect_ser
     assert marker["split_id"] and len(marker["shards"]) == len(shards)
 
     # unchanged: up to date; --reingest forces a new ingest (same content: same hashes, embeddings reused)
-    third = runner.invoke(app, args)
+    third = run_cli(args)
     assert third.exit_code == 0 and "up to date" in third.output, third.output
     mtime = (layout.shard_dir("photos", "test") / INGEST_MARKER).stat().st_mtime_ns
-    fourth = runner.invoke(app, [*args, "--reingest"])
+    fourth = run_cli([*args, "--reingest"])
     assert fourth.exit_code == 0, fourth.output
     assert (layout.shard_dir("photos", "test") / INGEST_MARKER).stat().st_mtime_ns != mtime
     assert sorted(layout.image_embedding_dir("ViT-S-32-alt__random", "photos", "test").glob("*.parquet")) == parts
@@ -168,9 +166,9 @@ def test_changed_source_is_reingested_and_old_embeddings_never_match(prefect_ser
 def test_another_source_under_a_dataset_name_is_refused_then_replaced(prefect_server, tmp_path: Path):
     a, b = make_folder(tmp_path / "a"), make_folder(tmp_path / "b", per_class=2, classes=("cat", "dog"))
     workdir = tmp_path / "w"
-    base = ["ingest", "--workdir", str(workdir), "--dataset", "pets"]
-    assert runner.invoke(app, [*base, "--source", str(a)]).exit_code == 0
-    refused = runner.invoke(app, [*base, "--source", str(b)])
+    base = ["ingest", "--workdir", str(workdir), "--dataset.name", "pets"]
+    assert run_cli([*base, "--source", str(a)]).exit_code == 0
+    refused = run_cli([*base, "--source", str(b)])
     assert refused.exit_code == 2
     line = refused.output.strip()
     assert "\n" not in line.replace("\n ", " ") or len(line.splitlines()) <= 3  # one message, no traceback
@@ -178,30 +176,30 @@ def test_another_source_under_a_dataset_name_is_refused_then_replaced(prefect_se
     layout = Layout.at(workdir)
     assert layout.classnames_file("pets").read_text().splitlines() == ["blue sky", "green leaf", "red apple"]
 
-    replaced = runner.invoke(app, [*base, "--source", str(b), "--replace-dataset"])
+    replaced = run_cli([*base, "--source", str(b), "--replace-dataset"])
     assert replaced.exit_code == 0, replaced.output
     assert layout.classnames_file("pets").read_text().splitlines() == ["cat", "dog"]
     assert sum(s.samples for s in split_shards(layout, "pets", "test")) == 4
 
     # names that sanitise to the same folder are different datasets: refused
-    collide = runner.invoke(app, ["ingest", "--workdir", str(workdir), "--dataset", "pets!", "--source", str(b)])
+    collide = run_cli(["ingest", "--workdir", str(workdir), "--dataset.name", "pets!", "--source", str(b)])
     assert collide.exit_code == 2 and "same folder as dataset 'pets'" in collide.output
 
 
 @pytest.mark.flow
 def test_class_files_are_rewritten_only_on_change_and_checked_against_the_shards(prefect_server, tmp_path: Path):
     workdir = tmp_path / "w"
-    base = ["ingest", "--workdir", str(workdir), "--kind", "demo", "--dataset", "demo"]
-    assert runner.invoke(app, [*base, "--split", "test"]).exit_code == 0
+    base = ["ingest", "--workdir", str(workdir), "--kind", "demo", "--dataset.name", "demo"]
+    assert run_cli([*base, "--split", "test"]).exit_code == 0
     layout = Layout.at(workdir)
     names = layout.classnames_file("demo")
     stamp = names.stat().st_mtime_ns
-    assert runner.invoke(app, [*base, "--split", "val"]).exit_code == 0  # another split, same classes
+    assert run_cli([*base, "--split", "val"]).exit_code == 0  # another split, same classes
     assert names.stat().st_mtime_ns == stamp
 
     # a class list that no longer matches the shards (e.g. a killed ingest of another source) forces a re-ingest
     names.write_text("a\nb\n")
-    out = runner.invoke(app, [*base, "--split", "test"])
+    out = run_cli([*base, "--split", "test"])
     assert out.exit_code == 0 and "up to date" not in out.output, out.output
     assert names.read_text().splitlines()[0] == "circle"
 
@@ -211,12 +209,7 @@ def test_a_shard_changed_after_ingest_is_refused_by_embedding(prefect_server, tm
     from coderflow.flows.pipeline import embed_images
 
     workdir = tmp_path / "w"
-    assert (
-        runner.invoke(
-            app, ["ingest", "--workdir", str(workdir), "--source", str(make_folder(tmp_path / "p"))]
-        ).exit_code
-        == 0
-    )
+    assert run_cli(["ingest", "--workdir", str(workdir), "--source", str(make_folder(tmp_path / "p"))]).exit_code == 0
     layout = Layout.at(workdir)
     shard = Path(split_shards(layout, "p", "test")[0].path)
     data = bytearray(shard.read_bytes())
@@ -230,7 +223,7 @@ def test_a_shard_changed_after_ingest_is_refused_by_embedding(prefect_server, tm
 def test_fewshot_on_one_folder_without_split_is_refused_before_work(tmp_path: Path):
     photos = make_folder(tmp_path / "photos")
     workdir = tmp_path / "w"
-    out = runner.invoke(app, ["fewshot", "--workdir", str(workdir), "--source", str(photos), "--kind", "folder"])
+    out = run_cli(["fewshot", "--workdir", str(workdir), "--source", str(photos), "--kind", "folder"])
     assert out.exit_code == 2
     assert "has no {split} part" in out.output and "--split-ratio" in out.output
     assert not workdir.exists() or not list(workdir.rglob("*.tar"))
@@ -258,8 +251,7 @@ def test_fewshot_refuses_splits_that_share_images_and_accepts_a_split_ratio(pref
     ratio = {"train": 0.5, "val": 0.2, "test": 0.3}
     for split in ratio:
         ds = DatasetConfig(kind="folder", source=str(one), split=split, split_ratio=ratio)
-        out = runner.invoke(
-            app,
+        out = run_cli(
             [
                 "ingest",
                 "--workdir",
@@ -319,14 +311,14 @@ def test_a_copied_or_moved_work_directory_answers_queries(demo_run, tmp_path: Pa
     want = query(Layout.at(demo_run["workdir"]), sql).to_pylist()
     moved = tmp_path / "moved"
     shutil.move(copy, moved)
-    out = runner.invoke(app, ["query", sql, "--workdir", str(moved), "--format", "json"])
+    out = run_cli(["query", sql, "--workdir", str(moved), "--format", "json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output) == want
     # it reads the moved folder's files, not the original's
     preds = next((moved / "runs").glob("*/predictions.parquet"))
     dropped = pq.read_metadata(preds).num_rows - 10
     pq.write_table(pq.read_table(preds).slice(0, 10), preds)
-    out = runner.invoke(app, ["query", sql, "--workdir", str(moved), "--format", "json"])
+    out = run_cli(["query", sql, "--workdir", str(moved), "--format", "json"])
     assert json.loads(out.output)[0]["n"] == want[0]["n"] - dropped
     assert query(Layout.at(demo_run["workdir"]), sql).to_pylist() == want
 

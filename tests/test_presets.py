@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from cli_runner import run_cli
 
-from coderflow.config import FewShotConfig, PipelineConfig
-from coderflow.flows.cli import app, build_config
+from coderflow.config import FewShotConfig, PipelineConfig, build_config
 from coderflow.presets import load_preset, preset_names
 
 PAPER_DATASETS = {
@@ -57,7 +56,7 @@ def test_unknown_preset_is_refused_with_the_list():
     with pytest.raises(ValueError) as err:
         build_config(None, preset="petz")
     assert "unknown preset 'petz'" in str(err.value) and "pets" in str(err.value)
-    out = CliRunner().invoke(app, ["run", "--preset", "petz"])
+    out = run_cli(["run", "--preset", "petz"])
     assert out.exit_code == 2 and "unknown preset 'petz'" in out.output
 
 

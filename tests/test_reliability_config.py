@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from coderflow.flows.cli import app
-
-runner = CliRunner()
+from cli_runner import run_cli
 
 
 def _files(workdir: Path) -> list[Path]:
@@ -17,7 +13,7 @@ def _files(workdir: Path) -> list[Path]:
 
 
 def _refused(args: list[str], workdir: Path, *needles: str) -> str:
-    result = runner.invoke(app, [*args, "--workdir", str(workdir)])
+    result = run_cli([*args, "--workdir", str(workdir)])
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]  # Prefect's own task-failure log may precede it
     assert last.startswith("error: "), result.output
@@ -44,14 +40,14 @@ def _refused(args: list[str], workdir: Path, *needles: str) -> str:
 def test_bad_config_file_is_refused_before_work(tmp_path: Path, command: str, yaml: str, needles: list[str]):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml)
-    args = [command, str(config)] if command == "run" else [command, "--config", str(config)]
+    args = [command, "--config", str(config)]
     _refused(args, tmp_path / "w", *needles)
 
 
 @pytest.mark.parametrize(
     ("flags", "needles"),
     [
-        (["--batch-size", "0"], ["model.batch_size"]),
+        (["--model.batch-size", "0"], ["model.batch_size"]),
         (["--kind", "nope"], ["dataset.kind"]),
         (["--split", " "], ["dataset.split"]),
     ],
@@ -61,7 +57,7 @@ def test_bad_flags_are_refused_before_work(tmp_path: Path, flags: list[str], nee
 
 
 def test_missing_config_file(tmp_path: Path):
-    _refused(["run", str(tmp_path / "nope.yaml")], tmp_path / "w", "nope.yaml", "not found")
+    _refused(["run", "-c", str(tmp_path / "nope.yaml")], tmp_path / "w", "nope.yaml", "not found")
 
 
 @pytest.mark.flow

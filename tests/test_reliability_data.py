@@ -24,16 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from cli_runner import run_cli
 from PIL import Image
-from typer.testing import CliRunner
 
-from coderflow.flows.cli import app
 from coderflow.storage.db import query
 from coderflow.storage.layout import Layout
 from coderflow.storage.shards import SHARD_ERROR, ingest_info, iter_samples, list_shards, write_split
 from coderflow.tasks.ingest.sources import check_samples, folder_source, wds_source
-
-runner = CliRunner()
 
 
 # images and shards ----------------------------------------------------------------------------------------
@@ -221,8 +218,8 @@ def test_bad_class_list_stops_ingest_before_any_shard(prefect_server, tmp_path: 
     root = bad_source(tmp_path / "cb")
     (root / "classnames.txt").write_text("cat\n\ndog\n")
     workdir = tmp_path / "w"
-    args = ["ingest", "--workdir", str(workdir), "--dataset", "bad", "--source", str(root), "--kind", "wds"]
-    result = runner.invoke(app, args)
+    args = ["ingest", "--workdir", str(workdir), "--dataset.name", "bad", "--source", str(root), "--kind", "wds"]
+    result = run_cli(args)
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]  # Prefect's own task-failure log may precede it
     assert last.startswith("error: ") and "classnames.txt: class 1 has an empty name (line 2)" in last
@@ -238,16 +235,16 @@ def test_bad_inputs_end_to_end_are_rows_with_status(prefect_server, tmp_path: Pa
     config = tmp_path / "run.yaml"
     config.write_text("dataset:\n  name: bad\n  samples_per_shard: 4\nmax_failure_rate: 0.9\n")
     base = ["--config", str(config), "--workdir", str(workdir)]
-    out = runner.invoke(app, ["ingest", *base, "--source", str(root), "--kind", "wds"])
+    out = run_cli(["ingest", *base, "--source", str(root), "--kind", "wds"])
     assert out.exit_code == 0, out.output
     marker = ingest_info(Layout.at(workdir).shard_dir("bad", "test"))
     problems = marker["problems"]
     assert problems["duplicate_keys"] == 1 and problems["bad_labels"] == 2
     assert len(problems["shard_errors"]) == 3
-    for stage in (["embed", *base], ["texts", *base, "--types", "name"]):
-        out = runner.invoke(app, stage)
+    for stage in (["embed", *base], ["texts", *base, "--texts.types", "name"]):
+        out = run_cli(stage)
         assert out.exit_code == 0, out.output
-    out = runner.invoke(app, ["classify", *base, "--methods", "clip"])
+    out = run_cli(["classify", *base, "--methods", "clip"])
     assert out.exit_code == 0, out.output
 
     layout = Layout.at(workdir)

@@ -21,10 +21,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
+from cli_runner import run_cli
 from fake_openai import API_KEY, FakeOpenAI, structured
-from typer.testing import CliRunner
 
-from coderflow.flows.cli import app
 from coderflow.storage import db, parquet_io
 from coderflow.storage.arrays import load_images
 from coderflow.storage.layout import Layout
@@ -32,7 +31,6 @@ from coderflow.storage.parquet_io import read_table, write_stream, write_table, 
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, METRICS
 from coderflow.storage.shards import list_shards, write_split
 
-runner = CliRunner()
 CLI = str(Path(sys.executable).with_name("coderflow"))
 MODEL_ID = "ViT-S-32-alt__random"
 
@@ -192,7 +190,7 @@ def test_embedding_killed_mid_run_then_resumed(prefect_server, tmp_path: Path):
     shards = list_shards(Layout.at(workdir).shard_dir("demo", "test"))
     out_dir = Layout.at(workdir).image_embedding_dir(MODEL_ID, "demo", "test")
     log = tmp_path / "embed.log"
-    proc = _start(["embed", "--workdir", str(workdir), "--batch-size", "4"], log, _env())
+    proc = _start(["embed", "--workdir", str(workdir), "--model.batch-size", "4"], log, _env())
     _kill_when(proc, lambda: any(out_dir.glob("*.parquet")), log)
     assert proc.returncode == -signal.SIGKILL
 
@@ -203,7 +201,7 @@ def test_embedding_killed_mid_run_then_resumed(prefect_server, tmp_path: Path):
     (out_dir / f".{shards[-1].stem}.parquet.k1ll3d.tmp").write_bytes(b"PAR1 half written")  # as a kill mid-write
     mtimes = {p: p.stat().st_mtime_ns for p in done}
 
-    result = runner.invoke(app, ["embed", "--workdir", str(workdir), "--batch-size", "4"])
+    result = run_cli(["embed", "--workdir", str(workdir), "--model.batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # finished shards were not redone
     assert len(list(out_dir.glob("*.parquet"))) == len(shards)
@@ -223,8 +221,8 @@ def test_text_generation_killed_mid_run_keeps_paid_replies(prefect_server, tmp_p
     cache = Layout.at(workdir).llm_cache_dir
     with FakeOpenAI() as server:
         server.responder = lambda req: dataclasses.replace(structured(req), delay=1.0)
-        args = ["texts", "--workdir", str(workdir), "--generator", "llm", "--types", "name,att"]
-        args += ["--llm-model", "fake-model", "--llm-base-url", server.base_url]
+        args = ["texts", "--workdir", str(workdir), "--generator", "llm", "--texts.types", "name,att"]
+        args += ["--texts.llm.model", "fake-model", "--texts.llm.base-url", server.base_url]
         env = _env(OPENAI_API_KEY=API_KEY, OPENAI_LOG="debug")
         log = tmp_path / "texts.log"
         proc = _start(args, log, env)
@@ -234,7 +232,7 @@ def test_text_generation_killed_mid_run_keeps_paid_replies(prefect_server, tmp_p
         assert 2 <= len(paid) < 10 and sent_before >= len(paid)
 
         server.responder = structured
-        result = runner.invoke(app, [*args], env={"OPENAI_API_KEY": API_KEY})
+        result = run_cli([*args], env={"OPENAI_API_KEY": API_KEY})
         assert result.exit_code == 0, result.output
         assert len(server.requests) - sent_before == 10 - len(paid)  # cached replies were not asked again
         assert {p: p.stat().st_mtime_ns for p in paid} == paid

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from typer.testing import CliRunner
+from cli_runner import run_cli
 
-from coderflow.flows.cli import app
 from coderflow.storage import db
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import write_table
 from coderflow.storage.schemas import METRICS
 
-runner = CliRunner()
 DISABLED = "disabled by configuration"
 
 
@@ -122,7 +120,7 @@ def test_cli_refusals_are_one_line(layout: Layout):
         ("SELECT * FROM read_text('/etc/hostname')", DISABLED),
         (f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{layout.root}/x.csv'", "EXPLAIN of COPY is refused"),
     ]:
-        result = runner.invoke(app, ["query", sql, "--workdir", str(layout.root)])
+        result = run_cli(["query", sql, "--workdir", str(layout.root)])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from conftest import png_bytes
-from typer.testing import CliRunner
 
-from coderflow.flows.cli import app
 from coderflow.storage.db import query
 from coderflow.storage.layout import Layout
 from coderflow.tasks.classify.methods import descriptor_sentence
@@ -23,7 +22,6 @@ from coderflow.tasks.texts.imports import (
 
 DESCRIPTORS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "descriptors"
 needs_fixtures = pytest.mark.skipif(not DESCRIPTORS.is_dir(), reason="../shared/fixtures/descriptors not present")
-runner = CliRunner()
 
 
 def test_descriptor_sentences_as_dclip_writes_them():
@@ -92,10 +90,9 @@ def test_import_then_score_dclip_on_the_imported_bank(prefect_server, tmp_path):
     work = ["--workdir", str(tmp_path / "w")]
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({"texts": {"types": ["name"]}, "methods": ["clip", "dclip"]}))
-    assert runner.invoke(app, ["run", str(config), "--source", str(root), *work]).exit_code == 0
-    out = runner.invoke(
-        app, ["texts", "import", str(DESCRIPTORS / "descriptors_flowers102.json"), "--format", "dclip",
-              "--dataset", "flowers", *work],
+    assert run_cli(["run", "-c", str(config), "--source", str(root), *work]).exit_code == 0
+    out = run_cli(["texts", "import", str(DESCRIPTORS / "descriptors_flowers102.json"), "--format", "dclip",
+              "--dataset.name", "flowers", *work],
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     assert "unmatched classes (1): ['made up flower']" in out.output and "unmatched keys (99)" in out.output
@@ -106,14 +103,14 @@ def test_import_then_score_dclip_on_the_imported_bank(prefect_server, tmp_path):
     assert len(rows) == sum(len(data[c]) for c in classes)
     assert {"class_name": "pink primrose", "text": "pink primrose, which has five petals in a star shape"} in rows
 
-    scored = runner.invoke(app, ["classify", "--dataset", "flowers", "--bank", f"dclip={bank}", *work])
+    scored = run_cli(["classify", "--dataset.name", "flowers", "--classify.banks", f"dclip={bank}", *work])
     assert scored.exit_code == 0, scored.output
     runs = query(layout, "SELECT config, textbank_id FROM runs ORDER BY started_at").to_pylist()
     config_of_last = json.loads(runs[-1]["config"])
     assert config_of_last["classify"]["banks"] == {"dclip": bank} and runs[-1]["textbank_id"] != bank
-    refused = runner.invoke(app, ["classify", "--dataset", "flowers", "--bank", "dclip", *work])
+    refused = run_cli(["classify", "--dataset.name", "flowers", "--classify.banks", "dclip", *work])
     assert refused.exit_code == 2 and "METHOD=BANK_ID" in refused.output
 
     exported = tmp_path / "out.json"
-    assert runner.invoke(app, ["texts", "export", bank, "--format", "dclip", "-o", str(exported), *work]).exit_code == 0
+    assert run_cli(["texts", "export", bank, "--format", "dclip", "-o", str(exported), *work]).exit_code == 0
     assert json.loads(exported.read_text()) == {c: data[c] for c in classes}

@@ -308,15 +308,13 @@ def test_concurrency_follows_the_servers_slots(server, tmp_path):
 
 @pytest.mark.parametrize("command", ["run", "texts", "fewshot"])
 def test_llm_flags_reach_the_config_of_every_command_that_writes_texts(command, tmp_path):
-    from typer.testing import CliRunner
+    from cli_runner import run_cli
 
-    from coderflow.flows.cli import app
-
-    out = CliRunner().invoke(app, [command, "--llm-max-tokens", "3", "--workdir", str(tmp_path)])
+    out = run_cli([command, "--texts.llm.max-tokens", "3", "--workdir", str(tmp_path)])
     assert out.exit_code == 2 and "texts.llm.max_tokens" in out.output
-    out = CliRunner().invoke(app, [command, "--llm-timeout", "0", "--workdir", str(tmp_path)])
+    out = run_cli([command, "--texts.llm.timeout", "0", "--workdir", str(tmp_path)])
     assert out.exit_code == 2 and "texts.llm.timeout" in out.output
-    out = CliRunner().invoke(app, [command, "--llm-concurrency", "0", "--workdir", str(tmp_path)])
+    out = run_cli([command, "--texts.llm.max-concurrency", "0", "--workdir", str(tmp_path)])
     assert out.exit_code == 2 and "texts.llm.max_concurrency" in out.output
 
 

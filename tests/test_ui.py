@@ -134,7 +134,7 @@ def ui_demo_run(prefect_cli_server, tmp_path_factory) -> dict[str, Any]:
     config = tiny_demo_config(tmp / "work")
     workdir = config.pop("workdir")
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "coderflow.flows.cli", "run", str(tmp / "tiny.yaml"), "--workdir", workdir]
+    cmd = [sys.executable, "-m", "coderflow.cli", "run", "-c", str(tmp / "tiny.yaml"), "--workdir", workdir]
     done = subprocess.run(cmd, env=prefect_cli_server.env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, f"coderflow run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     with temporary_settings({PREFECT_API_URL: prefect_cli_server.api_url}), get_client(sync_client=True) as client:
@@ -192,7 +192,7 @@ def test_ui_shows_the_few_shot_plot(prefect_cli_server, tmp_path: Path, browser:
     config["dataset"]["demo_images_per_class"] = 3
     config["fewshot"] = {"shots": [1, 2], "seeds": [1], "augment_views": 1, "search": "fixed"}
     (tmp_path / "fewshot.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "coderflow.flows.cli", "fewshot", "-c", str(tmp_path / "fewshot.yaml")]
+    cmd = [sys.executable, "-m", "coderflow.cli", "fewshot", "-c", str(tmp_path / "fewshot.yaml")]
     done = subprocess.run(
         [*cmd, "--workdir", workdir], env=prefect_cli_server.env, capture_output=True, text=True, timeout=600
     )

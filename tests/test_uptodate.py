@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from cli_runner import run_cli
 
 from coderflow.config import PipelineConfig
-from coderflow.flows.cli import app
 from coderflow.flows.uptodate import INPUTS_KEY, MANIFEST, check_inputs, inputs_fingerprint
 from coderflow.storage.layout import Layout
 
 pytestmark = pytest.mark.flow
-runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip", "torchvision", "webdataset", "prefect", "openai")
 
@@ -69,7 +67,7 @@ def test_unchanged_rerun_is_up_to_date_then_changes_and_force_run_again(work):
     newest = _newest(before)
     args = ["--workdir", str(workdir)]
 
-    out = runner.invoke(app, ["run", str(work["yaml"]), *args])
+    out = run_cli(["run", "-c", str(work["yaml"]), *args])
     assert out.exit_code == 0, out.output
     assert f"up to date: run {newest} (" in out.output and "--force to run again" in out.output
     assert "waffle" in out.output and "top1" in out.output  # the stored metrics table of that run
@@ -86,19 +84,19 @@ def test_unchanged_rerun_is_up_to_date_then_changes_and_force_run_again(work):
 
     # a different classify value runs the pipeline (everything cached but classify) and records the new inputs
     changed = _write_config(cfg, work["yaml"].with_name("changed.yaml"), classify={"rerank_k": 3})
-    out = runner.invoke(app, ["run", str(changed), *args])
+    out = run_cli(["run", "-c", str(changed), *args])
     assert out.exit_code == 0, out.output
     assert "up to date" not in out.output and f"inputs changed since run {newest} (config)" in out.output
     after = _completed_runs(workdir)
     (new,) = after.keys() - before.keys()
     assert after[new]["config"]["classify"]["rerank_k"] == 3 and INPUTS_KEY in after[new]
 
-    out = runner.invoke(app, ["run", str(changed), *args])
+    out = run_cli(["run", "-c", str(changed), *args])
     assert out.exit_code == 0, out.output
     assert f"up to date: run {new} (" in out.output
     assert _completed_runs(workdir).keys() == after.keys()
 
-    out = runner.invoke(app, ["run", str(changed), *args, "--force"])
+    out = run_cli(["run", "-c", str(changed), *args, "--force"])
     assert out.exit_code == 0, out.output
     assert "up to date" not in out.output
     forced = _completed_runs(workdir)
@@ -123,7 +121,6 @@ def test_another_model_or_missing_results_are_not_up_to_date(work):
 
 IMPORT_CHECK = """
 import sys
-from coderflow.flows.cli import app
 try:
     app(sys.argv[1:], standalone_mode=False)
 finally:
@@ -133,7 +130,7 @@ finally:
 
 @pytest.mark.parametrize("command", ["help", "up-to-date"])
 def test_help_and_up_to_date_rerun_import_no_torch_nor_prefect(work, command):
-    args = ["--help"] if command == "help" else ["run", str(work["yaml"]), "--workdir", str(work["workdir"])]
+    args = ["--help"] if command == "help" else ["run", "-c", str(work["yaml"]), "--workdir", str(work["workdir"])]
     done = subprocess.run(
         [sys.executable, "-c", IMPORT_CHECK.format(heavy=HEAVY), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
@@ -152,8 +149,8 @@ def test_ingesting_other_splits_keeps_the_run_up_to_date(work):
     cfg = work["config"]
     names = Layout.at(work["workdir"]).classnames_file(cfg.dataset.name)
     stamp = names.stat().st_mtime_ns
-    out = runner.invoke(
-        app, ["ingest", "--workdir", str(work["workdir"]), "--kind", "demo", "--dataset", "demo", "--split", "val"]
+    out = run_cli(
+        ["ingest", "--workdir", str(work["workdir"]), "--kind", "demo", "--dataset.name", "demo", "--split", "val"]
     )
     assert out.exit_code == 0, out.output
     assert names.stat().st_mtime_ns == stamp

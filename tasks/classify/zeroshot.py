@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from coderflow.config import ZERO_SHOT_METHODS, ClassifyConfig
 from coderflow.storage.arrays import TextSet
 from coderflow.tasks.classify import methods as m
+
+if TYPE_CHECKING:
+    from coderflow.config import ClassifyConfig
 
 
 @dataclass
@@ -27,10 +29,90 @@ class MethodResult:
     seed: int | None = None
 
 
+@dataclass
+class Inputs:
+    """What every scorer reads: image embeddings, the run's bank (or a method's own), and the CODER cosines once."""
+
+    x: np.ndarray
+    bank: TextSet
+    params: ClassifyConfig
+    waffles: Sequence[TextSet] = ()
+    method_banks: dict[str, TextSet] = field(default_factory=dict)
+    _coder: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def bank_of(self, method: str) -> TextSet:
+        return self.method_banks.get(method, self.bank)
+
+    def coder(self, b: TextSet) -> tuple[np.ndarray, np.ndarray]:
+        """(image-text cosines, CODER class scores) of a bank, computed once per bank."""
+        if id(b) not in self._coder:
+            cosines = self.x @ b.t.T
+            self._coder[id(b)] = (cosines, m.coder_scores(cosines, b.class_index, b.text_type, b.n_classes))
+        return self._coder[id(b)]
+
+
+def _clip(name: str, i: Inputs) -> list[MethodResult]:
+    b = i.bank_of(name)
+    return [MethodResult(name, m.clip_logits(i.x, b.t, b.class_index, b.text_type, b.n_classes), logits=True)]
+
+
+def _dclip(name: str, i: Inputs) -> list[MethodResult]:
+    b = i.bank_of(name)
+    return [MethodResult(name, m.dclip_scores(i.x, b.t, b.class_index, b.text_type, b.n_classes), logits=False)]
+
+
+def _cupl(name: str, i: Inputs) -> list[MethodResult]:
+    b = i.bank_of(name)
+    return [MethodResult(name, m.cupl_scores(i.x, b.t, b.class_index, b.text_type, b.n_classes), logits=False)]
+
+
+def _waffle(name: str, i: Inputs) -> list[MethodResult]:
+    if not i.waffles:
+        raise ValueError("method 'waffle' needs the waffle text bank: build it with the embed-texts stage")
+    out = []
+    for rep, w in enumerate(i.waffles):
+        seed = i.params.waffle_seed + rep if len(i.waffles) > 1 else None
+        scores = m.waffle_scores(i.x, w.t, w.class_index, i.bank.n_classes)
+        out.append(MethodResult(name, scores, logits=False, seed=seed))
+    return out
+
+
+def _coder(name: str, i: Inputs) -> list[MethodResult]:
+    return [MethodResult(name, i.coder(i.bank_of(name))[1], logits=False)]
+
+
+def _coder_rerank(name: str, i: Inputs) -> list[MethodResult]:
+    b = i.bank_of(name)
+    cosines, coder = i.coder(b)
+    r = m.coder_rerank(
+        cosines, coder, b.class_index, b.text_type, b.other_class_index, b.n_classes,
+        threshold=i.params.rerank_threshold, k=i.params.rerank_k,
+    )  # fmt: skip
+    top5 = r.top_k[:, :5] if r.top_k.shape[1] >= min(5, b.n_classes) else None
+    info = {
+        "n_reranked": r.n_reranked, "n_changed": r.n_changed, "ovo_pairs_consulted": r.n_pairs_consulted,
+        "ovo_pairs_covered": r.n_pairs_covered,
+    }  # fmt: skip
+    return [MethodResult(name, coder, logits=False, pred=r.pred, top5=top5, info=info)]
+
+
+Scorer = Callable[[str, Inputs], list[MethodResult]]
+# The zero-shot methods, in the order of the default `methods`: adding one is one entry (its scorer above).
+SCORERS: dict[str, Scorer] = {
+    "clip": _clip,  # CLIP's prompt ensemble (tasks/classify/methods.py:clip_logits)
+    "dclip": _dclip,  # DCLIP: mean over a class's descriptor sentences
+    "cupl": _cupl,  # CuPL: mean over LLM-written prompts
+    "waffle": _waffle,  # WaffleCLIP: random words and characters, seeded banks of its own
+    "coder": _coder,  # CODER zero-shot: mean(att, ana) + max(name, syno)
+    "coder_rerank": _coder_rerank,  # CODER*: uncertain images re-ranked by one-vs-one texts
+}
+OWN_BANKS = frozenset({"waffle"})  # methods that draw their own text banks (no `classify.banks` entry)
+
+
 def check_methods(names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in ZERO_SHOT_METHODS]
+    unknown = [n for n in names if n not in SCORERS]
     if unknown:
-        raise ValueError(f"unknown zero-shot method(s) {unknown}: choose from {list(ZERO_SHOT_METHODS)}")
+        raise ValueError(f"unknown zero-shot method(s) {unknown}: choose from {','.join(SCORERS)}")
 
 
 def run_methods(
@@ -47,42 +129,5 @@ def run_methods(
     several). `method_banks`: another bank for some methods (e.g. dclip on an imported DCLIP bank), else `bank`.
     """
     check_methods(methods)
-    banks = method_banks or {}
-    out: list[MethodResult] = []
-    coder_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def coder_of(b: TextSet) -> tuple[np.ndarray, np.ndarray]:
-        if id(b) not in coder_cache:
-            cosines = x @ b.t.T
-            coder_cache[id(b)] = (cosines, m.coder_scores(cosines, b.class_index, b.text_type, b.n_classes))
-        return coder_cache[id(b)]
-
-    for name in methods:
-        b = banks.get(name, bank)
-        n, meta = b.n_classes, (b.class_index, b.text_type)
-        if name == "clip":
-            out.append(MethodResult(name, m.clip_logits(x, b.t, *meta, n), logits=True))
-        elif name == "dclip":
-            out.append(MethodResult(name, m.dclip_scores(x, b.t, *meta, n), logits=False))
-        elif name == "cupl":
-            out.append(MethodResult(name, m.cupl_scores(x, b.t, *meta, n), logits=False))
-        elif name == "waffle":
-            if not waffles:
-                raise ValueError("method 'waffle' needs the waffle text bank: build it with the embed-texts stage")
-            for rep, w in enumerate(waffles):
-                seed = params.waffle_seed + rep if len(waffles) > 1 else None
-                out.append(MethodResult(name, m.waffle_scores(x, w.t, w.class_index, n), logits=False, seed=seed))
-        elif name == "coder":
-            out.append(MethodResult(name, coder_of(b)[1], logits=False))
-        else:  # coder_rerank
-            cosines, coder = coder_of(b)
-            r = m.coder_rerank(
-                cosines, coder, *meta, b.other_class_index, n, threshold=params.rerank_threshold, k=params.rerank_k
-            )
-            top5 = r.top_k[:, :5] if r.top_k.shape[1] >= min(5, n) else None
-            info = {
-                "n_reranked": r.n_reranked, "n_changed": r.n_changed, "ovo_pairs_consulted": r.n_pairs_consulted,
-                "ovo_pairs_covered": r.n_pairs_covered,
-            }  # fmt: skip
-            out.append(MethodResult(name, coder, logits=False, pred=r.pred, top5=top5, info=info))
-    return out
+    inputs = Inputs(x, bank, params, waffles, dict(method_banks or {}))
+    return [result for name in methods for result in SCORERS[name](name, inputs)]

@@ -1,0 +1,538 @@
+"""The `coderflow` command line, generated from the typed config models: every setting is a flag named by its key."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+
+from cyclopts import App, CycloptsError, Parameter
+from cyclopts.config import Env
+from cyclopts.exceptions import UnusedCliTokensError
+from pydantic import BaseModel, BeforeValidator, ValidationError, create_model
+from rich.console import Console
+
+from coderflow.config import (
+    FLAG_ALIASES,
+    PipelineConfig,
+    build_config,
+    describe_validation_error,
+)
+from coderflow.console import metrics_table, print_rows
+from coderflow.storage.db import QueryError, canned_queries, query, sql_file
+from coderflow.storage.layout import Layout
+
+UNIONS = (Union, types.UnionType)
+console = Console()
+err_console = Console(stderr=True)
+
+RANDOM_WEIGHTS_NOTE = (
+    "Note: model {model} has RANDOM weights (no pretrained weights are reachable offline), so accuracies are at "
+    "chance level. For real results pass --pretrained openai (or a hub id, or a checkpoint file)."
+)
+
+# The config sections (fields of PipelineConfig) each command reads; its flags are exactly these sections' settings.
+RUN = (
+    "preset", "workdir", "dataset", "model", "texts", "coder", "classify", "methods", "templates", "max_failure_rate",
+    "run_name", "runner", "runner_address", "runner_workers",
+)  # fmt: skip
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "run": RUN,
+    "demo": RUN,
+    "ingest": ("workdir", "dataset"),
+    "embed": ("workdir", "dataset", "model", "max_failure_rate"),
+    "texts": ("preset", "workdir", "dataset", "model", "texts", "templates", "classify"),
+    "texts import": ("workdir", "dataset", "model", "texts"),
+    "coder": ("workdir", "dataset", "model", "coder"),
+    "classify": ("preset", "workdir", "dataset", "model", "classify", "methods", "templates", "run_name"),
+    "fewshot": (
+        "preset",
+        "workdir",
+        "dataset",
+        "model",
+        "texts",
+        "classify",
+        "fewshot",
+        "templates",
+        "max_failure_rate",
+        "run_name",
+    ),
+    "adapter train": ("workdir", "dataset", "model", "adapter", "run_name"),
+    "adapter overlap": ("workdir", "dataset", "model", "adapter", "max_failure_rate", "run_name"),
+    "serve": tuple(PipelineConfig.model_fields),
+}
+
+
+def flag_name(dotted: str) -> str:
+    """The flag of a config key: 'texts.llm.max_tokens' -> '--texts.llm.max-tokens'."""
+    return "--" + dotted.replace("_", "-")
+
+
+def _split_commas(value: Any) -> Any:
+    """List settings take repeated flags, several values, or one comma-separated value: 1,2,4."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    return [p.strip() for x in items for p in (x.split(",") if isinstance(x, str) else [x]) if str(p).strip()]
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) if len(value) <= 8 else f"{len(value)} values"
+    return str(value)
+
+
+def _choices(dotted: str) -> Any:
+    """Method names come from the registries, so `--help` lists them and a typo is refused while parsing."""
+    if dotted == "methods":
+        from coderflow.tasks.classify.zeroshot import SCORERS
+
+        return tuple[Literal[tuple(SCORERS)], ...]  # type: ignore[valid-type]
+    return None
+
+
+def _leaf(dotted: str, field: Any) -> tuple[Any, Any]:
+    annotation = _choices(dotted) or field.annotation
+    inner = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in UNIONS else []
+    base = inner[0] if len(inner) == 1 else annotation
+    names = [flag_name(dotted), *([FLAG_ALIASES[dotted]] if dotted in FLAG_ALIASES else [])]
+    help_text = re.sub(r"<(\w+)>", r"\1", field.description or "")
+    if field.default is not None and not isinstance(field.default, dict):
+        help_text += f" [default: {_default_text(field.default)}]"
+    kwargs: dict[str, Any] = {"name": names, "help": help_text.strip(), "show_default": False}
+    if get_origin(base) is dict:
+        base = str  # `k=v,k=v` or JSON, parsed by the config model
+        kwargs["help"] += " (e.g. a=1,b=2)"
+    elif get_origin(base) is tuple:
+        fixed = Ellipsis not in get_args(base)  # (beta, alpha) pairs: one comma-separated value
+        kwargs |= {"n_tokens": 1} if fixed else {"consume_multiple": True, "negative_iterable": ""}
+        kwargs["help"] += " (comma-separated)"
+        return Annotated[Optional[base], BeforeValidator(_split_commas), Parameter(**kwargs)], None  # noqa: UP045
+    elif base is bool:
+        kwargs["negative"] = ""
+    return Annotated[Optional[base], Parameter(**kwargs)], None  # noqa: UP045 (a runtime type for pydantic)
+
+
+@cache
+def options_model(model: type[BaseModel], fields: tuple[str, ...] | None = None, prefix: str = "") -> type[BaseModel]:
+    """A model of `model`'s settings with every field optional and unvalidated: what the user gave, nothing more.
+
+    Flags are parsed into it (defaults and cross-field rules stay in the config model, applied once after the YAML
+    file and environment are laid under the flags).
+    """
+    spec: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
+        dotted = prefix + name
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            sub = options_model(field.annotation, None, dotted + ".")
+            spec[name] = (Annotated[Optional[sub], Parameter(name=name)], None)  # noqa: UP045
+        else:
+            spec[name] = _leaf(dotted, field)
+    title = "Options" + "".join(p.title() for p in (prefix.strip(".") or model.__name__).split("."))
+    return create_model(title, **spec)
+
+
+@dataclass
+class Session:
+    """The options every command shares: a YAML file under the flags, and how much Prefect logs."""
+
+    config: Path | None = None
+    verbose: bool = False
+
+
+SESSION = Session()
+
+
+def load_config(options: BaseModel | None, command: str, **fixed: Any) -> PipelineConfig:
+    """Defaults < YAML file (-c) < environment (CODERFLOW_*) < flags, validated once; errors name the key."""
+    given = options.model_dump(exclude_none=True) if options is not None else {}
+    return build_config(SESSION.config, given, fixed)
+
+
+def _print_run(cfg: PipelineConfig, run_id: str, seconds: float, stages: dict[str, float] | None = None) -> None:
+    """The run's metrics (sorted by top-1, difference to clip), its UI link and the time per stage."""
+    from coderflow.console import ui_link
+
+    layout = Layout.at(cfg.workdir)
+    rows = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}).to_pylist()
+    console.print(metrics_table(rows, title=f"run {run_id}"))
+    if stages:
+        console.print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()), style="dim")
+    link = ui_link(run_id)
+    console.print(
+        f"finished in {seconds:.1f} s; results in {layout.root}" + (f"; UI: {link}" if link else ""), soft_wrap=True
+    )
+    _note_random_weights(cfg)
+
+
+def _note_random_weights(cfg: PipelineConfig) -> None:
+    if not cfg.model.pretrained:
+        console.print(RANDOM_WEIGHTS_NOTE.format(model=cfg.model.name), style="yellow")
+
+
+def _run_pipeline(cfg: PipelineConfig, force: bool) -> None:
+    """The end-to-end pipeline, unless the newest recorded run had the same inputs (then torch and Prefect never load)."""
+    from coderflow.flows.uptodate import check_inputs
+    from coderflow.preflight import preflight
+
+    verdict = check_inputs(cfg) if not force else None
+    if verdict is not None and verdict.run_id is not None:
+        if verdict.up_to_date:
+            when = f"{verdict.finished_at:%Y-%m-%d %H:%M:%S %Z}".strip() if verdict.finished_at else "unknown date"
+            console.print(f"up to date: run {verdict.run_id} ({when}) has the same inputs; --force to run again")
+            _print_run(cfg, verdict.run_id, 0.0)
+            return
+        console.print(f"inputs changed since run {verdict.run_id} ({', '.join(verdict.changed)}): running", style="dim")
+    preflight(cfg, ingests=[cfg.dataset.split], embeds=True)
+    from coderflow.flows.pipeline import pipeline
+    from coderflow.flows.runners import with_runner
+
+    start = time.perf_counter()
+    result = with_runner(pipeline, cfg)(cfg)
+    _print_run(cfg, result.run_id, time.perf_counter() - start, result.stages)
+
+
+app = App(
+    name="coderflow",
+    help="CLIP classification with CODER, run as Prefect flows. Every setting is a flag named by its config key "
+    "(--dataset.source, --texts.llm.timeout); precedence: flags > CODERFLOW_* environment > YAML file (-c) > defaults.",
+    version=version("coderflow"),
+    config=[Env("CODERFLOW_", command=False)],
+)
+
+
+def command(name: str, parent: App = app, default: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn` as `coderflow <name>` with the flags of its config sections (COMMAND_SECTIONS)."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fields = COMMAND_SECTIONS.get(name)
+        if fields is not None:
+            options = options_model(PipelineConfig, tuple(f for f in PipelineConfig.model_fields if f in fields))
+            fn.__annotations__["options"] = Annotated[Optional[options], Parameter(name="*")]  # noqa: UP045
+        if default:
+            parent.default(fn)
+        else:
+            parent.command(fn, name=name.split()[-1])
+        return fn
+
+    return register
+
+
+Options = Any  # replaced per command by its generated options model (see `command`)
+Force = Annotated[bool, Parameter(negative="", help="run even when the newest run had the same config and inputs")]
+TextBank = Annotated[Optional[str], Parameter(help="text bank id (default: the dataset's newest)")]  # noqa: UP045
+Format = Annotated[Literal["dclip", "cupl", "clip-benchmark"], Parameter(name="--format", help="file format")]
+
+
+@command("demo")
+def demo(*, force: Force = False, options: Options = None) -> None:
+    """Run the whole pipeline offline on the built-in procedural demo dataset (nothing runs when up to date)."""
+    cfg = load_config(options, "demo", dataset={"kind": "demo", "source": None})
+    _run_pipeline(cfg, force or cfg.dataset.reingest)
+
+
+@command("run")
+def run(*, force: Force = False, options: Options = None) -> None:
+    """Run the pipeline end to end on a dataset (nothing runs when the inputs are those of the newest run)."""
+    cfg = load_config(options, "run")
+    _run_pipeline(cfg, force or cfg.dataset.reingest or cfg.dataset.replace)
+
+
+@command("ingest")
+def ingest(*, options: Options = None) -> None:
+    """Write a dataset split as WebDataset shards (skipped when the source and settings are unchanged)."""
+    from coderflow.preflight import preflight
+
+    cfg = load_config(options, "ingest")
+    cfg = preflight(cfg, ingests=[cfg.dataset.split])
+    from coderflow.flows.pipeline import ingest_dataset
+
+    out = ingest_dataset(cfg.dataset, cfg.workdir)
+    console.print(f"{out.samples} samples in {len(out.shards)} shards" + (" (up to date)" if out.skipped else ""))
+
+
+@command("embed")
+def embed(*, options: Options = None) -> None:
+    """Embed an ingested split's images (one task per shard; finished shards are skipped)."""
+    from coderflow.preflight import preflight
+
+    cfg = preflight(load_config(options, "embed"), needs=[None], embeds=True)
+    from coderflow.flows.pipeline import embed_images
+
+    out = embed_images(cfg.dataset, cfg.model, cfg.workdir, cfg.max_failure_rate)
+    print_rows([out.row()])
+
+
+texts_app = App(name="texts", help="Text banks: generate one (no sub-command), import a published file, or export.")
+app.command(texts_app)
+
+
+@command("texts", parent=texts_app, default=True)
+def texts(*, options: Options = None) -> None:
+    """Generate the dataset's text bank (offline or with an LLM) and embed its new texts."""
+    from coderflow.preflight import preflight
+
+    cfg = preflight(load_config(options, "texts"), needs=[None], embeds=True)
+    from coderflow.flows.pipeline import text_bank
+
+    templates = list(cfg.templates) if cfg.templates else None
+    out = text_bank(cfg.dataset, cfg.model, cfg.texts, cfg.workdir, templates, cfg.classify)
+    from coderflow.console import bank_summary_table
+
+    console.print(f"text bank {out.textbank_id}: {out.n_texts} texts, {out.embedded} newly embedded")
+    if out.summary:
+        console.print(bank_summary_table(out, with_cost=cfg.texts.llm.price_per_1k is not None))
+
+
+@command("texts import", parent=texts_app)
+def texts_import(
+    file: Annotated[Path, Parameter(help="JSON file: DCLIP/WaffleCLIP descriptors, CuPL prompts, CLIP_benchmark")],
+    /,
+    *,
+    fmt: Format,
+    key: Annotated[Optional[str], Parameter(help="clip-benchmark: the file's dataset entry")] = None,  # noqa: UP045
+    options: Options = None,
+) -> None:
+    """Import a published text file as a text bank of an ingested dataset (descriptors become `att` rows)."""
+    from coderflow.preflight import preflight
+
+    if not file.is_file():
+        raise ValueError(f"text file {str(file)!r} not found: pass a JSON file")
+    cfg = preflight(load_config(options, "texts import"), needs=[None], embeds=True)
+    from coderflow.flows.pipeline import import_texts
+
+    out = import_texts(cfg.dataset, cfg.model, str(file), fmt, cfg.texts, cfg.workdir, key)
+    console.print(f"text bank {out.textbank_id}: {out.n_texts} texts from {file}")
+    for what in ("unmatched_classes", "unmatched_keys"):
+        if out.report.get(what):
+            console.print(
+                f"{what.replace('_', ' ')} ({len(out.report[what])}): {out.report[what][:10]}", style="yellow"
+            )
+    method = {"dclip": "dclip", "cupl": "cupl", "clip-benchmark": "clip"}[fmt]
+    console.print(f"use it with: coderflow classify --classify.banks {method}={out.textbank_id}")
+
+
+@texts_app.command(name="export")
+def texts_export(
+    textbank: Annotated[str, Parameter(help="text bank id")],
+    /,
+    *,
+    fmt: Format,
+    output: Annotated[Path, Parameter(name=["--output", "-o"], help="JSON file to write")],
+    workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
+) -> None:
+    """Write a text bank in a published format (dclip / cupl: class -> texts; clip-benchmark: templates)."""
+    from coderflow.storage.parquet_io import read_table, write_text
+    from coderflow.tasks.texts.imports import export_bank
+
+    layout = Layout.at(workdir)
+    path = layout.textbank_file(textbank)
+    if not path.is_file():
+        raise ValueError(
+            f"no text bank {textbank!r} in {layout.root}: list them with "
+            '`coderflow query "SELECT DISTINCT textbank_id FROM texts"`'
+        )
+    data = export_bank(read_table(path).to_pylist(), fmt)  # type: ignore[arg-type]
+    write_text(json.dumps(data, indent=2, ensure_ascii=False), output)
+    console.print(f"{sum(map(len, data.values()))} texts of {len(data)} entries written to {output}")
+
+
+def _newest_bank(cfg: PipelineConfig) -> str:
+    layout = Layout.at(cfg.workdir)
+    alias = layout.textbank_alias(cfg.dataset.name)
+    if not alias.exists():
+        raise ValueError(f"dataset {cfg.dataset.name!r} has no text bank in {layout.root}: run `coderflow texts` first")
+    return alias.read_text().strip()
+
+
+@command("coder")
+def coder(*, textbank: TextBank = None, options: Options = None) -> None:
+    """Materialise CODER vectors (image-to-text cosines) of an embedded split to Parquet."""
+    from coderflow.preflight import preflight
+
+    cfg = preflight(load_config(options, "coder"), needs=[None])
+    bank = textbank or _newest_bank(cfg)
+    from coderflow.flows.pipeline import build_coder
+
+    print_rows([build_coder(cfg.dataset, cfg.model, bank, cfg.coder, cfg.workdir).row()])
+
+
+@command("classify")
+def classify(*, textbank: TextBank = None, options: Options = None) -> None:
+    """Classify an embedded split with every method, evaluate, and load the results into DuckDB."""
+    from coderflow.preflight import preflight
+
+    cfg = preflight(load_config(options, "classify"), needs=[None], embeds=True)
+    bank = textbank or _newest_bank(cfg)
+    from coderflow.flows.pipeline import classify as classify_flow
+
+    start = time.perf_counter()
+    result = classify_flow(
+        cfg.dataset, cfg.model, bank, list(cfg.methods), workdir=cfg.workdir, run_name=cfg.run_name,
+        params=cfg.classify, config=cfg.model_dump(mode="json"),
+    )  # fmt: skip
+    _print_run(cfg, result.run_id, time.perf_counter() - start)
+
+
+@command("fewshot")
+def fewshot(*, options: Options = None) -> None:
+    """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter, Tip-X); needs train/val/test splits."""
+    from coderflow.preflight import preflight
+
+    cfg = load_config(options, "fewshot")
+    cfg = preflight(cfg, ingests=[cfg.fewshot.train_split, cfg.fewshot.val_split, cfg.fewshot.test_split], embeds=True)
+    from coderflow.flows.fewshot import fewshot as fewshot_flow
+
+    start = time.perf_counter()
+    result = fewshot_flow(cfg)
+    rows = [{k: r[k] for k in ("method", "shots", "seeds", "top1_mean", "top1_std")} for r in result.table]
+    print_rows(rows, title=f"few-shot run {result.run_id} (test top-1 over seeds)")
+    console.print(f"finished in {time.perf_counter() - start:.1f} s; plot: {result.plot}")
+    _note_random_weights(cfg)
+
+
+adapter_app = App(name="adapter", help="IMO adapters: train on a labeled collection, measure intra-modal overlap.")
+app.command(adapter_app)
+
+
+@command("adapter train", parent=adapter_app)
+def adapter_train(*, options: Options = None) -> None:
+    """Train bottleneck adapters in the image encoder with cross-entropy; checkpoints per epoch, resumable."""
+    from coderflow.preflight import preflight
+
+    cfg = load_config(options, "adapter train")
+    cfg = preflight(cfg, ingests=[cfg.adapter.train_split], embeds=True)
+    from coderflow.flows.adapter import adapter_train as train_flow
+
+    out = train_flow(cfg)
+    print_rows([{k: v for k, v in out.items() if not isinstance(v, dict | list)}])
+    console.print(f"use it with --model.adapter {out['adapter_id']} (fewshot, embed, adapter overlap)")
+
+
+@command("adapter overlap", parent=adapter_app)
+def adapter_overlap(*, options: Options = None) -> None:
+    """Overlap of same- vs different-class cosine distributions, original vs adapted image features."""
+    from coderflow.preflight import preflight
+
+    cfg = load_config(options, "adapter overlap")
+    if not cfg.model.adapter:
+        raise ValueError("adapter overlap needs --model.adapter ID (an id from `coderflow adapter train`)")
+    cfg = preflight(cfg, ingests=[cfg.dataset.split], embeds=True)
+    from coderflow.flows.adapter import adapter_overlap as overlap_flow
+
+    out = overlap_flow(cfg)
+    rows = [{"model_id": r["model_id"], "metric": r["metric"], "value": round(r["value"], 4)} for r in out["metrics"]]
+    print_rows(rows, title=f"intra-modal overlap, run {out['run_id']}")
+
+
+@command("serve")
+def serve(
+    *,
+    cron: Annotated[str, Parameter(help="cron schedule of the end-to-end pipeline ('' for none)")] = "0 2 * * *",
+    name: Annotated[str, Parameter(help="deployment name of every served flow")] = "laptop",
+    options: Options = None,
+) -> None:
+    """Serve every flow as a deployment (the pipeline on a cron schedule) until Ctrl-C; runs show in the UI."""
+    from coderflow.flows.serve import serve_flows
+    from coderflow.preflight import preflight
+
+    serve_flows(preflight(load_config(options, "serve")), name=name, cron=cron or None)
+
+
+@app.command(name="query")
+def query_cmd(
+    sql: Annotated[Optional[str], Parameter(help="SQL (read-only) over the views")] = None,  # noqa: UP045
+    /,
+    *,
+    file: Annotated[Optional[Path], Parameter(name=["--file", "-f"], help="read the SQL from a file")] = None,  # noqa: UP045
+    canned: Annotated[Optional[str], Parameter(help="a bundled question (see --list)")] = None,  # noqa: UP045
+    list_: Annotated[bool, Parameter(name="--list", negative="", help="list the bundled questions")] = False,
+    workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
+    fmt: Annotated[Literal["table", "csv", "json"], Parameter(name="--format")] = "table",
+) -> None:
+    """Answer read-only SQL over texts, text_embeddings, image_embeddings, coder, predictions, metrics, runs."""
+    if list_:
+        print_rows([{"name": k, "question": v} for k, v in canned_queries().items()], title="coderflow query --canned")
+        return
+    given = [x for x in (sql, file, canned) if x]
+    if len(given) != 1:
+        raise ValueError("give exactly one of: SQL as an argument, --file x.sql, --canned NAME (or --list)")
+    if file is not None and not file.is_file():
+        raise ValueError(f"SQL file {str(file)!r} not found: pass the path of a .sql file")
+    if canned is not None and canned not in canned_queries():
+        raise ValueError(f"--canned {canned!r}: no such question; choose from {', '.join(canned_queries())}")
+    text = sql or (file.read_text() if file else sql_file(str(canned)))
+    table = query(Layout.at(workdir), text)
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif fmt == "json":
+        console.print_json(json.dumps(table.to_pylist(), default=str))
+    else:
+        print_rows(table.to_pylist(), columns=table.column_names)
+
+
+@app.meta.default
+def _launcher(
+    *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
+    config: Annotated[
+        Path | None, Parameter(name=["--config", "-c"], help="YAML config file under the flags")
+    ] = None,
+    verbose: Annotated[bool, Parameter(name=["--verbose", "-v"], negative="", help="show Prefect's task logs")] = False,
+) -> Any:
+    SESSION.config, SESSION.verbose = config, verbose
+    if config is not None and not config.is_file():
+        raise ValueError(f"config file {str(config)!r} not found: pass the path of a YAML file to -c")
+    from coderflow.console import quiet_prefect
+
+    quiet_prefect(not verbose)
+    return app(tokens)
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix; LLMConfigError only once its module (and openai) was imported."""
+    llm = sys.modules.get("coderflow.tasks.texts.llm")
+    return (ValueError, FileNotFoundError, QueryError, *((llm.LLMConfigError,) if llm else ()))
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ValidationError):
+        return describe_validation_error(cause, "the flags")
+    if isinstance(exc, UnusedCliTokensError):
+        return f"unexpected argument(s) {' '.join(exc.unused_tokens)}: settings are flags, a YAML file goes after -c"
+    return " ".join(str(exc).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; expected errors print one line naming the input and the fix, and exit with code 2."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app.meta(tokens, print_error=False, exit_on_error=False, help_on_error=False, result_action="return_value")
+    except CycloptsError as exc:
+        err_console.print(f"[bold red]error:[/] {_one_line(exc)} (see --help)", highlight=False, soft_wrap=True)
+        return 2
+    except _expected_errors() as exc:
+        err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    """The console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
