@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 from _common import Timings, print_header, result_line
 
-from coderflow.tasks.classify.zeroshot import SCORERS as ZERO_SHOT_METHODS
 from coderflow.storage.db import SQL_DIR, query, refresh_views
 from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import write_table
@@ -37,6 +36,7 @@ from coderflow.storage.schemas import (
     TEXTS,
     list_array,
 )
+from coderflow.tasks.classify.zeroshot import SCORERS as ZERO_SHOT_METHODS
 
 MODEL = "ViT-S-32-alt__random"
 DATASET, SPLIT = "synthetic", "test"

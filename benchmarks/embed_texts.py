@@ -104,14 +104,14 @@ def flow_child(workdir: str, model: str, reruns: int) -> dict:
         t0 = time.perf_counter()
         res = text_bank(ds, mc, workdir=workdir)
         out[f"text_bank_run{i + 1}_s"] = time.perf_counter() - t0
-        out[f"text_bank_run{i + 1}"] = {"n_texts": res.get("n_texts"), "embedded": res.get("embedded")}
+        out[f"text_bank_run{i + 1}"] = {"n_texts": res.n_texts, "embedded": res.embedded}
 
     @flow(name="bench-parent")
     @subflows_share_heartbeat
     def parent() -> tuple[float, dict]:
         t0 = time.perf_counter()
         res = text_bank(ds, mc, workdir=workdir)
-        return time.perf_counter() - t0, res["embedded"]
+        return time.perf_counter() - t0, res.embedded
 
     out["text_bank_subflow_s"], out["text_bank_subflow"] = parent()
     return out

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from _common import print_header, result_line
 
-COLD_IMPORT = "import coderflow.flows.cli, coderflow.flows.pipeline"
-CHECK_IMPORT = "import coderflow.flows.cli, coderflow.flows.uptodate"  # what an up-to-date re-run imports
+COLD_IMPORT = "import coderflow.cli, coderflow.flows.pipeline"
+CHECK_IMPORT = "import coderflow.cli, coderflow.flows.uptodate"  # what an up-to-date re-run imports
 TRIVIAL_FLOW = "import coderflow\nfrom prefect import flow\n@flow\ndef noop(): return 1\nnoop()\n"
 
 

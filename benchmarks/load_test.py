@@ -123,18 +123,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         ingest_dataset(DatasetConfig(name="warmup", demo_images_per_class=1), root)
     with stages.stage("ingest", per_shard=args.per_shard) as info:
         out = ingest_dataset(ds, root)
-        info["shards"] = len(out["shards"])
+        info["shards"] = len(out.shards)
     with stages.stage("embed images") as info:
         out = embed_images(ds, mc, root, 0.01)
-        info.update(rows=out["rows"], errors=out["errors"], shards_skipped=out["shards_skipped"])
+        info.update(rows=out.rows, errors=out.errors, shards_skipped=out.shards_skipped)
     templates = [f"a photo of a {{c}}, style {k}." for k in range(args.templates)]
     with stages.stage("texts (generate + embed)") as info:
         texts = text_bank(ds, mc, TextsConfig(types=("name",)), root, templates)
-        info.update(texts=texts["n_texts"])
+        info.update(texts=texts.n_texts)
     with stages.stage("coder") as info:
-        info.update(rows=build_coder(ds, mc, texts["textbank_id"], None, root)["rows"])
+        info.update(rows=build_coder(ds, mc, texts.textbank_id, None, root).rows)
     with stages.stage("classify + evaluate", methods="clip,coder") as info:
-        info["top1"] = classify(ds, mc, texts["textbank_id"], ["clip", "coder"], workdir=root)["top1"]
+        info["top1"] = classify(ds, mc, texts.textbank_id, ["clip", "coder"], workdir=root).top1
     from coderflow.storage.db import query
     from coderflow.storage.layout import Layout
 

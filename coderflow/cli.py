@@ -68,6 +68,7 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "adapter train": ("workdir", "dataset", "model", "adapter", "run_name"),
     "adapter overlap": ("workdir", "dataset", "model", "adapter", "max_failure_rate", "run_name"),
     "serve": tuple(PipelineConfig.model_fields),
+    "config": tuple(PipelineConfig.model_fields),
 }
 
 
@@ -415,8 +416,8 @@ def adapter_train(*, options: Options = None) -> None:
     from coderflow.flows.adapter import adapter_train as train_flow
 
     out = train_flow(cfg)
-    print_rows([{k: v for k, v in out.items() if not isinstance(v, dict | list)}])
-    console.print(f"use it with --model.adapter {out['adapter_id']} (fewshot, embed, adapter overlap)")
+    print_rows([out.row()])
+    console.print(f"use it with --model.adapter {out.adapter_id} (fewshot, embed, adapter overlap)")
 
 
 @command("adapter overlap", parent=adapter_app)
@@ -431,8 +432,8 @@ def adapter_overlap(*, options: Options = None) -> None:
     from coderflow.flows.adapter import adapter_overlap as overlap_flow
 
     out = overlap_flow(cfg)
-    rows = [{"model_id": r["model_id"], "metric": r["metric"], "value": round(r["value"], 4)} for r in out["metrics"]]
-    print_rows(rows, title=f"intra-modal overlap, run {out['run_id']}")
+    rows = [{k: r[k] for k in ("model_id", "metric", "value")} for r in out.metrics]
+    print_rows(rows, title=f"intra-modal overlap, run {out.run_id}")
 
 
 @command("serve")
@@ -447,6 +448,14 @@ def serve(
     from coderflow.preflight import preflight
 
     serve_flows(preflight(load_config(options, "serve")), name=name, cron=cron or None)
+
+
+@command("config")
+def show_config(*, options: Options = None) -> None:
+    """Print the configuration a command would run with (defaults < YAML file < environment < flags) as YAML."""
+    import yaml
+
+    print(yaml.safe_dump(load_config(options, "config").model_dump(mode="json"), sort_keys=False), end="")
 
 
 @app.command(name="query")
@@ -486,9 +495,7 @@ def query_cmd(
 @app.meta.default
 def _launcher(
     *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
-    config: Annotated[
-        Path | None, Parameter(name=["--config", "-c"], help="YAML config file under the flags")
-    ] = None,
+    config: Annotated[Path | None, Parameter(name=["--config", "-c"], help="YAML config file under the flags")] = None,
     verbose: Annotated[bool, Parameter(name=["--verbose", "-v"], negative="", help="show Prefect's task logs")] = False,
 ) -> Any:
     SESSION.config, SESSION.verbose = config, verbose

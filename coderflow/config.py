@@ -455,5 +455,7 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
         msg = msg.removeprefix("Value error, ")
+        if isinstance(err.get("input"), str | int | float) and err["type"] != "extra_forbidden":
+            msg += f" (got {err['input']!r})"
         parts.append(f"{key}: {msg}")
     return f"invalid configuration in {source}: " + "; ".join(parts)

@@ -49,6 +49,7 @@ class TextBankResult(StageResult):
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] | None = None
+    reused: bool = False  # the bank's inputs were unchanged: nothing was generated
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,28 @@ class FewShotResult(StageResult):
     cells: int
     table: list[dict[str, Any]]
     flow_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterResult(StageResult):
+    """A trained IMO adapter: its id (for --model.adapter), where it is, and how training went."""
+
+    adapter_id: str
+    path: str
+    base_model_id: str
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    epoch_losses: list[float]
+    seconds: float
+    images_per_second: float | None
+    skipped_samples: int
+
+
+@dataclass(frozen=True)
+class OverlapResult(StageResult):
+    """Intra-modal overlap of the original and the adapted image features (one row per model and metric)."""
+
+    run_id: str
+    models: dict[str, str]
+    metrics: list[dict[str, Any]]

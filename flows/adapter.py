@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect import flow
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run
 from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
+from coderflow.results import AdapterResult, OverlapResult
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.adapter.task import measure_overlap, train_adapter
 from coderflow.tasks.embed.task import describe_model
@@ -19,17 +19,19 @@ from coderflow.tasks.evaluate.task import store_metrics
 @flow(name="train-adapter")
 @subflows_share_heartbeat
 @holds_workdir_lock
-def adapter_train(config: PipelineConfig) -> dict[str, Any]:
+def adapter_train(config: PipelineConfig) -> AdapterResult:
     """Ingest the training collection (a no-op when done) and train adapters on it; returns the adapter id."""
     root = _root(config.workdir)
     ingest_dataset(config.dataset.model_copy(update={"split": config.adapter.train_split}), root)
-    return train_adapter(config.dataset.name, config.model.model_copy(update={"adapter": None}), config.adapter, root)
+    return AdapterResult(
+        **train_adapter(config.dataset.name, config.model.model_copy(update={"adapter": None}), config.adapter, root)
+    )
 
 
 @flow(name="adapter-overlap")
 @subflows_share_heartbeat
 @holds_workdir_lock
-def adapter_overlap(config: PipelineConfig) -> dict[str, Any]:
+def adapter_overlap(config: PipelineConfig) -> OverlapResult:
     """Intra-modal overlap and feature variance of a labeled split with the original and the adapted image encoder."""
     if not config.model.adapter:
         raise ValueError("adapter-overlap needs model.adapter (an id from `coderflow adapter train`)")
@@ -55,4 +57,4 @@ def adapter_overlap(config: PipelineConfig) -> dict[str, Any]:
     }
     with recorded_run(run_id, root, record):
         store_metrics(run_id, ds.name, ds.split, rows, root)
-    return {"run_id": run_id, "models": ids, "metrics": rows}
+    return OverlapResult(run_id, ids, rows)

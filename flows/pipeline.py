@@ -137,6 +137,7 @@ def text_bank(
         bank.get("n_classes"),
         bank.get("summary") or {},
         usage=bank.get("usage"),
+        reused=bool(bank.get("reused")),
     )
 
 

@@ -48,22 +48,22 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
 
     cfg = _config(tmp_path)
     first = adapter_train(cfg)
-    assert first["epoch_losses"][1] < first["epoch_losses"][0]  # the training loss goes down
+    assert first.epoch_losses[1] < first.epoch_losses[0]  # the training loss goes down
     layout = Layout.at(tmp_path)
     train_dir = next((layout.root / "adapters" / "ViT-S-32-alt__random" / "training").iterdir())
     assert sorted(p.name for p in train_dir.iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
 
     # a training killed after epoch 1 resumes there and ends with the same weights
     (train_dir / "epoch-0002.pt").unlink()
-    (layout.root / "adapters" / "ViT-S-32-alt__random" / f"{first['adapter_id']}.pt").unlink()
+    (layout.root / "adapters" / "ViT-S-32-alt__random" / f"{first.adapter_id}.pt").unlink()
     resumed = adapter_train(cfg)
-    assert resumed["steps"] == first["steps"] // 2
-    assert resumed["adapter_id"] == first["adapter_id"]
+    assert resumed.steps == first.steps // 2
+    assert resumed.adapter_id == first.adapter_id
 
-    adapted = cfg.model.model_copy(update={"adapter": first["adapter_id"]})
+    adapted = cfg.model.model_copy(update={"adapter": first.adapter_id})
     mid = configured_model_id(adapted, str(tmp_path))
-    assert mid == f"ViT-S-32-alt__random__{first['adapter_id']}" and text_model_id(mid) == "ViT-S-32-alt__random"
-    lm = load_model("ViT-S-32-alt", adapter=layout.adapter_file("ViT-S-32-alt__random", first["adapter_id"]))
+    assert mid == f"ViT-S-32-alt__random__{first.adapter_id}" and text_model_id(mid) == "ViT-S-32-alt__random"
+    lm = load_model("ViT-S-32-alt", adapter=layout.adapter_file("ViT-S-32-alt__random", first.adapter_id))
     base = load_model("ViT-S-32-alt")
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -75,14 +75,14 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     test_ds = cfg.dataset.model_copy(update={"split": "test"})
     overlap = adapter_overlap(cfg.model_copy(update={"model": adapted, "dataset": test_ds}))
     rows = query(layout, "SELECT model_id, value FROM metrics WHERE method = 'overlap' AND metric = 'overlap'")
-    assert sorted(r["model_id"] for r in rows.to_pylist()) == sorted(overlap["models"].values())
+    assert sorted(r["model_id"] for r in rows.to_pylist()) == sorted(overlap.models.values())
     assert all(0 <= r["value"] <= 1 for r in rows.to_pylist())
 
     # the adapted model's texts are the original text encoder's: nothing is embedded again
     embed_images(test_ds, adapted, str(tmp_path))
     bank = text_bank(test_ds, cfg.model, cfg.texts, str(tmp_path))
     again = text_bank(test_ds, adapted, cfg.texts, str(tmp_path))
-    assert again["embedded"]["new"] == 0 and again["textbank_id"] == bank["textbank_id"]
+    assert again.embedded == 0 and again.textbank_id == bank.textbank_id
     effect = query(layout, "SELECT count(DISTINCT model_id) AS n FROM (" + _sql("adapter_effect") + ")")
     assert effect.to_pylist() == [{"n": 2}]
 
@@ -91,7 +91,7 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     from coderflow.flows.fewshot import fewshot
 
     fs = FewShotConfig(shots=(1,), seeds=(1,), augment_views=0, search="fixed", alpha=0.0, gamma=0.0)
-    run = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": fs}))["run_id"]
+    run = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": fs})).run_id
     preds = query(
         layout, f"SELECT method, list(pred ORDER BY sample_key) AS p FROM predictions WHERE run_id = '{run}' GROUP BY 1"
     )

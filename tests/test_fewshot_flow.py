@@ -75,22 +75,22 @@ def test_fewshot_flow(prefect_server, tmp_path):
     assert {c["method"] for c in chosen if c["metric"] == "gamma"} == {"tip_x"}
     init = q("SELECT count(*) AS n FROM metrics WHERE metric = 'val_accuracy_init' AND method = 'coder_adapter'")
     assert init[0]["n"] == 4  # CODER-Adapter's initial (alpha, beta) is judged on val in every cell
-    assert [r["seeds"] for r in result["table"]] == [2] * 8
+    assert [r["seeds"] for r in result.table] == [2] * 8
     support = q(
         "SELECT shots, seed, count(*) AS n, count(DISTINCT label) AS c FROM fewshot_support GROUP BY ALL ORDER BY ALL"
     )
     assert support == [{"shots": s, "seed": d, "n": 10 * s, "c": 10} for s in (1, 2) for d in (1, 2)]
-    png = layout.run_file(result["run_id"], "accuracy_vs_shots.png").read_bytes()
+    png = layout.run_file(result.run_id, "accuracy_vs_shots.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert _latest_artifact("few-shot-accuracy-plot") == "data:image/png;base64," + base64.b64encode(png).decode()
     n_views = q("SELECT count(*) AS n FROM image_embeddings WHERE split LIKE 'train-aug-%'")[0]["n"]
-    assert n_views == 2 * len({k for ks in _support_keys(layout, result["run_id"]) for k in ks})
+    assert n_views == 2 * len({k for ks in _support_keys(layout, result.run_id) for k in ks})
 
     # augment_views 0: the support features are the train images' stored embeddings, no augmented split
     plain = cfg.model_copy(
         update={"fewshot": FewShotConfig(shots=(1,), seeds=(1,), augment_views=0, methods=("prototype", "tip_x"))}
     )
-    run = fewshot(plain)["run_id"]
+    run = fewshot(plain).run_id
     keys = q(f"SELECT sample_key FROM fewshot_support WHERE run_id = '{run}'")
     train = {r["sample_key"] for r in q("SELECT sample_key FROM image_embeddings WHERE split = 'train'")}
     assert len(keys) == 10 and {r["sample_key"] for r in keys} <= train

@@ -91,10 +91,10 @@ def test_rerun_reuses_shards_and_texts(demo_run):
     parts = sorted(layout.root.glob("embeddings/image/*/*/*/*.parquet"))
     mtimes = [p.stat().st_mtime_ns for p in parts]
     result = pipeline(demo_run["config"])
-    assert result["images"]["shards_skipped"] == 3
-    assert result["coder"]["shards_skipped"] == 3
-    assert result["texts"]["embedded"]["new"] == 0
-    assert result["texts"]["reused"] is True  # the bank's inputs did not change: nothing was generated
+    assert result.images.shards_skipped == 3
+    assert result.coder.shards_skipped == 3
+    assert result.texts.embedded == 0
+    assert result.texts.reused is True  # the bank's inputs did not change: nothing was generated
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
     rows = query(layout, "SELECT count(*) AS n, count(DISTINCT run_id) AS r FROM predictions WHERE method = 'clip'")
     assert rows.to_pylist() == [{"n": 60, "r": 2}]  # one new run; embeddings not duplicated
@@ -210,7 +210,7 @@ def test_waffle_reps_are_seeded_runs_with_their_mean(demo_run, tmp_path):
     cfg = demo_run["config"]
     bank = json.loads(next((work / "runs").glob("*/manifest.json")).read_text())["textbank_id"]
     params = ClassifyConfig(waffle_reps=3, waffle_seed=4)
-    run = classify(cfg.dataset, cfg.model, bank, ["waffle"], workdir=str(work), params=params)["run_id"]
+    run = classify(cfg.dataset, cfg.model, bank, ["waffle"], workdir=str(work), params=params).run_id
     q = lambda sql: query(Layout.at(work), sql).to_pylist()  # noqa: E731
     per_rep = q(f"SELECT seed, value FROM metrics WHERE run_id = '{run}' AND metric = 'top1' ORDER BY seed")
     assert [r["seed"] for r in per_rep] == [4, 5, 6]

@@ -64,9 +64,9 @@ def test_missing_config_file(tmp_path: Path):
 @pytest.mark.parametrize(
     ("flags", "needles"),
     [
-        (["--source", "/no/such/folder", "--kind", "folder"], ["dataset.source", "/no/such/folder", "does not exist"]),
-        (["--source", "/no/such/root", "--kind", "wds"], ["dataset.source", "/no/such/root/classnames.txt"]),
-        (["--source", "/no/such/root"], ["dataset.source", "/no/such/root/classnames.txt"]),
+        (["--source", "/no/such/folder", "--kind", "folder"], ["dataset.source", "/no/such/folder", "not found"]),
+        (["--source", "/no/such/root", "--kind", "wds"], ["dataset.source", "/no/such/root", "not found"]),
+        (["--source", "/no/such/root"], ["dataset.source", "/no/such/root'", "not found", "image folder"]),
     ],
 )
 def test_missing_dataset_path_is_refused_before_work(prefect_server, tmp_path: Path, flags, needles):

@@ -166,7 +166,7 @@ def test_dask_workers_on_an_s3_work_directory_match_a_local_threads_run(
         out = with_runner(pipeline, remote)(remote)
     finally:
         close_local_clusters()
-    assert out["images"]["rows"] == 20 and out["images"]["shards"] == 2
+    assert out.images.rows == 20 and out.images.shards == 2
     stored = fs.find(f"{bucket}/runs/demo")
     for folder in ("shards/demo/test", "embeddings/image", "embeddings/text", "texts", "coder", "runs"):
         assert any(f"/runs/demo/{folder}/" in p for p in stored), f"nothing stored under {folder}"
@@ -176,7 +176,7 @@ def test_dask_workers_on_an_s3_work_directory_match_a_local_threads_run(
     for a, b in zip(got, expected, strict=True):
         assert a["value"] == pytest.approx(b["value"], abs=1e-6)
     verdict = check_inputs(remote)  # the up-to-date check reads the bucket too
-    assert verdict.up_to_date and verdict.run_id == out["run_id"]
+    assert verdict.up_to_date and verdict.run_id == out.run_id
     assert os.environ["AWS_SECRET_ACCESS_KEY"].encode() not in fs.cat(
         f"{bucket}/runs/demo/runs/{out['run_id']}/manifest.json"
     )

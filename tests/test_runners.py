@@ -83,7 +83,7 @@ def test_dask_local_cluster_gives_the_same_metrics_as_threads(prefect_server, tm
         for runner in ("threads", "dask"):
             cfg = PipelineConfig(**tiny_demo_config(tmp_path / runner), runner=runner, runner_workers=2)
             out = with_runner(pipeline, cfg)(cfg)
-            assert out["images"]["rows"] == 20 and out["images"]["shards"] == 2
+            assert out.images.rows == 20 and out.images.shards == 2
             results[runner] = _metrics(tmp_path / runner)
     finally:
         close_local_clusters()

@@ -1,0 +1,217 @@
+"""The command line generated from the config models: flags, help, precedence, and one-line refusals before work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from cli_runner import run_cli
+from pydantic import BaseModel
+
+from coderflow.cli import COMMAND_SECTIONS, flag_name
+from coderflow.config import FLAG_ALIASES, ClassifyConfig, PipelineConfig
+from coderflow.console import sort_metrics
+from coderflow.preflight import check_device, check_model, open_clip_models, open_clip_pretrained
+
+CLI = str(Path(sys.executable).with_name("coderflow"))
+
+
+def leaf_keys(model: type[BaseModel], prefix: str = "", only: tuple[str, ...] | None = None) -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        if only is not None and name not in only:
+            continue
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += leaf_keys(field.annotation, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_SECTIONS))
+def test_every_setting_of_a_command_is_a_flag_in_its_help(command: str):
+    out = run_cli([*command.split(), "--help"])
+    assert out.exit_code == 0, out.output
+    keys = leaf_keys(PipelineConfig, only=COMMAND_SECTIONS[command])
+    missing = [k for k in keys if flag_name(k) not in out.output]
+    assert keys and not missing, missing
+    others = [k for k in leaf_keys(PipelineConfig) if k not in keys]
+    shown = [k for k in others if f"{flag_name(k)} " in out.output]
+    assert not shown, f"{command} shows flags of sections it does not read: {shown}"
+
+
+def test_every_flag_reaches_the_config():
+    """Each leaf setting, given as its flag, arrives in the resolved configuration (`coderflow config`)."""
+    cfg = PipelineConfig()
+    values = {
+        "dataset.source": "/data/pets", "dataset.kind": "folder", "dataset.split_ratio": "0.6,0.2,0.2",
+        "dataset.name": "pets", "methods": "clip,coder", "templates": "a {c}.", "workdir": "/tmp/w",
+        "classify.banks": "dclip=abc", "texts.types": "att", "fewshot.methods": "tip_x", "preset": "pets",
+        "texts.ovo_templates": "{a} not {b} by {x}", "runner": "dask", "texts.llm.base_url": "http://x",
+        "model.precision": "bf16", "texts.generator": "llm", "texts.grammar": "off", "texts.ovo_pairs": "nearest",
+        "coder.format": "sparse", "fewshot.search": "fixed", "adapter.head_input": "normalized",
+        "texts.name_template": "an image of {c}", "texts.att_template": "{c} with {x}",
+        "texts.ana_template": "{c} like {x}", "run_name": "mine", "runner_address": "tcp://h:1",
+        "model.pretrained": "openai", "model.adapter": "ad1", "texts.llm.model": "m", "dataset.classnames_file": "c",
+        "dataset.templates_file": "t", "model.name": "ViT-B-32", "model.device": "cuda", "dataset.split": "val",
+    }  # fmt: skip
+    args = ["config"]
+    for key in leaf_keys(PipelineConfig):
+        node: object = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if key in values:
+            value = values[key]
+        elif isinstance(node, bool):
+            args.append(flag_name(key))  # a switch
+            continue
+        elif isinstance(node, tuple) and len(node) == 2 and key != "fewshot.shots":
+            value = ",".join(str(v + 1) for v in node)
+        elif isinstance(node, tuple):
+            value = ",".join(str(v) for v in node[:1])
+        elif isinstance(node, int) or node is None:
+            value = str((node or 2) + 1)
+        elif isinstance(node, float):
+            value = str(node / 2 if node else 0.5)
+        else:
+            value = f"{node}-x"
+        args += [flag_name(key), value]
+    out = run_cli(args)
+    assert out.exit_code == 0, out.output
+    got = yaml.safe_load(out.stdout)
+    unchanged = []
+    for key in leaf_keys(PipelineConfig):
+        node_new, node_old = got, cfg.model_dump(mode="json")
+        for part in key.split("."):
+            node_new, node_old = node_new[part], node_old[part]
+        if node_new == node_old and key != "preset":
+            unchanged.append(key)
+    assert not unchanged, unchanged
+
+
+def test_help_shows_choices_defaults_and_aliases():
+    out = run_cli(["run", "--help"]).output
+    assert "[choices: demo, folder, wds]" in out and "[default: 64]" in out
+    assert "clip, dclip, cupl, waffle, coder, coder_rerank" in out  # methods from the registry
+    for dotted, alias in FLAG_ALIASES.items():
+        if dotted.split(".")[0] in COMMAND_SECTIONS["run"]:
+            assert alias in out, alias
+    assert run_cli(["--version"]).output.strip()[0].isdigit()
+
+
+def test_precedence_flags_over_environment_over_yaml_over_defaults(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"batch_size": 8, "device": "cpu"}, "coder": {"top_k": 5}}))
+
+    def resolved(*args: str, env: dict[str, str] | None = None) -> dict:
+        out = run_cli(["config", "-c", str(path), *args], env=env)
+        assert out.exit_code == 0, out.output
+        return yaml.safe_load(out.stdout)
+
+    assert resolved()["model"]["batch_size"] == 8  # YAML over the default 64
+    assert resolved(env={"CODERFLOW_MODEL_BATCH_SIZE": "16"})["model"]["batch_size"] == 16  # env over YAML
+    got = resolved("--model.batch-size", "32", env={"CODERFLOW_MODEL_BATCH_SIZE": "16"})
+    assert got["model"]["batch_size"] == 32 and got["coder"]["top_k"] == 5  # flag over env; the rest of YAML kept
+    assert resolved("--coder.format", "sparse")["coder"] == {"format": "sparse", "top_k": 5, "batch_size": 2048}
+
+
+REFUSALS = [
+    (["run", "--methods", "clip,codr"], ["methods", "codr", "coder_rerank"]),
+    (["run", "--source", "/nonexistent"], ["/nonexistent", "not found", "--dataset.source"]),
+    (["texts", "--workdir", "{w}"], ["not ingested", "coderflow ingest"]),
+    (["run", "--device", "cuda:7"], ["--model.device", "cuda:7", "--model.device cpu"]),
+    (["run", "--device", "gpu"], ["--model.device", "'gpu'"]),
+    (["run", "--model.name", "ViT-B-32", "--pretrained", "laion9"], ["laion9", "ViT-B-32", "openai"]),
+    (["run", "--model.name", "ViT-Q"], ["unknown open_clip model", "--model.name"]),
+    (["run", "--pretrained", "/no/weights.pt"], ["/no/weights.pt", "no such checkpoint file"]),
+    (["fewshot", "--source", "/no/photos/{split}", "--kind", "folder"], ["/no/photos/train", "split 'train'"]),
+    (["query", "--canned", "accuracy"], ["--canned 'accuracy'", "accuracy_per_method"]),
+    (["query", "--canned", "accuracy_per_method", "--format", "xlsx"], ["xlsx", "table", "csv", "json"]),
+    (["query", "SELECT 1", "--workdir", "{w}/nothing"], ["not a coderflow work directory"]),
+    (["run", "--bogus", "1"], ["--bogus"]),
+    (["run", "config.yaml"], ["config.yaml", "-c"]),
+    (["run", "-c", "/no/such.yaml"], ["/no/such.yaml", "not found"]),
+    (["run", "--kind", "folder"], ["dataset.kind", "needs dataset.source"]),
+    (["run", "--split-ratio", "0.5,0.5"], ["0.5,0.5", "train,val,test"]),
+    (["run", "--texts.llm.timeout", "0"], ["texts.llm.timeout", "greater than 0"]),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), REFUSALS, ids=[" ".join(a) for a, _ in REFUSALS])
+def test_mistakes_are_refused_in_one_line_within_two_seconds(tmp_path: Path, args: list[str], needles: list[str]):
+    args = [a.replace("{w}", str(tmp_path)) for a in args]
+    if "--workdir" not in args and args[0] != "query":
+        args += ["--workdir", str(tmp_path / "w")]
+    start = time.perf_counter()
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    seconds = time.perf_counter() - start
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("error: ") and all(n in lines[0] for n in needles), lines[0]
+    assert seconds < 2.0, f"{seconds:.2f} s"
+    assert not (tmp_path / "w").exists() and not (tmp_path / "nothing").exists()  # nothing created
+
+
+def test_query_list_names_every_canned_question():
+    out = run_cli(["query", "--list"])
+    assert out.exit_code == 0
+    for path in (Path(__file__).resolve().parents[1] / "storage" / "sql").glob("*.sql"):
+        assert path.stem in out.output
+
+
+def test_registry_names_are_the_default_methods_and_one_entry_adds_a_method(monkeypatch):
+    from coderflow.storage.arrays import TextSet
+    from coderflow.tasks.classify import zeroshot
+
+    assert PipelineConfig().methods == tuple(zeroshot.SCORERS)
+    with pytest.raises(ValueError, match="unknown zero-shot method"):
+        PipelineConfig(methods=["nearest_name"])
+
+    def nearest_name(name, inputs):  # a new method: the cosine to the class's name prompt
+        b = inputs.bank_of(name)
+        scores = (inputs.x @ b.t.T)[:, b.text_type == "name"]
+        return [zeroshot.MethodResult(name, scores, logits=False)]
+
+    monkeypatch.setitem(zeroshot.SCORERS, "nearest_name", nearest_name)
+    assert PipelineConfig(methods=["clip", "nearest_name"]).methods == ("clip", "nearest_name")
+    t = np.eye(3, dtype=np.float32)
+    bank = TextSet(["a", "b", "c"], np.arange(3), np.array(["name"] * 3), np.full(3, -1), ["x", "y", "z"], t)
+    x = np.array([[0.1, 0.9, 0.0]], dtype=np.float32)
+    (result,) = zeroshot.run_methods(["nearest_name"], x, bank, ClassifyConfig())
+    assert result.scores.argmax() == 1
+
+
+def test_metrics_are_sorted_by_top1_with_the_difference_to_clip():
+    rows = [
+        {"method": "clip", "shots": None, "top1": 0.5},
+        {"method": "coder", "shots": None, "top1": 0.625},
+        {"method": "dclip", "shots": None, "top1": 0.25},
+    ]
+    out = sort_metrics(rows)
+    assert [r["method"] for r in out] == ["coder", "clip", "dclip"]
+    assert [r["vs_clip"] for r in out] == [0.125, 0.0, -0.25]
+
+
+def test_model_checks_read_open_clip_without_importing_it():
+    assert "ViT-B-32" in open_clip_models() and "openai" in open_clip_pretrained()["ViT-B-32"]
+    check_model("ViT-B-32", "openai")
+    check_model("ViT-B-32", "OpenAI")  # open_clip normalises tag case
+    check_model("hf-hub:org/model", None)
+    with pytest.raises(ValueError, match="not an open_clip tag of ViT-B-32"):
+        check_model("ViT-B-32", "laion9")
+
+
+def test_device_check(monkeypatch):
+    import coderflow.preflight as pf
+
+    check_device("cpu")
+    monkeypatch.setattr(pf, "_cuda_devices", lambda: 2)
+    check_device("cuda")
+    check_device("cuda:1")
+    with pytest.raises(ValueError, match="has 2 GPU"):
+        check_device("cuda:2")
