@@ -88,7 +88,7 @@ def main() -> None:
     print_header(
         "end_to_end",
         {
-            "command": f"coderflow demo --images-per-class {args.images_per_class} --workdir W",
+            "command": f"coderflow demo --dataset.demo-images-per-class {args.images_per_class} --workdir W",
             "model": "ViT-S-32-alt (random weights, pretrained=None; demo default)",
             "torch_threads": "torch default (= cores)",
             "images": args.images_per_class * 10,
@@ -114,7 +114,14 @@ def main() -> None:
         for i in range(1 + args.reruns + (0 if args.no_force else 1)):
             home = tmp / f"home-{i}"
             since = datetime.utcnow()
-            cmd = [str(exe), "demo", "--workdir", str(work), "--images-per-class", str(args.images_per_class)]
+            cmd = [
+                str(exe),
+                "demo",
+                "--workdir",
+                str(work),
+                "--dataset.demo-images-per-class",
+                str(args.images_per_class),
+            ]
             force = i == 1 + args.reruns
             wall, rss, rc, out = run(cmd + ["--force"] * force, {**env, "PREFECT_HOME": str(home)})
             label = "first run" if i == 0 else "--force re-run" if force else f"re-run {i}"

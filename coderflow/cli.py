@@ -95,9 +95,11 @@ def _choices(dotted: str) -> Any:
     """Method names come from the registries, so `--help` lists them and a typo is refused while parsing."""
     if dotted == "methods":
         from coderflow.tasks.classify.zeroshot import SCORERS
-
-        return tuple[Literal[tuple(SCORERS)], ...]  # type: ignore[valid-type]
-    return None
+    elif dotted == "fewshot.methods":
+        from coderflow.tasks.fewshot.scorers import SCORERS  # type: ignore[assignment]
+    else:
+        return None
+    return tuple[Literal[tuple(SCORERS)], ...]  # type: ignore[valid-type]
 
 
 def _leaf(dotted: str, field: Any) -> tuple[Any, Any]:
@@ -160,19 +162,26 @@ def load_config(options: BaseModel | None, command: str, **fixed: Any) -> Pipeli
     return build_config(SESSION.config, given, fixed)
 
 
-def _print_run(cfg: PipelineConfig, run_id: str, seconds: float, stages: dict[str, float] | None = None) -> None:
-    """The run's metrics (sorted by top-1, difference to clip), its UI link and the time per stage."""
-    from coderflow.console import ui_link
-
+def _print_run(
+    cfg: PipelineConfig,
+    run_id: str,
+    seconds: float | None = None,
+    stages: dict[str, float] | None = None,
+    flow_run_id: str | None = None,
+) -> None:
+    """The run's metrics (sorted by top-1, difference to clip), the time per stage and its Prefect UI link."""
     layout = Layout.at(cfg.workdir)
     rows = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}).to_pylist()
     console.print(metrics_table(rows, title=f"run {run_id}"))
     if stages:
-        console.print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()), style="dim")
-    link = ui_link(run_id)
-    console.print(
-        f"finished in {seconds:.1f} s; results in {layout.root}" + (f"; UI: {link}" if link else ""), soft_wrap=True
-    )
+        console.print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()), highlight=False)
+    done = f"finished in {seconds:.1f} s; " if seconds is not None else ""
+    console.print(f"{done}results in {layout.root}", highlight=False, soft_wrap=True)
+    if flow_run_id:
+        from coderflow.flows.naming import ui_link
+
+        link = ui_link(flow_run_id)
+        console.print(f"Prefect UI: {link}" if link else f"flow run {flow_run_id}", highlight=False, soft_wrap=True)
     _note_random_weights(cfg)
 
 
@@ -191,7 +200,7 @@ def _run_pipeline(cfg: PipelineConfig, force: bool) -> None:
         if verdict.up_to_date:
             when = f"{verdict.finished_at:%Y-%m-%d %H:%M:%S %Z}".strip() if verdict.finished_at else "unknown date"
             console.print(f"up to date: run {verdict.run_id} ({when}) has the same inputs; --force to run again")
-            _print_run(cfg, verdict.run_id, 0.0)
+            _print_run(cfg, verdict.run_id)
             return
         console.print(f"inputs changed since run {verdict.run_id} ({', '.join(verdict.changed)}): running", style="dim")
     preflight(cfg, ingests=[cfg.dataset.split], embeds=True)
@@ -200,7 +209,7 @@ def _run_pipeline(cfg: PipelineConfig, force: bool) -> None:
 
     start = time.perf_counter()
     result = with_runner(pipeline, cfg)(cfg)
-    _print_run(cfg, result.run_id, time.perf_counter() - start, result.stages)
+    _print_run(cfg, result.run_id, time.perf_counter() - start, result.stages, result.flow_run_id)
 
 
 app = App(
@@ -292,7 +301,8 @@ def texts(*, options: Options = None) -> None:
 
     console.print(f"text bank {out.textbank_id}: {out.n_texts} texts, {out.embedded} newly embedded")
     if out.summary:
-        console.print(bank_summary_table(out, with_cost=cfg.texts.llm.price_per_1k is not None))
+        with_cost = cfg.texts.llm.price_per_1k is not None
+        console.print(bank_summary_table(out.summary, f"text bank {out.textbank_id}", with_cost))
 
 
 @command("texts import", parent=texts_app)
@@ -382,7 +392,7 @@ def classify(*, textbank: TextBank = None, options: Options = None) -> None:
         cfg.dataset, cfg.model, bank, list(cfg.methods), workdir=cfg.workdir, run_name=cfg.run_name,
         params=cfg.classify, config=cfg.model_dump(mode="json"),
     )  # fmt: skip
-    _print_run(cfg, result.run_id, time.perf_counter() - start)
+    _print_run(cfg, result.run_id, time.perf_counter() - start, flow_run_id=result.flow_run_id)
 
 
 @command("fewshot")
@@ -508,9 +518,10 @@ def _launcher(
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the user's to fix; LLMConfigError only once its module (and openai) was imported."""
-    llm = sys.modules.get("coderflow.tasks.texts.llm")
-    return (ValueError, FileNotFoundError, QueryError, *((llm.LLMConfigError,) if llm else ()))
+    """Errors that are the user's to fix: bad values, missing files, refused queries and settings."""
+    from coderflow.tasks import ConfigError
+
+    return (ValueError, FileNotFoundError, QueryError, ConfigError)
 
 
 def _one_line(exc: BaseException) -> str:

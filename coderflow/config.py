@@ -281,7 +281,11 @@ class ClassifyConfig(_Strict):
         return v
 
 
-FEWSHOT_METHODS = ("prototype", "tip_adapter", "coder_adapter", "tip_x")
+def default_fewshot_methods() -> tuple[str, ...]:
+    """Every registered few-shot method (tasks/fewshot/scorers.py:SCORERS), in its order."""
+    from coderflow.tasks.fewshot.scorers import SCORERS
+
+    return tuple(SCORERS)
 
 
 class FewShotConfig(_Strict):
@@ -301,7 +305,9 @@ class FewShotConfig(_Strict):
         10, ge=0, description="random crop+flip views averaged per support image; 0: the stored train embeddings"
     )
     augment_seed: int = 0
-    methods: tuple[Literal["prototype", "tip_adapter", "coder_adapter", "tip_x"], ...] = FEWSHOT_METHODS
+    methods: tuple[str, ...] = Field(
+        default_factory=lambda: default_fewshot_methods(), description="few-shot methods (tasks/fewshot/scorers.py)"
+    )
     search: Literal["grid", "fixed"] = Field("grid", description="hyper-parameters: searched on val, or fixed values")
     alpha: float = Field(1.0, description="cache weight in fixed mode")
     beta: float = Field(5.5, description="cache sharpness in fixed mode")
@@ -320,6 +326,14 @@ class FewShotConfig(_Strict):
     coder_search_steps: tuple[int, int] = Field((500, 50), description="CODER-Adapter (beta, alpha) grid sizes")
     coder_search_rounds: int = Field(3, ge=1, description="CODER-Adapter: 1 grid + refinements on [0.5, 1.5] x best")
     kl_temperature: float = Field(0.5, gt=0, description="Tip-X: softmax temperature of the class distributions")
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from coderflow.tasks.fewshot.scorers import check_methods
+
+        check_methods(v)
+        return tuple(dict.fromkeys(v))
 
     @field_validator("shots", "seeds")
     @classmethod

@@ -74,16 +74,6 @@ def bank_summary_table(summary: dict[str, dict[str, Any]], title: str, with_cost
     return rows_table(rows, title, ["type", *columns, "dropped"])
 
 
-def ui_link(flow_run_id: str | None) -> str | None:
-    """The Prefect UI page of a flow run, when a UI is configured (PREFECT_UI_URL)."""
-    if not flow_run_id:
-        return None
-    from prefect.settings import PREFECT_UI_URL
-
-    base = PREFECT_UI_URL.value()
-    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
-
-
 def quiet_prefect(quiet: bool = True) -> None:
     """Prefect's console shows warnings only (its per-task INFO lines still reach the UI); `-v` shows them all."""
     level = "WARNING" if quiet else "INFO"

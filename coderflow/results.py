@@ -71,6 +71,7 @@ class ClassifyResult(StageResult):
     n_errors: int
     n_classes: int
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flow_run_id: str | None = None
 
 
 @dataclass(frozen=True)

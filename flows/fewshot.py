@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from prefect import flow, unmapped
 
 from coderflow.config import PipelineConfig
-from coderflow.flows.pipeline import _root, embed_images, flow_run_id, ingest_dataset, recorded_run, text_bank
+from coderflow.flows.pipeline import (
+    _root,
+    embed_images,
+    flow_run_id,
+    ingest_dataset,
+    recorded_run,
+    refreshed_on_error,
+    text_bank,
+)
 from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
 from coderflow.results import FewShotResult
 from coderflow.storage.runs import new_run_id
@@ -31,6 +39,11 @@ from coderflow.tasks.fewshot.task import (
 def fewshot(config: PipelineConfig) -> FewShotResult:
     """Training-free few-shot classification over shots x seeds; alpha/beta chosen on val, figures on test."""
     root = _root(config.workdir)
+    with refreshed_on_error(root):
+        return _fewshot(config, root)
+
+
+def _fewshot(config: PipelineConfig, root: str) -> FewShotResult:
     fs, model = config.fewshot, config.model
     splits = {
         name: config.dataset.model_copy(update={"split": name})

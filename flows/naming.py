@@ -71,3 +71,13 @@ def tag_flow_run(flow: Any, flow_run: Any, state: Any) -> None:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, tags=tags)
         flow_run.tags = tags
+
+
+def ui_link(flow_run_id: str | None) -> str | None:
+    """The Prefect UI page of a flow run, when a UI is configured (PREFECT_UI_URL)."""
+    if not flow_run_id:
+        return None
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None

@@ -56,6 +56,25 @@ def recorded_run(run_id: str, root: str, record: dict[str, Any]) -> Iterator[dic
     refresh_database(root)
 
 
+def refresh_unless_subflow(root: str) -> None:
+    """Refresh the DuckDB views at the end of a stage run on its own; inside a parent flow the parent's run record
+    refreshes them once (`recorded_run`), or `refreshed_on_error` when the parent fails first."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.parent_flow_run_id:
+        refresh_database(root)
+
+
+@contextmanager
+def refreshed_on_error(root: str) -> Iterator[None]:
+    """A parent flow that fails before its run record still leaves views over what its stages stored."""
+    try:
+        yield
+    except BaseException:
+        refresh_database(root)
+        raise
+
+
 @contextmanager
 def timed(stages: dict[str, float], name: str) -> Iterator[None]:
     """Seconds spent in a block, stored under `name`."""
@@ -108,9 +127,9 @@ def embed_images(
     futures = embed_shard.map(
         paths, hashes, unmapped(dataset.name), unmapped(dataset.split), unmapped(model), unmapped(root)
     )
-    done = results_with_progress(futures, f"{dataset.name}/{dataset.split} shards")
+    done = results_with_progress(futures, f"embed {dataset.name}/{dataset.split}", "images")
     result = EmbedResult(**summarize_shards(done, max_failure_rate))
-    refresh_database(root)
+    refresh_unless_subflow(root)
     return result
 
 
@@ -129,7 +148,7 @@ def text_bank(
     root = _root(workdir)
     bank = build_text_bank(dataset.name, dataset.split, model, texts or TextsConfig(), root, templates, classify)
     embedded = embed_text_bank(bank["textbank_id"], model, root)
-    refresh_database(root)
+    refresh_unless_subflow(root)
     return TextBankResult(
         bank["textbank_id"],
         bank["n_texts"],
@@ -157,7 +176,7 @@ def import_texts(
     root = _root(workdir)
     bank = import_text_bank(dataset.name, path, fmt, model, texts or TextsConfig(), root, key)
     embedded = embed_text_bank(bank["textbank_id"], model, root)
-    refresh_database(root)
+    refresh_unless_subflow(root)
     return TextBankResult(bank["textbank_id"], bank["n_texts"], embedded["new"], report=bank["report"])
 
 
@@ -183,8 +202,8 @@ def build_coder(
         parts, unmapped(textbank_id), unmapped(mid), unmapped(dataset.name), unmapped(dataset.split),
         unmapped(coder or CoderConfig()), unmapped(root),
     )  # fmt: skip
-    results = [f.result() for f in futures]
-    refresh_database(root)
+    results = results_with_progress(futures, f"coder {dataset.name}/{dataset.split}", "images")
+    refresh_unless_subflow(root)
     return CoderResult(len(results), sum(r["skipped"] for r in results), sum(r["rows"] for r in results))
 
 
@@ -235,7 +254,13 @@ def classify(
         extra["counts"] = result
     report_run(run_id, dataset.name, root)
     return ClassifyResult(
-        run_id, metrics["top1"], result["n_samples"], result["n_errors"], result["n_classes"], result["methods"]
+        run_id,
+        metrics["top1"],
+        result["n_samples"],
+        result["n_errors"],
+        result["n_classes"],
+        result["methods"],
+        flow_run_id(),
     )
 
 
@@ -245,6 +270,11 @@ def classify(
 def pipeline(config: PipelineConfig) -> PipelineResult:
     """End to end: ingest, embed images, text bank, CODER, classify with every method, evaluate, DuckDB."""
     root = _root(config.workdir)
+    with refreshed_on_error(root):
+        return _stages(config, root)
+
+
+def _stages(config: PipelineConfig, root: str) -> PipelineResult:
     ds, model = config.dataset, config.model
     stages: dict[str, float] = {}
     with timed(stages, "ingest"):

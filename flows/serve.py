@@ -8,36 +8,33 @@ from coderflow.config import PipelineConfig
 from coderflow.flows.naming import run_tags
 
 DEFAULT_CRON = "0 2 * * *"  # nightly, 02:00
+SECTION_OF = {"params": "classify"}  # flow parameter -> config section, where the names differ
+
+
+def _flows() -> dict[str, Any]:
+    """The served flows by deployment key (their Prefect flow names)."""
+    from coderflow.flows import pipeline as p
+
+    return {f.name: f for f in (p.pipeline, p.ingest_dataset, p.embed_images, p.text_bank, p.build_coder, p.classify)}
 
 
 def stage_parameters(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
-    """Default parameters of each flow's deployment, from one pipeline configuration (JSON-ready)."""
+    """Default parameters of each flow's deployment: the config sections its signature names (a flow parameter, a
+    YAML key and a flag are one name); `params` is the classify flow's `classify` section."""
+    import inspect
+
     c = cfg.model_dump(mode="json")
-    common = {"dataset": c["dataset"], "workdir": c["workdir"]}
-    with_model = {**common, "model": c["model"]}
-    return {
-        "pipeline": {"config": c},
-        "ingest-dataset": common,
-        "embed-images": {**with_model, "max_failure_rate": c["max_failure_rate"]},
-        "text-bank": {**with_model, "texts": c["texts"], "templates": c["templates"]},
-        "build-coder": {**with_model, "coder": c["coder"]},  # textbank_id: given per run
-        "classify": {**with_model, "methods": c["methods"], "params": c["classify"]},  # textbank_id: per run
-    }
+    out = {}
+    for key, flow in _flows().items():
+        names = inspect.signature(flow.fn).parameters
+        out[key] = {n: c[SECTION_OF.get(n, n)] for n in names if SECTION_OF.get(n, n) in c}
+    out["pipeline"] = {"config": c}
+    return out
 
 
 def deployments(cfg: PipelineConfig, name: str = "laptop", cron: str | None = DEFAULT_CRON) -> list[Any]:
     """One deployment per flow; the end-to-end pipeline on `cron` (None: no schedule), the stages on demand."""
-    from coderflow.flows import pipeline as p
-
-    # The runs load these flows from their files; the pipeline's task runner comes from config.runner.
-    flows = {
-        "pipeline": p.pipeline,
-        "ingest-dataset": p.ingest_dataset,
-        "embed-images": p.embed_images,
-        "text-bank": p.text_bank,
-        "build-coder": p.build_coder,
-        "classify": p.classify,
-    }
+    flows = _flows()  # the runs load these flows from their files; the pipeline's runner comes from config.runner
     params = stage_parameters(cfg)
     tags = ["coderflow", *run_tags(params["pipeline"])]
     return [

@@ -102,9 +102,8 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
         f"{m}_adapted" for m in ("tip_adapter", "coder_adapter", "tip_x")
     }
     # searched: with an adapter both Tip-Adapter variants use IMO's grid (run.py:42-47)
-    searched = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": fs.model_copy(update={"search": "grid"})}))[
-        "run_id"
-    ]
+    grid = fs.model_copy(update={"search": "grid"})
+    searched = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": grid})).run_id
     sql = f"SELECT method, value FROM metrics WHERE run_id = '{searched}' AND metric = 'alpha' AND method LIKE 'tip_a%'"
     alphas = {r["method"]: r["value"] for r in query(layout, sql).to_pylist()}
     assert set(alphas) == {"tip_adapter", "tip_adapter_adapted"}

@@ -215,3 +215,15 @@ def test_device_check(monkeypatch):
     check_device("cuda:1")
     with pytest.raises(ValueError, match="has 2 GPU"):
         check_device("cuda:2")
+
+
+def test_tasks_retry_transient_errors_only():
+    from prefect.states import Completed, Failed
+
+    from coderflow.tasks import retry_transient
+    from coderflow.tasks.texts.llm import LLMConfigError
+
+    for exc in (ValueError("bad"), FileNotFoundError("x"), LLMConfigError("no key")):
+        assert not retry_transient(None, None, Failed(data=exc))
+    assert retry_transient(None, None, Failed(data=ConnectionError("reset")))
+    assert retry_transient(None, None, Completed(data=1))

@@ -10,19 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from coderflow.tasks.fewshot import (
+from coderflow.tasks.fewshot import methods as fm
+from coderflow.tasks.fewshot.methods import (
     accuracy,
-    augment_image,
     coder_adapter_logits,
     coder_affinity,
     one_hot,
     prototype_logits,
-    sample_support,
     tip_adapter_logits,
     tip_affinity,
     tune_alpha_beta,
 )
-from coderflow.tasks.fewshot import methods as fm
+from coderflow.tasks.fewshot.sampling import augment_image, sample_support
 
 torch.set_num_threads(1)
 

@@ -120,7 +120,7 @@ def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_di
     workdir = tmp_path / "w"
     args = ["--workdir", str(workdir), "--dataset.name", "cb", "--source", str(clip_benchmark_dir), "--kind", "wds"]
     assert run_cli(["ingest", *args]).exit_code == 0
-    for stage in (["embed"], ["texts", "--texts.types", "name"], ["coder", "--format", "sparse", "--top-k", "3"]):
+    for stage in (["embed"], ["texts", "--texts.types", "name"], ["coder", "--coder.format", "sparse", "--coder.top-k", "3"]):
         out = run_cli([*stage, "--workdir", str(workdir), "--dataset.name", "cb"])
         assert out.exit_code == 0, out.output
     out = run_cli(["classify", "--workdir", str(workdir), "--dataset.name", "cb", "--methods", "clip,coder"])
@@ -137,14 +137,14 @@ def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_di
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "--source", "/no/such/folder", "--kind", "folder"], "does not exist"),
+        (["run", "--source", "/no/such/folder", "--kind", "folder"], "not found"),
         (["run", "--model.name", "ViT-Nope"], "unknown open_clip model"),
-        (["run", "--methods", "clip,nope"], "unknown zero-shot method"),
+        (["run", "--methods", "clip,nope"], "(got 'nope')"),
         (["query", "DROP VIEW metrics"], "DROP statements are refused"),
         (["query", "SELECT * FROM nowhere"], "nowhere"),
         (["query", "--file", "/no/such.sql"], "not found"),
-        (["ingest", "--source", "/no/such/folder", "--kind", "folder"], "does not exist"),
-        (["classify", "--dataset.name", "never-ingested"], "no text bank"),
+        (["ingest", "--source", "/no/such/folder", "--kind", "folder"], "not found"),
+        (["classify", "--dataset.name", "never-ingested"], "not ingested"),
         (["texts", "--dataset.name", "never-ingested"], "not ingested"),
     ],
 )

@@ -280,7 +280,7 @@ def test_two_ingests_at_once_give_one_consistent_split(prefect_server, tmp_path:
     photos = make_folder(tmp_path / "photos", per_class=6)
     workdir = str(tmp_path / "w")
     cfg = DatasetConfig(kind="folder", source=str(photos), samples_per_shard=4)
-    results: list[dict] = []
+    results: list = []
     errors: list[BaseException] = []
 
     def go() -> None:
@@ -295,7 +295,7 @@ def test_two_ingests_at_once_give_one_consistent_split(prefect_server, tmp_path:
     for t in threads:
         t.join()
     assert not errors, errors
-    assert sorted(r["skipped"] for r in results) == [False, True]  # the second waited, then found it done
+    assert sorted(r.skipped for r in results) == [False, True]  # the second waited, then found it done
     layout = Layout.at(workdir)
     shards = split_shards(layout, "photos", "test")
     assert sum(s.samples for s in shards) == 18

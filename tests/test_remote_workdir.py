@@ -178,5 +178,5 @@ def test_dask_workers_on_an_s3_work_directory_match_a_local_threads_run(
     verdict = check_inputs(remote)  # the up-to-date check reads the bucket too
     assert verdict.up_to_date and verdict.run_id == out.run_id
     assert os.environ["AWS_SECRET_ACCESS_KEY"].encode() not in fs.cat(
-        f"{bucket}/runs/demo/runs/{out['run_id']}/manifest.json"
+        f"{bucket}/runs/demo/runs/{out.run_id}/manifest.json"
     )

@@ -121,8 +121,9 @@ def test_another_model_or_missing_results_are_not_up_to_date(work):
 
 IMPORT_CHECK = """
 import sys
+from coderflow.cli import main
 try:
-    app(sys.argv[1:], standalone_mode=False)
+    main(sys.argv[1:])
 finally:
     print("HEAVY", sorted(m for m in {heavy!r} if m in sys.modules))
 """

@@ -14,11 +14,12 @@ from coderflow.storage.layout import Layout, content_id, file_sha256, text_model
 from coderflow.storage.parquet_io import read_table, write_rows, write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
 from coderflow.storage.shards import iter_samples, read_lines, split_shards
+from coderflow.tasks import retry_transient
 from coderflow.tasks.embed.encode import embed_samples, encode_texts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 
 
-@task(name="embed-shard", retries=1, retry_delay_seconds=2)
+@task(name="embed-shard", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient)
 def embed_shard(
     shard: str, shard_hash: str, dataset: str, split: str, model: ModelConfig, workdir: str
 ) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from coderflow.storage.shards import (
 from coderflow.tasks.classify.methods import ensemble_classifier
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
+from coderflow.tasks.fewshot.scorers import SCORERS, Cell
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
 from coderflow.tasks.ingest.sources import check_distinct_splits
 
@@ -128,14 +128,6 @@ def _features(
     )
 
 
-def _grids(cfg: FewShotConfig, betas: Sequence[float], alphas: Sequence[float]) -> dict[str, Any]:
-    """Search arguments: the configured grids where given, else the method's own."""
-    return {
-        "mode": cfg.search, "alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
-        "alphas": cfg.alphas or alphas, "betas": cfg.betas or betas,
-    }  # fmt: skip
-
-
 @task(name="few-shot-predict")
 def fewshot_predict(
     run_id: str,
@@ -194,62 +186,11 @@ def fewshot_predict(
             if value is not None:
                 params.append({"method": method, "shots": shots, "seed": seed, "metric": metric, "value": float(value)})
 
+    cell_inputs = Cell(cfg, n, zs_val, zs_test, onehot, t_coder, dist, bool(adapted_model_id), record)
     for method in cfg.methods:
-        if method == "prototype":
-            record(method, fm.prototype_logits(orig.test.x, orig.support, orig.support_labels, n), logits=False)
-            continue
-        for suffix, f in variants.items():
-            name = method + suffix
-            if method == "tip_adapter":
-                aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
-                betas, alphas = (  # IMO's protocol searches both Tip-Adapter variants on its own grid
-                    (fm.IMO_BETAS, fm.IMO_ALPHAS)
-                    if adapted_model_id
-                    else fm.tip_grid(cfg.tip_search_scale, cfg.tip_search_steps)
-                )
-                chosen = fm.tune_alpha_beta(
-                    zs_val, aff_val, f.support_labels, f.val.labels, refine_steps=cfg.refine_steps,
-                    **_grids(cfg, betas, alphas),
-                )  # fmt: skip
-                scores = zs_test + chosen.alpha * fm.cache_logits(aff_test, onehot, chosen.beta)
-                record(name, scores, True, chosen)
-            elif method == "coder_adapter":
-                keys = fm.l2_normalize(fm.l2_normalize(f.support) @ t_coder.T)
-                aff_val = fm.coder_affinity(fm.l2_normalize(f.val.x @ t_coder.T), keys)
-                aff_test = fm.coder_affinity(fm.l2_normalize(f.test.x @ t_coder.T), keys)
-                init_alpha, init_beta = cfg.coder_init
-                init = fm.tune_alpha_beta(
-                    zs_val, aff_val, f.support_labels, f.val.labels, mode="fixed", alpha=init_alpha, beta=init_beta
-                )
-                if cfg.search == "fixed":
-                    chosen = fm.tune_alpha_beta(
-                        zs_val, aff_val, f.support_labels, f.val.labels, mode="fixed", alpha=cfg.alpha, beta=cfg.beta
-                    )
-                elif cfg.alphas or cfg.betas:
-                    chosen = fm.tune_alpha_beta(
-                        zs_val, aff_val, f.support_labels, f.val.labels, **_grids(cfg, [init_beta], [init_alpha])
-                    )
-                else:
-                    chosen = fm.coder_adapter_search(
-                        zs_val, aff_val, f.support_labels, f.val.labels, steps=cfg.coder_search_steps,
-                        rounds=cfg.coder_search_rounds,
-                    )  # fmt: skip
-                if cfg.search == "grid" and init.val_accuracy > chosen.val_accuracy:  # both judged on val only
-                    chosen = init
-                scores = zs_test + chosen.alpha * fm.cache_logits(aff_test, onehot, chosen.beta)
-                record(name, scores, True, chosen, val_accuracy_init=init.val_accuracy)
-            else:  # tip_x
-                aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
-                kl_val = fm.tip_x_kl_logits(dist["val"], dist["support"], aff_val, onehot)
-                kl_test = fm.tip_x_kl_logits(dist["test"], dist["support"], aff_test, onehot)
-                chosen = fm.tune_alpha_beta(
-                    zs_val, aff_val, f.support_labels, f.val.labels, val_kl=kl_val,
-                    gammas=cfg.gammas or fm.IMO_GAMMAS, **_grids(cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),
-                )  # fmt: skip
-                scores = fm.tip_x_logits(
-                    zs_test, aff_test, kl_test, f.support_labels, chosen.alpha, chosen.beta, chosen.gamma
-                )
-                record(name, scores, True, chosen)
+        spec = SCORERS[method]
+        for suffix, f in variants.items() if spec.cache else [("", orig)]:
+            spec.score(cell_inputs, method + suffix, f)
     part = layout.run_file(run_id, f"fewshot/part-{shots:03d}-{seed:04d}.parquet")
     write_table(pa.concat_tables(tables), part, PREDICTIONS)
     support = pa.table(

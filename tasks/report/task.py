@@ -14,6 +14,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import PrefectFuture, as_completed
 
+from coderflow.progress import stage_progress
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
 from coderflow.tasks.report.tables import (
@@ -56,15 +57,22 @@ def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) 
     return {"metrics_key": metrics_key, "methods": [r["method"] for r in rows], "confused_pairs": len(confused)}
 
 
-def results_with_progress(futures: Sequence[PrefectFuture[Any]], what: str) -> list[Any]:
-    """Wait for mapped tasks, moving a progress artifact on as each finishes; results in submission order."""
+def results_with_progress(
+    futures: Sequence[PrefectFuture[Any]], what: str, item_unit: str = "", items: str = "rows"
+) -> list[Any]:
+    """Wait for mapped tasks, moving a progress artifact (UI) and the console's stage bar on as each finishes;
+    results in submission order. `items`: the result key counted as `item_unit` (images, rows)."""
     total = len(futures)
     if not total:
         return []
     artifact_id = create_progress_artifact(0.0, description=f"{what}: 0 of {total} done")
     index = {id(f): i for i, f in enumerate(futures)}
     results: list[Any] = [None] * total
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        results[index[id(future)]] = future.result()
-        update_progress_artifact(artifact_id, 100.0 * done / total, description=f"{what}: {done} of {total} done")
+    with stage_progress(what, total, "shards", item_unit) as bar:
+        for done, future in enumerate(as_completed(list(futures)), start=1):
+            result = future.result()
+            results[index[id(future)]] = result
+            count = result.get(items, 0) if isinstance(result, dict) and not result.get("skipped") else 0
+            bar.advance(1, items=count, failed=result.get("errors", 0) if isinstance(result, dict) else 0)
+            update_progress_artifact(artifact_id, 100.0 * done / total, description=f"{what}: {done} of {total} done")
     return results

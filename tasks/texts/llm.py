@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 import time
 import urllib.parse
@@ -23,11 +22,11 @@ import httpx
 import openai
 import tenacity
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from coderflow.progress import stage_progress
 from coderflow.storage.layout import storage_path
 from coderflow.storage.parquet_io import write_text
+from coderflow.tasks import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,7 +38,7 @@ SYSTEM_PROMPT = (
 MAX_ITEM_CHARS = 120
 
 
-class LLMConfigError(RuntimeError):
+class LLMConfigError(ConfigError):
     """The endpoint rejected the configuration (bad API key, unknown model): retrying cannot help."""
 
 
@@ -336,18 +335,16 @@ class LLMGenerator:
             return []
         kind, start = requests[0].kind, time.perf_counter()
         before = asdict(self.usage)
-        bar = Progress(
-            TextColumn("LLM {task.fields[kind]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[tokens]} tokens, {task.fields[failed]} failed"), TimeElapsedColumn(),
-            console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=True,
-        )  # fmt: skip
-        with bar, ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(requests)))) as pool:
-            task = bar.add_task("llm", total=len(requests), kind=kind, tokens=0, failed=0)
+        workers = max(1, min(self.max_workers, len(requests)))
+        with (
+            stage_progress(f"LLM {kind}", len(requests), "requests", "tokens") as bar,
+            ThreadPoolExecutor(max_workers=workers) as pool,
+        ):
             futures = [pool.submit(self.ask, r) for r in requests]
             for _ in as_completed(futures):
                 tokens = self.usage.prompt_tokens + self.usage.completion_tokens
-                bar.update(task, advance=1, tokens=tokens - before["prompt_tokens"] - before["completion_tokens"],
-                           failed=self.usage.failed - before["failed"])  # fmt: skip
+                spent = tokens - before["prompt_tokens"] - before["completion_tokens"]
+                bar.advance(1, items=spent - bar.items, failed=self.usage.failed - before["failed"] - bar.failed)
             results = [f.result() for f in futures]
         now = asdict(self.usage)
         log.info(

@@ -14,6 +14,7 @@ from coderflow.storage.layout import Layout, content_id, file_sha256, text_model
 from coderflow.storage.parquet_io import write_table, write_text, write_text_if_changed
 from coderflow.storage.schemas import TEXTS
 from coderflow.storage.shards import ingest_info, read_lines, validate_classnames
+from coderflow.tasks import retry_transient
 from coderflow.tasks.embed.encode import token_counts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, bank_summary, build_bank, name_texts, template_texts
@@ -31,7 +32,7 @@ def dataset_classes(layout: Layout, dataset: str) -> tuple[list[str], list[str]]
     return names, read_lines(tpath) if tpath.exists() else []
 
 
-@task(name="build-text-bank", retries=2, retry_delay_seconds=5)
+@task(name="build-text-bank", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def build_text_bank(
     dataset: str,
     split: str,

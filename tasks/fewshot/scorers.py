@@ -1,0 +1,123 @@
+"""The few-shot methods by name: one scorer each over a (shots, seed) cell; adding a method is one registry entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from coderflow.config import FewShotConfig
+from coderflow.tasks.fewshot import methods as fm
+
+
+class Features(Protocol):
+    """Image features of one cell: val and test sets (x, labels) and the support set."""
+
+    val: Any
+    test: Any
+    support: np.ndarray
+    support_labels: np.ndarray
+
+
+@dataclass
+class Cell:
+    """What every scorer reads: the zero-shot logits (original features), the support labels one-hot, CODER's
+    texts, Tip-X's class distributions, and `record(method, scores, logits, chosen, **extra)` for its predictions."""
+
+    cfg: FewShotConfig
+    n_classes: int
+    zs_val: np.ndarray
+    zs_test: np.ndarray
+    onehot: np.ndarray
+    t_coder: np.ndarray
+    dist: dict[str, np.ndarray]
+    imo_grid: bool  # an adapter run: both Tip-Adapter variants are searched on IMO's grid (run.py:42-47)
+    record: Callable[..., None]
+
+
+def _grids(cfg: FewShotConfig, betas: Sequence[float], alphas: Sequence[float]) -> dict[str, Any]:
+    """Search arguments: the configured grids where given, else the method's own."""
+    return {
+        "mode": cfg.search, "alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
+        "alphas": cfg.alphas or alphas, "betas": cfg.betas or betas,
+    }  # fmt: skip
+
+
+def prototype(c: Cell, name: str, f: Features) -> None:
+    """Nearest class mean of the support features (no text)."""
+    c.record(name, fm.prototype_logits(f.test.x, f.support, f.support_labels, c.n_classes), logits=False)
+
+
+def tip_adapter(c: Cell, name: str, f: Features) -> None:
+    """Tip-Adapter (Tip-Adapter main.py): zero-shot logits + alpha * cache logits, (alpha, beta) from val."""
+    aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
+    betas, alphas = (
+        (fm.IMO_BETAS, fm.IMO_ALPHAS) if c.imo_grid else fm.tip_grid(c.cfg.tip_search_scale, c.cfg.tip_search_steps)
+    )
+    chosen = fm.tune_alpha_beta(
+        c.zs_val, aff_val, f.support_labels, f.val.labels, refine_steps=c.cfg.refine_steps,
+        **_grids(c.cfg, betas, alphas),
+    )  # fmt: skip
+    c.record(name, c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta), True, chosen)
+
+
+def coder_adapter(c: Cell, name: str, f: Features) -> None:
+    """CODER-Adapter (CVPR24-CODER classify_few_shot.py): a Tip-Adapter cache keyed by CODER vectors; the searched
+    (alpha, beta) is kept only when it beats the initial pair on val."""
+    cfg = c.cfg
+    keys = fm.l2_normalize(fm.l2_normalize(f.support) @ c.t_coder.T)
+    aff_val = fm.coder_affinity(fm.l2_normalize(f.val.x @ c.t_coder.T), keys)
+    aff_test = fm.coder_affinity(fm.l2_normalize(f.test.x @ c.t_coder.T), keys)
+    labels = (f.support_labels, f.val.labels)
+    init_alpha, init_beta = cfg.coder_init
+    init = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=init_alpha, beta=init_beta)
+    if cfg.search == "fixed":
+        chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=cfg.alpha, beta=cfg.beta)
+    elif cfg.alphas or cfg.betas:
+        chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, **_grids(cfg, [init_beta], [init_alpha]))
+    else:
+        chosen = fm.coder_adapter_search(
+            c.zs_val, aff_val, *labels, steps=cfg.coder_search_steps, rounds=cfg.coder_search_rounds
+        )
+    if cfg.search == "grid" and init.val_accuracy > chosen.val_accuracy:  # both judged on val only
+        chosen = init
+    scores = c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta)
+    c.record(name, scores, True, chosen, val_accuracy_init=init.val_accuracy)
+
+
+def tip_x(c: Cell, name: str, f: Features) -> None:
+    """Tip-X (IMO run.py): Tip-Adapter plus gamma * KL-divergence logits between class distributions."""
+    aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
+    kl_val = fm.tip_x_kl_logits(c.dist["val"], c.dist["support"], aff_val, c.onehot)
+    kl_test = fm.tip_x_kl_logits(c.dist["test"], c.dist["support"], aff_test, c.onehot)
+    chosen = fm.tune_alpha_beta(
+        c.zs_val, aff_val, f.support_labels, f.val.labels, val_kl=kl_val, gammas=c.cfg.gammas or fm.IMO_GAMMAS,
+        **_grids(c.cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),
+    )  # fmt: skip
+    scores = fm.tip_x_logits(c.zs_test, aff_test, kl_test, f.support_labels, chosen.alpha, chosen.beta, chosen.gamma)
+    c.record(name, scores, True, chosen)
+
+
+@dataclass(frozen=True)
+class FewShotMethod:
+    """A scorer, and whether it reads a cache (then it also runs on adapted features, as `<name>_adapted`)."""
+
+    score: Callable[[Cell, str, Features], None]
+    cache: bool = True
+
+
+# The few-shot methods, in the order of the default `fewshot.methods`.
+SCORERS: dict[str, FewShotMethod] = {
+    "prototype": FewShotMethod(prototype, cache=False),
+    "tip_adapter": FewShotMethod(tip_adapter),
+    "coder_adapter": FewShotMethod(coder_adapter),
+    "tip_x": FewShotMethod(tip_x),
+}
+
+
+def check_methods(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown few-shot method(s) {unknown}: choose from {','.join(SCORERS)}")
