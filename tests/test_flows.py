@@ -120,7 +120,11 @@ def test_clip_benchmark_run_uses_its_templates(prefect_server, clip_benchmark_di
     workdir = tmp_path / "w"
     args = ["--workdir", str(workdir), "--dataset.name", "cb", "--source", str(clip_benchmark_dir), "--kind", "wds"]
     assert run_cli(["ingest", *args]).exit_code == 0
-    for stage in (["embed"], ["texts", "--texts.types", "name"], ["coder", "--coder.format", "sparse", "--coder.top-k", "3"]):
+    for stage in (
+        ["embed"],
+        ["texts", "--texts.types", "name"],
+        ["coder", "--coder.format", "sparse", "--coder.top-k", "3"],
+    ):
         out = run_cli([*stage, "--workdir", str(workdir), "--dataset.name", "cb"])
         assert out.exit_code == 0, out.output
     out = run_cli(["classify", "--workdir", str(workdir), "--dataset.name", "cb", "--methods", "clip,coder"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,14 +50,25 @@ class LoadedModel:
 
 
 def check_model_name(name: str) -> None:
-    """Refuse a name open_clip does not know, suggesting close ones."""
-    import open_clip
+    """Refuse a name open_clip does not know, suggesting close ones (coderflow/preflight.py)."""
+    from coderflow.preflight import check_model
 
-    if name.startswith("hf-hub:") or name in open_clip.list_models():
-        return
-    close = [m for m in open_clip.list_models() if name.lower().replace("_", "-") in m.lower()][:5]
-    hint = f" (close: {', '.join(close)})" if close else " such as ViT-B-32 or ViT-S-32-alt"
-    raise ValueError(f"unknown open_clip model {name!r}: pick a name from open_clip.list_models(){hint}")
+    check_model(name, None)
+
+
+@contextmanager
+def _random_weights_said_once(pretrained: str | None) -> Iterator[None]:
+    """open_clip warns 'No pretrained weights loaded' on every load; coderflow's run summary already says so."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return pretrained is not None or "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def create_model(name: str, pretrained: str | None, device: str = "cpu", precision: str = "fp32") -> tuple[Any, Any]:
@@ -66,7 +80,7 @@ def create_model(name: str, pretrained: str | None, device: str = "cpu", precisi
     weights = str(Path(pretrained).expanduser().resolve()) if is_weights_file(pretrained) else pretrained
     try:
         # random weights come from a fixed seed, so `<name>__random` is one model in every process and run
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _random_weights_said_once(pretrained):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=weights, device=device, precision=precision
