@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +85,12 @@ def timed(stages: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         stages[name] = round(time.perf_counter() - start, 2)
+
+
+def bank_reads_images(config: PipelineConfig) -> bool:
+    """Whether the text bank reads the split's image embeddings (one-vs-one pairs 'consulted' or 'confused')."""
+    t = config.texts
+    return "ovo" in t.types and t.ovo_pairs in ("consulted", "confused") and t.ovo_budget > 0
 
 
 def flow_run_id() -> str | None:
@@ -279,11 +287,23 @@ def _stages(config: PipelineConfig, root: str) -> PipelineResult:
     stages: dict[str, float] = {}
     with timed(stages, "ingest"):
         ingest_dataset(ds, root)
-    with timed(stages, "embed"):
-        images = with_runner(embed_images, config)(ds, model, root, config.max_failure_rate)
-    with timed(stages, "texts"):
-        templates = list(config.templates) if config.templates else None
-        texts = text_bank(ds, model, config.texts, root, templates, config.classify)
+
+    def embed() -> EmbedResult:
+        with timed(stages, "embed"):
+            return with_runner(embed_images, config)(ds, model, root, config.max_failure_rate)
+
+    def bank() -> TextBankResult:
+        with timed(stages, "texts"):
+            templates = list(config.templates) if config.templates else None
+            return text_bank(ds, model, config.texts, root, templates, config.classify)
+
+    if bank_reads_images(config):  # one-vs-one pairs from the images' scores: embed first
+        images, texts = embed(), bank()
+    else:  # neither needs the other: the bank (LLM requests, WordNet) runs while the images are embedded
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(contextvars.copy_context().run, bank)
+            images = embed()
+            texts = pending.result()
     with timed(stages, "coder"):
         coder = with_runner(build_coder, config)(ds, model, texts.textbank_id, config.coder, root)
     with timed(stages, "classify"):

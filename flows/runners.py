@@ -4,6 +4,7 @@ and a flow holds its work directory's lock."""
 from __future__ import annotations
 
 import atexit
+import contextvars
 import functools
 import inspect
 import os
@@ -121,6 +122,11 @@ def subflows_share_heartbeat(fn: C) -> C:
     return cast(C, run)
 
 
+# Work directories whose lock a flow of this context holds: sub-flows (in this thread, or in a helper thread that
+# runs with a copy of this context) run under it instead of waiting for it.
+_HELD: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("coderflow_held_workdirs", default=frozenset())
+
+
 def holds_workdir_lock(fn: C) -> C:
     """Decorate a flow's function (under `@flow`): it runs while holding its work directory's lock.
 
@@ -133,8 +139,15 @@ def holds_workdir_lock(fn: C) -> C:
     def run(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind_partial(*args, **kwargs).arguments
         workdir = bound.get("workdir") if "workdir" in signature.parameters else bound["config"].workdir
-        with workdir_lock(Layout.at(workdir).root, f"flow {fn.__name__.replace('_', '-')}"):
+        root = str(Layout.at(workdir).root)
+        if root in _HELD.get():  # a parent flow holds it (also for sub-flows it runs in helper threads)
             return fn(*args, **kwargs)
+        with workdir_lock(root, f"flow {fn.__name__.replace('_', '-')}"):
+            token = _HELD.set(_HELD.get() | {root})
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _HELD.reset(token)
 
     # Prefect builds the flow's parameter model from the annotations: resolve them in the flow's own module
     run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]

@@ -125,3 +125,79 @@ def test_random_weights_are_the_same_model_every_time():
     a, _ = create_model("ViT-S-32-alt", None)
     b, _ = create_model("ViT-S-32-alt", None)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+PROMPTS = [
+    "a photo of a cat.", "a blurry photo of a golden retriever, a type of pet.", "dog",
+    "a siamese cat which has blue almond-shaped eyes and a cream coat with darker points", "",
+    "a very long description of a thing " * 12,  # truncated at the context length: pooled at the last position
+]  # fmt: skip
+TINY_BIDIRECTIONAL = {  # a SigLIP-style text tower (no causal mask, 'last' pooling): trimming would change it
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
+    "text_cfg": {
+        "context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, "no_causal_mask": True,
+        "pool_type": "last", "proj_bias": True,
+    },
+    "custom_text": True,
+}  # fmt: skip
+
+
+def _loaded(name: str, **kwargs) -> object:
+    import open_clip
+
+    from coderflow.tasks.embed.model import LoadedModel
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+    return LoadedModel(model.eval(), preprocess, open_clip.get_tokenizer(name), name, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "trimmed"),
+    [
+        ("ViT-S-32-alt", {}, True),  # CLIP: the text tower's parts on the model, argmax pooling
+        ("ViT-S-32-alt", {"force_custom_text": True}, True),  # CustomTextCLIP with open_clip's TextTransformer
+        ("RN50", {}, True),  # a ResNet image tower, the same causal text tower
+        ("tiny-bidirectional", {}, False),  # no causal mask: the plain encode_text
+    ],
+)
+def test_trimmed_text_encoding_equals_encode_text(tmp_path: Path, name: str, kwargs: dict, trimmed: bool):
+    import json
+
+    import open_clip
+
+    from coderflow.tasks.embed.encode import causal_text_tower
+
+    if name == "tiny-bidirectional":
+        (tmp_path / f"{name}.json").write_text(json.dumps(TINY_BIDIRECTIONAL))
+        open_clip.add_model_config(tmp_path / f"{name}.json")
+    lm = _loaded(name, **kwargs)
+    assert (causal_text_tower(lm.model) is not None) == trimmed
+    with torch.inference_mode():
+        reference = torch.nn.functional.normalize(lm.model.encode_text(lm.tokenizer(PROMPTS)).float(), dim=-1).numpy()
+    got = encode_texts(PROMPTS, lm, batch_size=4)  # batches of different lengths, rows back in input order
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() <= 1e-5
+
+
+def test_text_store_embeds_each_text_once(lm, tmp_path: Path):
+    from coderflow.storage.layout import Layout
+    from coderflow.tasks.embed.text_store import TextStore
+
+    calls = []
+
+    def load():
+        calls.append(1)
+        return lm
+
+    layout = Layout.at(tmp_path)
+    store = TextStore(layout, "m", load)
+    first = store.encode(["a cat", "a dog", "a cat"])
+    assert store.encoded == 2 and np.allclose(first[0], first[2])
+    assert store.flush() == 2 and store.flush() == 0
+    again = TextStore(layout, "m", load)  # a later stage, another process: answered from the stored part
+    assert np.allclose(again.encode(["a dog", "a cat"]), first[[1, 0]]) and again.encoded == 0
+    assert again.encode(["a bird"]).shape == (1, first.shape[1]) and again.encoded == 1
+    assert len(again.stored_ids()) == 3
+    assert np.allclose(first, encode_texts(["a cat", "a dog", "a cat"], lm), atol=1e-6)

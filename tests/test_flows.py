@@ -28,6 +28,11 @@ def test_demo_pipeline_outputs(demo_run):
     assert [r["text"] for r in names][:2] == ["a photo of circle", "a photo of square"]  # CODER's one name prompt
     n_all = q("SELECT count(*) AS n FROM texts")[0]["n"]
     assert q("SELECT count(*) AS n FROM texts JOIN text_embeddings USING (text_id)")[0]["n"] == n_all
+    # no text embedded twice: the embedding stage reused what building the bank embedded (class prompts for the
+    # one-vs-one pairs and the look-alike filter), and each text id has one embedding
+    texts = demo_run["result"].texts
+    assert texts.embedded < texts.n_texts
+    assert q("SELECT count(*) - count(DISTINCT text_id) AS d FROM text_embeddings") == [{"d": 0}]
     preds = q("SELECT method, count(*) AS n, min(len(top5)) AS k FROM predictions GROUP BY method ORDER BY method")
     methods = ["clip", "coder", "coder_rerank", "cupl", "dclip", "waffle"]
     assert preds == [{"method": m, "n": 30, "k": 5} for m in methods]
@@ -252,3 +257,24 @@ def test_module_loggers_reach_the_run_logs(prefect_server):
             break
         time.sleep(0.5)
     assert any("LLM gave nothing for att 'x'" in m for m in messages), messages
+
+
+@pytest.mark.flow
+def test_text_bank_runs_while_images_are_embedded(prefect_server, tmp_path: Path):
+    """Without one-vs-one pairs from the images, the text bank and the image embedding run at the same time (two
+    sub-flows of the pipeline under its one work-directory lock); with them (the default) the images come first."""
+    from conftest import tiny_demo_config
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    from coderflow.config import PipelineConfig
+    from coderflow.flows.pipeline import bank_reads_images, pipeline
+
+    cfg = PipelineConfig(**tiny_demo_config(tmp_path))
+    assert not bank_reads_images(cfg) and bank_reads_images(PipelineConfig())
+    result = pipeline(cfg)
+    children = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[result.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        runs = {client.read_flow(r.flow_id).name: r for r in client.read_flow_runs(flow_run_filter=children)}
+    embed, bank = runs["embed-images"], runs["text-bank"]
+    assert bank.start_time < embed.end_time and embed.start_time < bank.end_time  # the two windows overlap

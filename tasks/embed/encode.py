@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -127,12 +128,88 @@ def token_counts(texts: Sequence[str], lm: LoadedModel) -> list[int]:
     return [len(encode(t)) + 2 for t in texts]
 
 
+@dataclass(frozen=True)
+class _CausalTextTower:
+    """The parts of an open_clip text tower whose output at the pooled token does not depend on later positions."""
+
+    token_embedding: Any
+    positional_embedding: torch.Tensor
+    transformer: Any
+    attn_mask: torch.Tensor
+    ln_final: Any
+    text_projection: Any
+    pool_type: str
+    eos_id: int | None
+
+
+def causal_text_tower(model: Any) -> _CausalTextTower | None:
+    """The model's text tower when trimming padding gives identical outputs: a causal attention mask and pooling at
+    the end-of-text token ('argmax' or 'eos'), no appended class token, no padding mask. None otherwise (SigLIP's
+    'last' pooling, bidirectional towers, Hugging Face towers): those use the plain `encode_text`."""
+    text = getattr(model, "text", None)
+    if type(text).__name__ == "TextTransformer":  # CustomTextCLIP
+        if text.cls_emb is not None or getattr(text, "use_pad_mask", False):
+            return None
+        parts, pool, eos = text, text.pool_type, getattr(text, "eos_id", None)
+    elif hasattr(model, "transformer") and hasattr(model, "token_embedding"):  # CLIP: the tower's parts on the model
+        parts, pool, eos = model, getattr(model, "text_pool_type", None), getattr(model, "text_eos_id", None)
+    else:
+        return None
+    mask = getattr(parts, "attn_mask", None)
+    if mask is None or pool not in ("argmax", "eos") or (pool == "eos" and eos is None):
+        return None
+    return _CausalTextTower(
+        parts.token_embedding, parts.positional_embedding, parts.transformer, mask, parts.ln_final,
+        parts.text_projection, pool, eos,
+    )  # fmt: skip
+
+
+def _pooled_positions(tokens: torch.Tensor, tower: _CausalTextTower) -> torch.Tensor:
+    """Index of the end-of-text token of each row (open_clip's text_global_pool rule)."""
+    if tower.pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    return (tokens == tower.eos_id).int().argmax(dim=-1)
+
+
+def _encode_trimmed(tokens: torch.Tensor, tower: _CausalTextTower) -> torch.Tensor:
+    """open_clip's encode_text on the first L positions only (L: the batch's last end-of-text token + 1), with the
+    causal mask and positional embedding cut to L: the pooled token never attends to later positions, so the output
+    is the same as over the padded context (open_clip/model.py CLIP.encode_text, transformer.py TextTransformer)."""
+    length = int(_pooled_positions(tokens, tower).max()) + 1
+    tokens = tokens[:, :length]
+    cast = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(tokens).to(cast) + tower.positional_embedding[:length].to(cast)
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    x = tower.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), _pooled_positions(tokens, tower)]
+    if tower.text_projection is None:
+        return x
+    return tower.text_projection(x) if isinstance(tower.text_projection, torch.nn.Linear) else x @ tower.text_projection
+
+
 @torch.inference_mode()
-def encode_texts(texts: Sequence[str], lm: LoadedModel, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised text embeddings (len(texts) x D), truncated at the model's context length."""
-    out = []
-    for chunk in _batches(texts, batch_size):
-        tokens = lm.tokenizer(list(chunk)).to(lm.device)
-        out.append(torch.nn.functional.normalize(lm.model.encode_text(tokens).float(), dim=-1).cpu().numpy())
+def encode_texts(texts: Sequence[str], lm: LoadedModel, batch_size: int = 256, trim: bool = True) -> np.ndarray:
+    """L2-normalised text embeddings (len(texts) x D), truncated at the model's context length.
+
+    With `trim` (and a causal text tower, see `causal_text_tower`) texts are encoded in order of token length, each
+    batch cut to its longest text: 3-5x less work for short prompts, the same embeddings as `encode_text` (within
+    float rounding, tests/test_embed.py). Rows come back in the input order.
+    """
     dim = int(getattr(lm.model, "embed_dim", 0) or 0)
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    if not texts:
+        return np.zeros((0, dim), np.float32)
+    tower = causal_text_tower(lm.model) if trim else None
+    order = np.argsort(token_counts(texts, lm), kind="stable") if tower is not None else np.arange(len(texts))
+    out = np.zeros((len(texts), dim), np.float32) if dim else None
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        tokens = lm.tokenizer([texts[i] for i in idx]).to(lm.device)
+        feats = _encode_trimmed(tokens, tower) if tower is not None else lm.model.encode_text(tokens)
+        vecs = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(texts), vecs.shape[1]), np.float32)
+        chunks.append((idx, vecs))
+    for idx, vecs in chunks:
+        out[idx] = vecs
+    return out

@@ -10,13 +10,14 @@ from prefect import get_run_logger, task
 
 from coderflow.config import ModelConfig
 from coderflow.storage.arrays import image_parts
-from coderflow.storage.layout import Layout, content_id, file_sha256, text_model_id
-from coderflow.storage.parquet_io import read_table, write_rows, write_table
-from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
+from coderflow.storage.layout import Layout, file_sha256, text_model_id
+from coderflow.storage.parquet_io import read_table, write_table
+from coderflow.storage.schemas import IMAGE_EMBEDDINGS
 from coderflow.storage.shards import iter_samples, read_lines, split_shards
 from coderflow.tasks import retry_transient
-from coderflow.tasks.embed.encode import embed_samples, encode_texts
+from coderflow.tasks.embed.encode import embed_samples
 from coderflow.tasks.embed.model import configured_model_id, load_configured
+from coderflow.tasks.embed.text_store import TextStore
 
 
 @task(name="embed-shard", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient)
@@ -57,21 +58,13 @@ def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> dict[
     layout = Layout.at(workdir)
     text_mid = text_model_id(configured_model_id(model, workdir))  # adapters change only the image encoder
     bank = read_table(layout.textbank_file(textbank_id), ["text_id", "text", "truncated"])
-    known: set[str] = set()
-    for part in sorted(layout.text_embedding_dir(text_mid).glob("part-*.parquet")):
-        known.update(read_table(part, ["text_id"])["text_id"].to_pylist())
-    todo: dict[str, str] = {}
-    for tid, text in zip(bank["text_id"].to_pylist(), bank["text"].to_pylist(), strict=True):
-        if tid not in known:
-            todo.setdefault(tid, text)
-    context_length = None
-    if todo:  # the model is loaded only when there is something to embed
-        lm = load_configured(model, workdir)
-        context_length = lm.context_length
-        ids = sorted(todo)
-        vecs = encode_texts([todo[i] for i in ids], lm)
-        rows = [{"text_id": i, "model_id": text_mid, "embedding": v.tolist()} for i, v in zip(ids, vecs, strict=True)]
-        write_rows(rows, TEXT_EMBEDDINGS, layout.text_embedding_part(text_mid, content_id(*ids)))
+    store = TextStore(layout, text_mid, lambda: load_configured(model, workdir))  # loaded only when needed
+    known = store.stored_ids()
+    todo = {tid: text for tid, text in zip(bank["text_id"].to_pylist(), bank["text"].to_pylist(), strict=True)}
+    todo = {tid: text for tid, text in todo.items() if tid not in known}
+    store.encode(list(todo.values()))
+    store.flush()
+    context_length = load_configured(model, workdir).context_length if todo else None
     n_trunc = sum(bool(v) for v in bank["truncated"].to_pylist())
     get_run_logger().info(
         "text bank %s on %s: %d new embeddings, %d reused, %d truncated (context %s tokens)",

@@ -17,6 +17,7 @@ from coderflow.storage.shards import ingest_info, read_lines, validate_classname
 from coderflow.tasks import retry_transient
 from coderflow.tasks.embed.encode import token_counts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
+from coderflow.tasks.embed.text_store import TextStore
 from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, bank_summary, build_bank, name_texts, template_texts
 from coderflow.tasks.texts.imports import FORMATS, clip_benchmark_templates, imported_texts, read_json_lists
 from coderflow.tasks.texts.make import make_bank, waffle_bank
@@ -78,7 +79,9 @@ def build_text_bank(
             images = load_images(layout, lm.model_id, dataset, split).x
         except FileNotFoundError:
             log.warning("no image embeddings yet for %s/%s: one-vs-one pairs fall back to 'nearest'", dataset, split)
-    bank, report = make_bank(classnames, chosen, texts, lm, layout.llm_cache_dir, images, rerank)
+    store = TextStore(layout, text_model_id(lm.model_id), lambda: lm)
+    bank, report = make_bank(classnames, chosen, texts, lm, layout.llm_cache_dir, images, rerank, store.encode)
+    store.flush()  # the texts embedded while building (look-alike filter, pairs, senses): the embedding stage reuses them
     report["summary"] = bank_summary(bank, report, texts.llm.price_per_1k)
     bank_id = bank["textbank_id"][0].as_py()
     path = layout.textbank_file(bank_id)
