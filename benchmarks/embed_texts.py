@@ -1,4 +1,11 @@
-"""Text embedding: a bank with duplicate texts is embedded once, and a second run of unchanged work is cheap.
+"""Text embedding: coderflow's encoder against open_clip's encode_text, duplicate texts embedded once, cheap re-runs.
+
+Part 0 (always): coderflow's text encoder (tasks/embed/encode.py: texts sorted by token length, each batch cut to its
+longest text) against open_clip's `encode_text` (every text padded to the 77-token context), both in batches of 256,
+on a CODER-size bank of real prompts: the ImageNet class names and DCLIP descriptors of
+../shared/fixtures/descriptors/descriptors_imagenet.json as CODER texts ("a photo of a {c}.", "{c} which has {d}").
+Reports seconds, texts/s, the speed-up (target >= 4x on the 2-core machine with ViT-B-32) and the largest absolute
+difference between the two embeddings (must be <= 1e-5).
 
 Part 1 (Prefect-free, always): a synthetic text bank of R rows holding U distinct texts (Parquet with the TEXTS
 schema, at Layout's path) is embedded by the body of tasks.embed.task.embed_text_bank (`.fn`, Prefect's run logger
@@ -14,6 +21,7 @@ subflow of a parent decorated like `pipeline` (flows.runners.subflows_share_hear
 runs it. A top-level flow run pays Prefect's fixed cost of a flow run (see the no-op flow's time).
 
     python benchmarks/embed_texts.py                         # 600 rows / 300 distinct texts, batch 256
+    python benchmarks/embed_texts.py --encoder-model ViT-B-32 --prompts 2048 --repeats 1 --no-flow
     python benchmarks/embed_texts.py --rows 5000 --unique 2000 --no-flow
 """
 
@@ -68,6 +76,46 @@ def synthetic_bank(layout: Layout, rows: int, unique: int) -> str:
     )
     write_table(table, layout.textbank_file(bank_id), TEXTS)
     return bank_id
+
+
+DESCRIPTORS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "descriptors" / "descriptors_imagenet.json"
+
+
+def coder_prompts(path: Path, n: int, seed: int = 0) -> list[str]:
+    """n CODER-style prompts from a DCLIP descriptor file: each class's name prompt and attribute sentences."""
+    import random
+
+    data = json.loads(path.read_text())
+    texts = [f"a photo of a {c}." for c in data] + [f"{c} which has {d}" for c, ds in data.items() for d in ds]
+    return random.Random(seed).sample(texts, min(n, len(texts)))
+
+
+def encoder_vs_open_clip(model: str, prompts: list[str], repeats: int) -> dict:
+    """Seconds of open_clip's encode_text (padded) and of coderflow's encode_texts (trimmed) on the same prompts."""
+    import numpy as np
+
+    lm = model_mod.load_model(model, None)
+    plain, trimmed = Timings("open_clip encode_text"), Timings("coderflow encode_texts")
+    a = b = None
+    for _ in range(repeats):
+        a = plain.time(lambda: encode_texts(prompts, lm, trim=False))
+        b = trimmed.time(lambda: encode_texts(prompts, lm))
+    from coderflow.tasks.embed.encode import causal_text_tower, token_counts
+
+    counts = token_counts(prompts, lm)
+    return {
+        "model": model,
+        "texts": len(prompts),
+        "tokens_mean": round(sum(counts) / len(counts), 1),
+        "tokens_max": max(counts),
+        "trimmed_tower": causal_text_tower(lm.model) is not None,
+        "open_clip_s": round(plain.median, 2),
+        "coderflow_s": round(trimmed.median, 2),
+        "open_clip_texts_per_s": round(len(prompts) / plain.median, 1),
+        "coderflow_texts_per_s": round(len(prompts) / trimmed.median, 1),
+        "speedup": round(plain.median / trimmed.median, 2),
+        "max_abs_diff": float(np.abs(a - b).max()),
+    }
 
 
 def clear_model_cache() -> None:
@@ -136,6 +184,10 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-S-32-alt")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--encoder-model", default="ViT-B-32", help="model of the encoder comparison (part 0)")
+    ap.add_argument("--prompts", type=int, default=1024, help="CODER prompts of the encoder comparison")
+    ap.add_argument("--descriptors", type=Path, default=DESCRIPTORS, help="DCLIP descriptor file (ImageNet)")
+    ap.add_argument("--encoder-only", action="store_true", help="run part 0 only")
     ap.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True, help="also time the real flow")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-reruns", type=int, default=2, help=argparse.SUPPRESS)
@@ -157,6 +209,16 @@ def main() -> None:
         },
         ("torch", "open_clip_torch", "prefect"),
     )
+    prompts = coder_prompts(args.descriptors, args.prompts)
+    cmp = encoder_vs_open_clip(args.encoder_model, prompts, args.repeats)
+    print("  encoder: " + json.dumps(cmp))
+    result_line(
+        f"text encoder, {cmp['texts']} CODER prompts, {args.encoder_model}", f"{cmp['coderflow_s']} s",
+        f"{cmp['open_clip_s']} s (encode_text)", f"{cmp['speedup']}x", ">= 4x, max abs diff <= 1e-5",
+        cmp["speedup"] >= 4 and cmp["max_abs_diff"] <= 1e-5,
+    )  # fmt: skip
+    if args.encoder_only:
+        return
     embed_task.get_run_logger = lambda: logging.getLogger("bench")  # the task body outside a Prefect run
     mc = ModelConfig(name=args.model)
     run1, run2_cold, run2_warm, base = (Timings(n) for n in ("run1", "run2 cold", "run2 warm", "baseline"))

@@ -64,6 +64,8 @@ def check_model(name: str, pretrained: str | None) -> None:
     if name.startswith("hf-hub:"):
         return
     models = open_clip_models()
+    if name not in models and "open_clip" in sys.modules:  # configs registered at run time (add_model_config)
+        models = models | frozenset(sys.modules["open_clip"].list_models())
     if name not in models:
         close = sorted(m for m in models if name.lower().replace("_", "-") in m.lower())[:5]
         hint = f" (close: {', '.join(close)})" if close else " such as ViT-B-32 or ViT-S-32-alt"

@@ -211,9 +211,13 @@ class Layout:
     def coder_dir(self, model_id: str, textbank_id: str, dataset: str, split: str) -> StoragePath:
         return self.root / "coder" / safe_name(model_id) / textbank_id / safe_name(dataset) / safe_name(split)
 
-    def coder_part(self, model_id: str, textbank_id: str, dataset: str, split: str, image_part: str) -> StoragePath:
-        """CODER vectors of one image-embedding part: the same file name, so the same shard content hash."""
-        return self.coder_dir(model_id, textbank_id, dataset, split) / Path(image_part).name
+    def coder_part(
+        self, model_id: str, textbank_id: str, dataset: str, split: str, image_part: str, fmt: str = "dense"
+    ) -> StoragePath:
+        """CODER vectors of one image-embedding part in one format ('dense' or 'top<k>'): the image part's name (so
+        its shard's content hash) with the format, so a dense file is never taken for a sparse one."""
+        name = Path(image_part).name.removesuffix(".parquet")
+        return self.coder_dir(model_id, textbank_id, dataset, split) / f"{name}.{fmt}.parquet"
 
     def derived_files(self, dataset: str, split: str | None = None) -> list[StoragePath]:
         """Every image-embedding and CODER file computed from a dataset's split (all splits when None), any model."""

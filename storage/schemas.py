@@ -97,6 +97,7 @@ CODER = pa.schema(
         ("label", pa.int32()),
         ("model_id", pa.string()),
         ("textbank_id", pa.string()),
+        ("format", pa.string()),  # 'dense', or 'top<k>' for the sparse format
         ("vector", pa.list_(pa.float32())),
         ("indices", pa.list_(pa.int32())),
         ("values", pa.list_(pa.float32())),

@@ -277,4 +277,23 @@ def test_text_bank_runs_while_images_are_embedded(prefect_server, tmp_path: Path
     with get_client(sync_client=True) as client:
         runs = {client.read_flow(r.flow_id).name: r for r in client.read_flow_runs(flow_run_filter=children)}
     embed, bank = runs["embed-images"], runs["text-bank"]
-    assert bank.start_time < embed.end_time and embed.start_time < bank.end_time  # the two windows overlap
+    assert bank.created < embed.end_time and embed.created < bank.end_time  # started before the other ended
+
+
+@pytest.mark.flow
+def test_sparse_coder_is_not_taken_for_the_dense_one(demo_run, tmp_path: Path):
+    """Dense and sparse CODER files of a shard are two files (the format is in the name and the `format` column)."""
+    import shutil
+
+    from coderflow.config import CoderConfig
+    from coderflow.flows.pipeline import build_coder
+
+    work = tmp_path / "w"
+    shutil.copytree(demo_run["workdir"], work)
+    cfg, bank = demo_run["config"], demo_run["result"].texts.textbank_id
+    again = build_coder(cfg.dataset, cfg.model, bank, CoderConfig(), str(work))
+    assert again.shards_skipped == again.shards == 3  # dense: already there
+    sparse = build_coder(cfg.dataset, cfg.model, bank, CoderConfig(format="sparse", top_k=4), str(work))
+    assert sparse.shards_skipped == 0 and sparse.rows == 30
+    rows = query(Layout.at(work), "SELECT format, count(*) AS n FROM coder GROUP BY format ORDER BY format")
+    assert rows.to_pylist() == [{"format": "dense", "n": 30}, {"format": "top4", "n": 30}]

@@ -4,7 +4,7 @@ WITH errs AS (
     FROM predictions p JOIN runs r USING (run_id)
     WHERE p.method = 'coder' AND p.pred <> p.label
 ), nearest AS (
-    SELECT c.textbank_id, c.sample_key,
+    SELECT DISTINCT c.textbank_id, c.sample_key,
            coalesce(c.indices[1], list_position(c.vector, list_max(c.vector)) - 1) AS text_index
     FROM coder c
     JOIN errs e USING (dataset, split, sample_key, model_id, textbank_id)

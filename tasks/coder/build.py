@@ -115,6 +115,7 @@ def coder_table(
         vector = list_array(batch.vector, f32)
         indices, values = pa.nulls(n, pa.list_(i32)), pa.nulls(n, pa.list_(f32))
     columns = {
+        "format": repeated(f"top{batch.indices.shape[1]}" if batch.sparse else "dense", n),
         "sample_key": pa.array(list(sample_keys), type=pa.string()),
         "dataset": repeated(dataset, n),
         "split": repeated(split, n),

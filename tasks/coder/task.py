@@ -28,16 +28,16 @@ def build_coder_shard(
 ) -> dict[str, Any]:
     """Cosines of every successfully embedded image of the shard to every text of the bank, streamed per batch."""
     layout = Layout.at(workdir)
-    out = layout.coder_part(model_id, textbank_id, dataset, split, image_part)
+    texts = _texts(str(layout.root), textbank_id, model_id)
+    top_k = min(cfg.top_k, len(texts.text_ids)) if cfg.format == "sparse" else None
+    out = layout.coder_part(model_id, textbank_id, dataset, split, image_part, f"top{top_k}" if top_k else "dense")
     if out.exists():
         return {"path": str(out), "rows": read_table(out, ["sample_key"]).num_rows, "skipped": True}
-    texts = _texts(str(layout.root), textbank_id, model_id)
     table = read_table(image_part, ["sample_key", "label", "embedding", "status", "shard_hash"])
     shard_hash = table["shard_hash"][0].as_py() if table.num_rows else None
     table = table.filter(pc.equal(table["status"], "ok"))
     x = list_matrix(table["embedding"]) if table.num_rows else np.zeros((0, texts.t.shape[1]), np.float32)
     keys, labels = table["sample_key"].to_pylist(), table["label"].fill_null(-1).to_numpy()
-    top_k = min(cfg.top_k, len(texts.text_ids)) if cfg.format == "sparse" else None
     meta = {"dataset": dataset, "split": split, "model_id": model_id, "textbank_id": textbank_id}
     batches = (
         coder_table(
