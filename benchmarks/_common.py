@@ -95,3 +95,27 @@ def result_line(name: str, coderflow: str, baseline: str, ratio: str, target: st
     met = "-" if ok is None else verdict(ok)
     print(f"RESULT | {name} | {coderflow} | {baseline} | {ratio} | {target} | {met}")
     sys.stdout.flush()
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of one n x n matmul in this process: the unit of every floor and utilisation figure."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call (torch's FlopCounterMode: matmuls and convolutions)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        fn()
+    return counter.get_total_flops()

@@ -27,7 +27,7 @@ import numpy as np
 import open_clip
 import torch
 import webdataset as wds
-from _common import Timings, print_header, result_line
+from _common import Timings, count_flops, matmul_rate, print_header, result_line
 from PIL import Image
 
 from coderflow.flows.runners import THREADS
@@ -35,7 +35,7 @@ from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS
 from coderflow.storage.shards import iter_samples, list_shards, write_split
-from coderflow.tasks.embed.encode import embed_samples
+from coderflow.tasks.embed.encode import decode_workers, embed_samples
 from coderflow.tasks.embed.model import load_model
 from coderflow.tasks.ingest.sources import demo_source
 
@@ -55,8 +55,9 @@ def run_coderflow(shards: list[Path], lm, batch_size: int, out_dir: Path, in_fli
     def one(shard: Path) -> int:
         out = out_dir / f"{shard.stem}.parquet"
         table = embed_samples(
-            iter_samples(shard), lm, batch_size, {"dataset": "demo", "split": "test", "shard": out.stem}
-        )
+            iter_samples(shard), lm, batch_size, {"dataset": "demo", "split": "test", "shard": out.stem},
+            workers=decode_workers(),  # as embed_shard: one decode process per core
+        )  # fmt: skip
         write_table(table, out, IMAGE_EMBEDDINGS)
         return table.num_rows
 
@@ -166,8 +167,22 @@ def main() -> None:
             times = ", ".join(f"{t.name} {t.samples[-1]:.2f}s" for t, _, _ in sides)
             print(f"  repeat {i}: {times}, load {os.getloadavg()[0]:.1f}")
         n = args.images // 10 * 10
+        rate = matmul_rate()
+        probe = torch.stack([preprocess(Image.new("RGB", (args.image_size, args.image_size)))] * 8)
+        per_image = count_flops(lambda: model.encode_image(probe)) / len(probe)
+        print(f"  model: {per_image / 1e9:.2f} GFLOP per image; fp32 matmul in this process {rate / 1e9:.1f} GFLOP/s")
         for t, cpu, _ in sides:
-            print(f"  {t.name}: {t.summary()} -> {n / t.median:.1f} img/s; CPU time {cpu.summary()}")
+            achieved = n * per_image / t.median
+            print(
+                f"  {t.name}: {t.summary()} -> {n / t.median:.1f} img/s; CPU time {cpu.summary()}; "
+                f"{achieved / 1e9:.1f} GFLOP/s = FLOP utilisation {achieved / rate:.2f}"
+            )
+        best = min(t.median for t, _, _ in sides[: len(cfs)])
+        utilisation = n * per_image / best / rate
+        result_line(
+            "embed_images FLOP utilisation (model FLOP/s over this process's matmul FLOP/s)",
+            f"{utilisation:.2f}", "1.00 (matmul)", f"{utilisation:.2f}", "-", None,
+        )  # fmt: skip
         for j, (k, (cf, _)) in enumerate(cfs.items()):
             for w, (bl, _) in bls.items():
                 ratios = sorted(b / c for c, b in zip(cf.samples, bl.samples, strict=True))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from _common import print_header, result_line
+from _common import count_flops, matmul_rate, print_header, result_line
 from PIL import Image, ImageDraw
 
 DESCRIPTORS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "descriptors" / "descriptors_imagenet.json"
@@ -75,26 +75,6 @@ class RssSampler:
             row |= {"floor_s": round(floor, 1), "x_floor": round(seconds / floor, 2)}
         rows.append(row)
         print("  " + json.dumps(row), flush=True)
-
-
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of one n x n matmul in this process (the floor's unit)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def flops(fn: Any) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        fn()
-    return counter.get_total_flops()
 
 
 def write_dataset(root: Path, classes: list[str], n_images: int, per_shard: int, size: int = 32, seed: int = 0) -> None:
@@ -170,7 +150,7 @@ def main() -> None:
     root, ds, model = cfg.workdir, cfg.dataset, cfg.model
     lm = load_model(args.model, None)
     probe = torch.stack([lm.preprocess(Image.new("RGB", (32, 32)))] * 8)
-    image_flops = flops(lambda: lm.model.encode_image(probe)) / len(probe)
+    image_flops = count_flops(lambda: lm.model.encode_image(probe)) / len(probe)
     sampler, rows = RssSampler(), []
     whole = time.perf_counter()
     with sampler.stage(rows, "ingest"):
@@ -183,7 +163,7 @@ def main() -> None:
     # the text floor: the trimmed encoder's FLOPs on a sample of the bank's own texts, scaled to the bank
     all_texts = read_table(Layout.at(root).textbank_file(bank.textbank_id), ["text"])["text"].to_pylist()
     probe_texts = all_texts[:: max(1, len(all_texts) // 512)][:512]
-    text_flops = flops(lambda: encode_texts(probe_texts, lm)) / len(probe_texts)
+    text_flops = count_flops(lambda: encode_texts(probe_texts, lm)) / len(probe_texts)
     rows[-1] |= {
         "text_floor_s": round(len(all_texts) * text_flops / rate, 1),
         "trimmed": causal_text_tower(lm.model) is not None,

@@ -154,7 +154,12 @@ class ModelConfig(_Strict):
     pretrained: str | None = None
     device: str = "cpu"
     batch_size: int = Field(64, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32 weights; bf16/fp16 encode under torch.autocast (a model id of its own: __bf16)"
+    )
+    decode_workers: int | None = Field(
+        None, ge=0, description="processes that decode and preprocess images; None: one per core, 0: two threads"
+    )
     adapter: str | None = Field(
         None, description="IMO adapter: an id from `coderflow adapter train` (in the work directory) or a file"
     )

@@ -85,6 +85,7 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
     shard_dir = layout.shard_dir(ds.name, ds.split)
     config = cfg.model_dump(mode="json")
     config.pop("workdir", None)
+    config["model"].pop("decode_workers", None)  # how images are decoded, not what is computed
     config["dataset"] = ds.fingerprint()
     marker = ingest_info(shard_dir) or {}
     try:

@@ -81,6 +81,11 @@ def model_id(name: str, pretrained: str | None) -> str:
     return safe_name(f"{name}__{tag}")
 
 
+def with_precision(model_id_: str, precision: str) -> str:
+    """A model id that says its precision unless fp32 (`ViT-B-32__openai__bf16`): bf16 embeddings are other data."""
+    return model_id_ if precision == "fp32" else f"{model_id_}__{precision}"
+
+
 ADAPTER_PREFIX = "adapter-"
 
 

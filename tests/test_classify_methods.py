@@ -274,3 +274,14 @@ def test_coder_rerank_reports_how_many_consulted_pairs_had_ovo_texts(seed: int, 
                 covered += (cands[i], cands[j]) in both and (cands[j], cands[i]) in both
     assert (got.n_pairs_consulted, got.n_pairs_covered) == (consulted, covered)
     assert 0 < covered < consulted
+
+
+def test_top_k_equals_a_stable_full_sort_with_ties():
+    """The partition shortcut for many classes returns what a stable argsort does, ties included."""
+    from coderflow.tasks.classify.methods import top_k
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, c, k = rng.integers(1, 40), rng.integers(2, 300), rng.integers(1, 8)
+        s = rng.integers(0, 5, (n, c)).astype(np.float32) if trial % 2 else rng.random((n, c)).astype(np.float32)
+        assert (top_k(s, k) == np.argsort(-s, axis=1, kind="stable")[:, : min(k, c)]).all(), trial

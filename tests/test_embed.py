@@ -201,3 +201,36 @@ def test_text_store_embeds_each_text_once(lm, tmp_path: Path):
     assert again.encode(["a bird"]).shape == (1, first.shape[1]) and again.encoded == 1
     assert len(again.stored_ids()) == 3
     assert np.allclose(first, encode_texts(["a cat", "a dog", "a cat"], lm), atol=1e-6)
+
+
+def test_decode_worker_processes_give_the_same_rows(lm):
+    """Images decoded and preprocessed in worker processes: the same rows and embeddings as in threads."""
+    samples = [
+        {"__key__": f"k{i}", "png": _encode(Image.new("RGB", (40, 30), (i * 20, 50, 90))), "cls": b"1"}
+        for i in range(7)
+    ]
+    samples.append({"__key__": "bad", "png": b"not an image", "cls": b"0"})
+    meta = {"dataset": "d", "split": "test", "shard": "s0"}
+    threads = embed_samples(samples, lm, batch_size=3, meta=meta, workers=0)
+    procs = embed_samples(samples, lm, batch_size=3, meta=meta, workers=2)
+    assert procs.column("sample_key").to_pylist() == threads.column("sample_key").to_pylist()
+    assert procs.column("status").to_pylist() == threads.column("status").to_pylist()
+    a = np.array([v for v in threads.column("embedding").to_pylist() if v is not None])
+    b = np.array([v for v in procs.column("embedding").to_pylist() if v is not None])
+    assert a.shape == (7, b.shape[1]) and np.abs(a - b).max() < 1e-6
+
+
+def test_bf16_is_other_data_and_close_to_fp32(lm):
+    from coderflow.config import ModelConfig
+    from coderflow.tasks.embed.model import configured_model_id
+
+    half = load_model("ViT-S-32-alt", None, precision="bf16")
+    assert half.model_id == "ViT-S-32-alt__random__bf16" != lm.model_id
+    assert configured_model_id(ModelConfig(precision="bf16"), "/tmp") == half.model_id
+    texts = ["a photo of a cat.", "a drawing of a dog"]
+    a, b = encode_texts(texts, lm), encode_texts(texts, half)
+    assert (a * b).sum(axis=1).min() > 0.98  # autocast: same weights, bf16 matmuls
+    img = torch.stack([lm.preprocess(Image.new("RGB", (32, 32), (200, 10, 10)))])
+    from coderflow.tasks.embed.encode import encode_images
+
+    assert float((encode_images(img, lm) * encode_images(img, half)).sum()) > 0.98

@@ -38,7 +38,7 @@ def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir:
     if not shards:
         raise FileNotFoundError(f"no shards for {dataset}/{cfg.train_split}: run `coderflow ingest` for it first")
     base = model_id(model.name, model.pretrained)
-    net, preprocess = create_model(model.name, model.pretrained, model.device, model.precision)
+    net, preprocess = create_model(model.name, model.pretrained, model.device)  # trained in fp32
     torch.manual_seed(cfg.seed)  # the adapters' `down` init
     add_adapters(net, cfg.bottleneck, cfg.scale, cfg.dropout)
     head = make_head(net, len(classnames))

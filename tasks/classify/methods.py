@@ -79,10 +79,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices (int32) of the k highest scores per row, highest first; ties go to the lower class index."""
-    k = min(k, scores.shape[1])
+    s = np.asarray(scores)
+    k = min(k, s.shape[1])
     if k < 1:
         raise ValueError(f"k={k}: ask for at least one class")
-    return np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k].astype(np.int32)
+    if k * 8 >= s.shape[1]:  # few classes: one full sort
+        return np.argsort(-s, axis=1, kind="stable")[:, :k].astype(np.int32)
+    # many classes: the k largest by partition, ordered by (score desc, class index); rows with a tie at the k-th
+    # value (where the partition's choice among equal scores is arbitrary) take the full stable sort
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(s, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)
+    out = np.take_along_axis(part, order, axis=1)
+    tied = (s >= vals.min(axis=1, keepdims=True)).sum(axis=1) > k
+    if tied.any():
+        out[tied] = np.argsort(-s[tied], axis=1, kind="stable")[:, :k]
+    return out.astype(np.int32)
 
 
 def margin(logits: np.ndarray) -> np.ndarray:
@@ -132,12 +144,17 @@ def class_mean_embeddings(texts: np.ndarray, class_index: np.ndarray, n_classes:
 
 
 def mean_cosine_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:
-    """Score of class c = mean cosine of the image to the class's text rows (N x n_classes)."""
+    """Score of class c = mean cosine of the image to the class's text rows (N x n_classes).
+
+    The mean of the cosines is the cosine-product with the class's mean text row (x.t_1 + ... + x.t_k = x.(t_1 + ...
+    + t_k)), so one (N x D) @ (D x n_classes) product replaces the (N x M) cosine matrix: 10-20x less work for
+    WaffleCLIP's and DCLIP's many texts per class."""
     x, t = _embeddings(images, texts)
     ci = _class_index(class_index, len(t), n_classes)
     counts = np.bincount(ci, minlength=n_classes)
     _missing(counts, "selected")
-    return _group_sum(x @ t.T, ci, n_classes) / counts.astype(np.float32)
+    means = _group_sum(t.T, ci, n_classes) / counts.astype(np.float32)  # D x n_classes
+    return x @ means
 
 
 # ---------------------------------------------------------------------------------------------------- methods

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
@@ -60,19 +64,63 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @torch.inference_mode()
 def encode_images(batch: torch.Tensor, lm: LoadedModel) -> np.ndarray:
-    feats = lm.model.encode_image(batch.to(lm.device))
+    """L2-normalised image embeddings; on CUDA the batch goes through pinned memory with a non-blocking copy, and
+    `precision` bf16/fp16 runs the fp32 model under autocast."""
+    cuda = lm.device.type == "cuda"
+    x = batch.pin_memory().to(lm.device, non_blocking=True) if cuda else batch.to(lm.device)
+    dtype = AUTOCAST.get(getattr(lm, "precision", "fp32"))
+    with torch.autocast(lm.device.type, dtype=dtype, enabled=dtype is not None):
+        feats = lm.model.encode_image(x)
     return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
 
 
+# decode worker processes: one pool per process and preprocess, started once (forkserver: no copy of the parent's
+# threads or model), each worker holding the preprocess it was given at start
+_POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_WORKER_PREPROCESS: Any = None
+
+
+def _init_worker(preprocess: Any) -> None:
+    global _WORKER_PREPROCESS
+    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+    _WORKER_PREPROCESS = preprocess
+
+
+def _prepare_in_worker(sample: dict[str, Any], n_classes: int | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    row, tensor = _prepare(sample, _WORKER_PREPROCESS, n_classes)
+    return row, None if tensor is None else tensor.numpy()  # by value: no shared-memory handles to run out of
+
+
+def decode_pool(preprocess: Any, workers: int) -> ProcessPoolExecutor:
+    """The process pool that decodes and preprocesses images for this preprocess (created on first use)."""
+    key = (id(preprocess), workers)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            ctx = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
+            _POOLS[key] = ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(preprocess,))
+        return _POOLS[key]
+
+
+def decode_workers(configured: int | None = None) -> int:
+    """Decode processes: the configured number, else one per core this process may use."""
+    if configured:
+        return configured
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _decoded_batches(
-    samples: Iterable[dict[str, Any]], prepare: Any, batch_size: int, pool: ThreadPoolExecutor
+    samples: Iterable[dict[str, Any]], prepare: Any, batch_size: int, pool: Executor, chunksize: int = 1
 ) -> Iterator[list[tuple[dict[str, Any], torch.Tensor | None]]]:
     """Batches of prepared samples; the next batch is already decoding in `pool` while the caller uses one."""
     pending = None
     for chunk in _batches(samples, batch_size):
-        submitted = pool.map(prepare, chunk)  # submits the whole batch now, results in order
+        submitted = pool.map(prepare, chunk, chunksize=chunksize)  # submits the whole batch now, results in order
         if pending is not None:
             yield list(pending)
         pending = submitted
@@ -87,24 +135,35 @@ def embed_samples(
     meta: dict[str, str],
     decode_threads: int = 2,
     n_classes: int | None = None,
+    workers: int = 0,
 ) -> pa.Table:
     """Embed raw WebDataset samples; rows keep input order and carry status/error for undecodable images.
 
-    `meta` fills the constant columns (dataset, split, shard, shard_hash). A thread pool decodes the next batch while the model
-    runs on the current one. With `n_classes`, a label outside [0, n_classes) (or one that is not an
+    `meta` fills the constant columns (dataset, split, shard, shard_hash). While the model runs on one batch the next
+    is decoded and preprocessed: by `workers` processes (a pool shared by every shard of this process), or with
+    `workers=0` by `decode_threads` threads. With `n_classes`, a label outside [0, n_classes) (or one that is not an
     integer) makes the row status 'error' ("label 12 out of range for 10 classes"), so classification and metrics
     never see it; a sample without a label stays 'ok' (predicted, left out of the metrics). A shard-error sample
     (see storage.shards.SHARD_ERROR) becomes an error row keyed `<shard>#shard`.
     """
     rows: list[dict[str, Any]] = []
     vectors: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=max(1, decode_threads)) as pool:
-        prepare = partial(_prepare, preprocess=lm.preprocess, n_classes=n_classes)
-        for prepared in _decoded_batches(samples, prepare, batch_size, pool):
-            ok = [tensor for _, tensor in prepared if tensor is not None]
+    if workers > 0:  # worker processes (shared by the shards of this process), batches split among them
+        pool: Executor = decode_pool(lm.preprocess, workers)
+        prepare: Any = partial(_prepare_in_worker, n_classes=n_classes)
+        chunksize = max(1, batch_size // (2 * workers))
+    else:
+        pool = ThreadPoolExecutor(max_workers=max(1, decode_threads))
+        prepare, chunksize = partial(_prepare, preprocess=lm.preprocess, n_classes=n_classes), 1
+    try:
+        for prepared in _decoded_batches(samples, prepare, batch_size, pool, chunksize):
+            ok = [torch.as_tensor(tensor) for _, tensor in prepared if tensor is not None]
             if ok:
                 vectors.append(encode_images(torch.stack(ok), lm))
             rows.extend(row for row, _ in prepared)
+    finally:
+        if workers <= 0:
+            pool.shutdown()
     valid = np.array([row["status"] == "ok" for row in rows], dtype=bool)
     dim = int(getattr(lm.model, "embed_dim", 0) or 0)
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
@@ -202,10 +261,12 @@ def encode_texts(texts: Sequence[str], lm: LoadedModel, batch_size: int = 256, t
     order = np.argsort(token_counts(texts, lm), kind="stable") if tower is not None else np.arange(len(texts))
     out = np.zeros((len(texts), dim), np.float32) if dim else None
     chunks = []
+    dtype = AUTOCAST.get(getattr(lm, "precision", "fp32"))
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
         tokens = lm.tokenizer([texts[i] for i in idx]).to(lm.device)
-        feats = _encode_trimmed(tokens, tower) if tower is not None else lm.model.encode_text(tokens)
+        with torch.autocast(lm.device.type, dtype=dtype, enabled=dtype is not None):
+            feats = _encode_trimmed(tokens, tower) if tower is not None else lm.model.encode_text(tokens)
         vecs = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
         if out is None:
             out = np.zeros((len(texts), vecs.shape[1]), np.float32)

@@ -21,6 +21,7 @@ from coderflow.storage.layout import (
     model_id,
     resolve_path,
     storage_path,
+    with_precision,
 )
 
 if TYPE_CHECKING:  # torch and open_clip load where a model is used: model ids and config checks need neither
@@ -39,6 +40,7 @@ class LoadedModel:
     tokenizer: Any
     model_id: str
     device: torch.device
+    precision: str = "fp32"  # bf16 / fp16: image and text encoding run under torch.autocast
 
     @property
     def context_length(self) -> int:
@@ -71,7 +73,7 @@ def _random_weights_said_once(pretrained: str | None) -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def create_model(name: str, pretrained: str | None, device: str = "cpu", precision: str = "fp32") -> tuple[Any, Any]:
+def create_model(name: str, pretrained: str | None, device: str = "cpu") -> tuple[Any, Any]:
     """A fresh (uncached) open_clip model and its eval preprocess: the one place weights are loaded."""
     import open_clip
     import torch
@@ -82,9 +84,7 @@ def create_model(name: str, pretrained: str | None, device: str = "cpu", precisi
         # random weights come from a fixed seed, so `<name>__random` is one model in every process and run
         with torch.random.fork_rng(devices=[]), _random_weights_said_once(pretrained):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=weights, device=device, precision=precision
-            )
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
     except Exception as exc:  # open_clip raises RuntimeError, torch.load UnpicklingError/OSError, ...
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(
@@ -110,15 +110,16 @@ def _load(name: str, pretrained: str | None, device: str, precision: str, adapte
     import open_clip
     import torch
 
-    model, preprocess = create_model(name, pretrained, device, precision)
-    mid = model_id(name, pretrained)
+    model, preprocess = create_model(name, pretrained, device)  # fp32 weights; bf16/fp16 run under autocast
+    base = model_id(name, pretrained)
+    mid = with_precision(base, precision)
     if adapter is not None:
         from coderflow.tasks.adapter.model import add_adapters, load_adapters
 
         payload = read_adapter(adapter)
-        if payload["base_model_id"] != mid:
+        if payload["base_model_id"] != base:
             raise ValueError(
-                f"adapter {payload['adapter_id']} was trained on {payload['base_model_id']}, not {mid}: "
+                f"adapter {payload['adapter_id']} was trained on {payload['base_model_id']}, not {base}: "
                 "use it with that model, or train one for this model"
             )
         add_adapters(model, payload["bottleneck"], payload["scale"], payload.get("dropout", 0.1))
@@ -127,7 +128,7 @@ def _load(name: str, pretrained: str | None, device: str, precision: str, adapte
         mid = adapted_model_id(mid, payload["adapter_id"])
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
-    return LoadedModel(model, preprocess, tokenizer, mid, torch.device(device))
+    return LoadedModel(model, preprocess, tokenizer, mid, torch.device(device), precision)
 
 
 def load_model(
@@ -159,4 +160,4 @@ def configured_model_id(model: ModelConfig, workdir: str) -> str:
     """The model id of a ModelConfig without loading the model (adapter files are read for their id)."""
     path = adapter_path(model, workdir)
     adapter = None if path is None else read_adapter(path)["adapter_id"]
-    return adapted_model_id(model_id(model.name, model.pretrained), adapter)
+    return adapted_model_id(with_precision(model_id(model.name, model.pretrained), model.precision), adapter)

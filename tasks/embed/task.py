@@ -15,7 +15,7 @@ from coderflow.storage.parquet_io import read_table, write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS
 from coderflow.storage.shards import iter_samples, read_lines, split_shards
 from coderflow.tasks import retry_transient
-from coderflow.tasks.embed.encode import embed_samples
+from coderflow.tasks.embed.encode import decode_workers, embed_samples
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.embed.text_store import TextStore
 
@@ -43,7 +43,8 @@ def embed_shard(
     names_file = layout.classnames_file(dataset)
     n_classes = len(read_lines(names_file)) if names_file.exists() else None
     meta = {"dataset": dataset, "split": split, "shard": Path(shard).stem, "shard_hash": shard_hash}
-    table = embed_samples(iter_samples(shard), lm, model.batch_size, meta, n_classes=n_classes)
+    workers = decode_workers(model.decode_workers) if model.decode_workers != 0 else 0
+    table = embed_samples(iter_samples(shard), lm, model.batch_size, meta, n_classes=n_classes, workers=workers)
     write_table(table, out, IMAGE_EMBEDDINGS)
     errors = table.filter(pc.equal(table["status"], "error"))
     log = get_run_logger()
