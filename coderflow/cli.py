@@ -27,7 +27,7 @@ from coderflow.config import (
     describe_validation_error,
 )
 from coderflow.console import metrics_table, print_rows
-from coderflow.storage.db import QueryError, canned_queries, query, sql_file
+from coderflow.storage.db import QueryError, canned_queries, csv_ready, query, sql_file
 from coderflow.storage.layout import Layout
 
 UNIONS = (Union, types.UnionType)
@@ -478,6 +478,7 @@ def query_cmd(
     list_: Annotated[bool, Parameter(name="--list", negative="", help="list the bundled questions")] = False,
     workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
     fmt: Annotated[Literal["table", "csv", "json"], Parameter(name="--format")] = "table",
+    timeout: Annotated[float, Parameter(help="stop a query running longer than this many seconds")] = 300.0,
 ) -> None:
     """Answer read-only SQL over texts, text_embeddings, image_embeddings, coder, predictions, metrics, runs."""
     if list_:
@@ -491,11 +492,11 @@ def query_cmd(
     if canned is not None and canned not in canned_queries():
         raise ValueError(f"--canned {canned!r}: no such question; choose from {', '.join(canned_queries())}")
     text = sql or (file.read_text() if file else sql_file(str(canned)))
-    table = query(Layout.at(workdir), text)
+    table = query(Layout.at(workdir), text, timeout=timeout if timeout > 0 else None)
     if fmt == "csv":
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, sys.stdout.buffer)
+        pacsv.write_csv(csv_ready(table), sys.stdout.buffer)
     elif fmt == "json":
         console.print_json(json.dumps(table.to_pylist(), default=str))
     else:

@@ -4,12 +4,13 @@ and a flow holds its work directory's lock."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import functools
 import inspect
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from prefect import Flow
@@ -127,6 +128,22 @@ def subflows_share_heartbeat(fn: C) -> C:
 _HELD: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("coderflow_held_workdirs", default=frozenset())
 
 
+def held_workdirs() -> frozenset[str]:
+    """The work directories a flow of this context holds the lock of."""
+    return _HELD.get()
+
+
+@contextlib.contextmanager
+def holding(root: str) -> Iterator[None]:
+    """Mark `root`'s lock as held by this context while the block runs. (Flows reach the ContextVar only through
+    these functions: a flow's function is pickled by task runners such as Dask, and a ContextVar cannot be.)"""
+    token = _HELD.set(_HELD.get() | {root})
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+
+
 def holds_workdir_lock(fn: C) -> C:
     """Decorate a flow's function (under `@flow`): it runs while holding its work directory's lock.
 
@@ -140,14 +157,10 @@ def holds_workdir_lock(fn: C) -> C:
         bound = signature.bind_partial(*args, **kwargs).arguments
         workdir = bound.get("workdir") if "workdir" in signature.parameters else bound["config"].workdir
         root = str(Layout.at(workdir).root)
-        if root in _HELD.get():  # a parent flow holds it (also for sub-flows it runs in helper threads)
+        if root in held_workdirs():  # a parent flow holds it (also for sub-flows it runs in helper threads)
             return fn(*args, **kwargs)
-        with workdir_lock(root, f"flow {fn.__name__.replace('_', '-')}"):
-            token = _HELD.set(_HELD.get() | {root})
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _HELD.reset(token)
+        with workdir_lock(root, f"flow {fn.__name__.replace('_', '-')}"), holding(root):
+            return fn(*args, **kwargs)
 
     # Prefect builds the flow's parameter model from the annotations: resolve them in the flow's own module
     run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]

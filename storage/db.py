@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -161,23 +162,64 @@ def _check_explained(sql: str) -> None:
         raise QueryError(f"EXPLAIN of {got} is refused: `coderflow query` is read-only, EXPLAIN a SELECT only")
 
 
-def query(layout: Layout, sql: str, where: dict[str, Any] | None = None) -> pa.Table:
+DEFAULT_QUERY_TIMEOUT = 300.0  # seconds; `coderflow query --timeout`
+
+
+def query(
+    layout: Layout,
+    sql: str,
+    where: dict[str, Any] | None = None,
+    order_by: str | None = None,
+    limit: int | None = None,
+    timeout: float | None = None,
+) -> pa.Table:
     """Run read-only SQL over the views; the last statement's result is returned, its rows filtered by `where`
-    (column -> value, bound as parameters: a value is never pasted into SQL)."""
+    (column -> value, bound as parameters: a value is never pasted into SQL), then ordered and limited. `timeout`
+    (seconds) interrupts a query that runs longer (a runaway recursive CTE): QueryError."""
     statements = check_read_only(sql)
     con = connect_read_only(layout)
+    timer = threading.Timer(timeout, con.interrupt) if timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         for st in statements[:-1]:
-            con.execute(st)
-        if not where:
+            con.execute(st).fetchall()  # each earlier statement runs to completion, its rows dropped
+        if not (where or order_by or limit is not None):
             return con.sql(statements[-1]).to_arrow_table()
-        cond = " AND ".join(f'q."{c}" = ?' for c in where)
         last = statements[-1].rstrip().rstrip(";")
-        return con.sql(f"SELECT * FROM ({last}) AS q WHERE {cond}", params=list(where.values())).to_arrow_table()
+        if limit is not None:  # the outer LIMIT replaces the question's own
+            last = re.sub(r"\s+LIMIT\s+\d+\s*$", "", last, flags=re.IGNORECASE)
+        cond = " WHERE " + " AND ".join(f'q."{c}" = ?' for c in where) if where else ""
+        tail = (f" ORDER BY {order_by}" if order_by else "") + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return con.sql(f"SELECT * FROM ({last}) AS q{cond}{tail}", params=list((where or {}).values())).to_arrow_table()
     except duckdb.Error as exc:
+        if timer is not None and not timer.is_alive() and "interrupt" in str(exc).lower():
+            raise QueryError(f"the query ran longer than {timeout:g} s and was stopped: raise --timeout") from exc
         raise QueryError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from exc
     finally:
+        if timer is not None:
+            timer.cancel()
         con.close()
+
+
+def csv_ready(table: pa.Table) -> pa.Table:
+    """Nested, map and binary columns as JSON text (hex for bytes), which CSV can hold."""
+    import json
+
+    def cell(v: Any) -> Any:
+        return v.hex() if isinstance(v, bytes) else v
+
+    columns = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        t = col.type
+        if pa.types.is_nested(t) or pa.types.is_map(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            values = [None if v is None else json.dumps(v, default=cell) if not isinstance(v, bytes) else v.hex()
+                      for v in col.to_pylist()]  # fmt: skip
+            columns[name] = pa.array(values, pa.string())
+        else:
+            columns[name] = col
+    return pa.table(columns)
 
 
 def canned_queries() -> dict[str, str]:

@@ -17,6 +17,21 @@ ENV_WORKDIR = "CODERFLOW_HOME"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it (the only way), then put it back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
+def shared_mode(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give a file (0666) or folder (0777) made by tempfile (0600 / 0700) the permissions the umask allows, as open()
+    and mkdir() would: a work directory shared with other users or workers stays readable to them."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
 def safe_name(value: str) -> str:
     """Turn an arbitrary identifier (model name, hub id, dataset name) into one path component."""
     cleaned = _SAFE.sub("-", value).strip("-.")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from coderflow.storage.layout import Layout, StoragePath, content_id, local_cache_dir
+from coderflow.storage.layout import Layout, StoragePath, content_id, local_cache_dir, shared_mode
 
 LOCK_NAME = ".coderflow.lock"
 ENV_TIMEOUT = "CODERFLOW_LOCK_TIMEOUT"
@@ -53,6 +53,7 @@ def _write_holder(path: Path, what: str) -> None:
     info = {"pid": os.getpid(), "what": what, "since": time.time()}
     with contextlib.suppress(OSError):  # the details are a courtesy to waiters: never fail a command over them
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        shared_mode(tmp)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(info, f)

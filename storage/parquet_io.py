@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coderflow.storage.layout import StoragePath, is_local, storage_path
+from coderflow.storage.layout import StoragePath, is_local, shared_mode, storage_path
 
 
 def publish_file(local_file: Path, target: StoragePath) -> None:
@@ -36,6 +36,7 @@ def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if local else None)
     os.close(fd)
     tmp = Path(tmp_name)
+    shared_mode(tmp)  # the umask's permissions, not mkstemp's 0600
     try:
         yield tmp
         publish_file(tmp, target)

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from coderflow.storage.layout import Layout
+from coderflow.storage.layout import Layout, safe_name
 from coderflow.storage.parquet_io import write_rows, write_text
 from coderflow.storage.schemas import RUNS
 
@@ -30,8 +30,10 @@ _PACKAGES = (
 
 
 def new_run_id(name: str | None = None) -> str:
+    """`<UTC time>-<run name, made safe for paths>-<random>`: a run name never reaches a path or SQL as given."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{name + '-' if name else ''}{uuid.uuid4().hex[:6]}"
+    safe = safe_name(name) if name and any(c.isalnum() for c in name) else ""
+    return f"{stamp}-{safe + '-' if safe else ''}{uuid.uuid4().hex[:6]}"
 
 
 def versions() -> dict[str, Any]:

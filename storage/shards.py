@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from coderflow.storage.layout import HASH_CHARS, Layout, StoragePath, content_id, file_sha256, is_local, storage_path
+from coderflow.storage.layout import (
+    HASH_CHARS,
+    Layout,
+    StoragePath,
+    content_id,
+    file_sha256,
+    is_local,
+    shared_mode,
+    storage_path,
+)
 from coderflow.storage.parquet_io import publish_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
@@ -53,6 +62,7 @@ def write_split(
         for stale in shard_dir.parent.glob(f".{shard_dir.name}.*"):  # a killed ingest's staging (writers hold the
             shutil.rmtree(stale, ignore_errors=True)  # work-directory lock, so none is in use now)
     staging = Path(tempfile.mkdtemp(prefix=f".{shard_dir.name}.", dir=shard_dir.parent if local else None))
+    shared_mode(staging, directory=True)  # it becomes the split's folder: the umask's permissions, not 0700
     try:
         count = 0
         writer = None
@@ -254,9 +264,10 @@ def sample_label(sample: dict[str, Any]) -> int | None:
         return None
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     try:
-        return int(text.strip())
+        label = int(text.strip())
     except ValueError:
         return None
+    return label if -(2**31) <= label < 2**31 else None  # a label column is int32: larger is no class index
 
 
 def label_problem(sample: dict[str, Any], n_classes: int | None) -> str | None:
@@ -269,8 +280,10 @@ def label_problem(sample: dict[str, Any], n_classes: int | None) -> str | None:
         return None
     label = sample_label(sample)
     if label is None:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        return f"label {text.strip()[:40]!r} is not an integer class index"
+        text = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)).strip()
+        if text.lstrip("+-").isdigit():
+            return f"label {text[:40]} is too large for a class index"
+        return f"label {text[:40]!r} is not an integer class index"
     if n_classes is not None and not 0 <= label < n_classes:
         return f"label {label} out of range for {n_classes} classes"
     return None

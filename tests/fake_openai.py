@@ -22,7 +22,7 @@ class Reply:
     """One scripted HTTP answer."""
 
     status: int = 200
-    body: Any = None  # dict -> JSON, str -> sent as is (malformed bodies)
+    body: Any = None  # dict -> JSON, str or bytes -> sent as is (malformed bodies)
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
 
@@ -138,15 +138,16 @@ class FakeOpenAI:
                 else:
                     reply = fake._next(request)
                 time.sleep(reply.delay)
-                data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+                body = reply.body if isinstance(reply.body, str | bytes) else json.dumps(reply.body)
+                data = body if isinstance(body, bytes) else body.encode()
                 try:
                     self.send_response(reply.status)
                     self.send_header("content-type", "application/json")
                     for k, v in reply.headers.items():
                         self.send_header(k, v)
-                    self.send_header("content-length", str(len(data.encode())))
+                    self.send_header("content-length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data.encode())
+                    self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 

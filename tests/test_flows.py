@@ -270,7 +270,9 @@ def test_text_bank_runs_while_images_are_embedded(prefect_server, tmp_path: Path
     from coderflow.config import PipelineConfig
     from coderflow.flows.pipeline import bank_reads_images, pipeline
 
-    cfg = PipelineConfig(**tiny_demo_config(tmp_path))
+    settings = tiny_demo_config(tmp_path)
+    settings["dataset"] |= {"demo_images_per_class": 8, "samples_per_shard": 20}  # embedding takes seconds
+    cfg = PipelineConfig(**settings)
     assert not bank_reads_images(cfg) and bank_reads_images(PipelineConfig())
     result = pipeline(cfg)
     children = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[result.flow_run_id]))
@@ -297,3 +299,19 @@ def test_sparse_coder_is_not_taken_for_the_dense_one(demo_run, tmp_path: Path):
     assert sparse.shards_skipped == 0 and sparse.rows == 30
     rows = query(Layout.at(work), "SELECT format, count(*) AS n FROM coder GROUP BY format ORDER BY format")
     assert rows.to_pylist() == [{"format": "dense", "n": 30}, {"format": "top4", "n": 30}]
+
+
+@pytest.mark.flow
+def test_a_run_name_with_quotes_and_slashes_is_just_a_name(prefect_server, tmp_path: Path):
+    import yaml
+    from conftest import tiny_demo_config
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_demo_config(tmp_path / "w")))
+    args = ["run", "-c", str(config), "--run-name", "it's ../../mine"]
+    first = run_cli(args)
+    assert first.exit_code == 0, first.output
+    runs = sorted(p.name for p in (tmp_path / "w" / "runs").iterdir())
+    assert len(runs) == 1 and "mine" in runs[0] and "'" not in runs[0]  # one folder right under runs/
+    again = run_cli(args)  # the up-to-date check reads that run back
+    assert again.exit_code == 0 and "up to date" in again.output, again.output

@@ -294,6 +294,24 @@ def test_embed_rows_for_labels_and_shard_errors(tmp_path: Path):
     assert rows[4]["error"] == "shard x.tar holds no samples (empty tar)"
 
 
+@pytest.mark.parametrize("n_classes", [10, None])
+def test_a_label_beyond_int32_is_a_row_error_not_a_lost_shard(n_classes: int | None):
+    from coderflow.tasks.embed.encode import embed_samples
+    from coderflow.tasks.embed.model import load_model
+
+    samples = [
+        {"__key__": "big", "png": good(1), "cls": str(2**31).encode()},
+        {"__key__": "huge", "png": good(2), "cls": b"-99999999999999999999"},
+        {"__key__": "ok", "png": good(3), "cls": b"3"},
+    ]
+    meta = {"dataset": "d", "split": "s", "shard": "x"}
+    rows = embed_samples(samples, load_model("ViT-S-32-alt"), 2, meta, n_classes=n_classes).to_pylist()
+    assert [(r["sample_key"], r["status"], r["label"]) for r in rows] == [
+        ("big", "error", None), ("huge", "error", None), ("ok", "ok", 3),
+    ]  # fmt: skip
+    assert rows[0]["error"] == f"label {2**31} is too large for a class index"
+
+
 def test_ingested_split_has_unique_keys(tmp_path: Path):
     """write_split stores what check_samples passes: one tar entry per sample, no key twice."""
     samples = [{"__key__": "k", "png": good(i), "cls": 0} for i in range(5)]

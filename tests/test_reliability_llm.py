@@ -132,3 +132,21 @@ def test_credentials_in_the_base_url_stay_out_of_messages(server, tmp_path):
     with pytest.raises(LLMConfigError) as info:  # httpx sends the URL's user:password instead of the key: 401
         gen.synonyms(["cat"], 2)
     assert "URL-SECRET-PW" not in str(info.value)
+
+
+@pytest.mark.parametrize("header", [{"retry-after": "-1"}, {"retry-after": "nan"}, {"retry-after-ms": "-5"}])
+def test_odd_retry_after_values_are_waited_sanely(tmp_path, header):
+    with FakeOpenAI() as server:
+        server.push(error(429, "slow down", headers=header))
+        gen = make_generator(server, tmp_path, backoff=0.001)
+        start = time.monotonic()
+        assert gen.synonyms(["cat"], 3)[0]  # retried, then answered
+        assert time.monotonic() - start < 5 and len(server.requests) == 2
+
+
+def test_a_body_that_is_not_utf8_is_retried_then_recorded(tmp_path):
+    with FakeOpenAI() as server:
+        server.push(Reply(200, b"\xff\xfe{\x00bad"), Reply(200, b"\x80\x81"))
+        gen = make_generator(server, tmp_path, backoff=0.001, max_retries=1)
+        assert gen.synonyms(["cat"], 3) == [[]]  # recorded as a failed request, the stage goes on
+        assert len(server.requests) == 2 and "not a chat completion" in gen.failures[0]["problem"]

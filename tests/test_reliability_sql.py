@@ -7,6 +7,7 @@ after a SELECT, EXPLAIN ANALYZE of a write (which would run it), symlinks out of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -125,3 +126,16 @@ def test_cli_refusals_are_one_line(layout: Layout):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not (layout.root / "x.csv").exists()
+
+
+def test_csv_of_list_columns_multi_statements_and_a_time_limit(demo_run):
+    work = str(demo_run["workdir"])
+    out = run_cli(["query", "SELECT sample_key, top5 FROM predictions LIMIT 2", "--workdir", work, "--format", "csv"])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == '"sample_key","top5"' and len(lines) == 3 and lines[1].count("[") == 1  # JSON lists
+    out = run_cli(["query", "SELECT 1 AS a; SELECT 2 AS b", "--workdir", work, "--format", "json"])
+    assert out.exit_code == 0 and json.loads(out.stdout) == [{"b": 2}], out.output  # the last statement's rows
+    endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+    out = run_cli(["query", endless, "--workdir", work, "--timeout", "1"])
+    assert out.exit_code == 2 and "longer than 1 s" in out.output, out.output

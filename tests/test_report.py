@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from coderflow.config import DatasetConfig, ModelConfig, PipelineConfig
 from coderflow.flows.naming import describe_run, run_tags
 from coderflow.storage.db import sql_file
 from coderflow.tasks.report.tables import (
     artifact_key,
-    for_run,
     markdown_table,
     outputs_markdown,
     select_columns,
@@ -23,11 +20,15 @@ def test_artifact_keys_are_lowercase_dashes():
     assert artifact_key("--") == "coderflow"
 
 
-def test_for_run_restricts_a_canned_question_to_one_run():
-    sql = for_run(sql_file("confused_pairs"), "r'1", "q.method, q.n DESC", limit=3)
-    assert "LIMIT 50" not in sql and sql.endswith("ORDER BY q.method, q.n DESC LIMIT 3")
-    assert "q.run_id = 'r''1'" in sql
-    duckdb.extract_statements(sql)  # one valid statement
+def test_a_canned_question_for_one_run_binds_the_run_id(demo_run):
+    """Values reach SQL only as bound parameters: a quote in a run id is just a character."""
+    from coderflow.storage.db import query
+    from coderflow.storage.layout import Layout
+
+    layout = Layout.at(demo_run["workdir"])
+    assert query(layout, sql_file("confused_pairs"), {"run_id": "r'1"}, "q.method", 3).num_rows == 0
+    mine = query(layout, sql_file("confused_pairs"), {"run_id": demo_run["result"].run_id}, "q.method, q.n DESC", 3)
+    assert 0 < mine.num_rows <= 3 and set(mine["run_id"].to_pylist()) == {demo_run["result"].run_id}
 
 
 def test_tables_round_and_escape():

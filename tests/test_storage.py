@@ -182,3 +182,27 @@ def test_canned_sql_files_exist():
         assert "SELECT" in db.sql_file(name)
     with pytest.raises(db.QueryError, match="choose one of"):
         db.sql_file("nope")
+
+
+def test_files_and_split_folders_follow_the_umask(tmp_path: Path):
+    """Written files and ingested split folders get the permissions the umask allows (not tempfile's 0600/0700), so
+    a work directory shared with other users or workers stays readable."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys; os.umask(0o022)\n"
+        "from coderflow.storage.parquet_io import write_text\n"
+        "from coderflow.storage.shards import write_split\n"
+        "from coderflow.tasks.ingest.sources import demo_source\n"
+        "root = sys.argv[1]\n"
+        "write_text('x', root + '/a/file.txt')\n"
+        "src = demo_source(1, 16)\n"
+        "write_split(src.samples, __import__('pathlib').Path(root) / 'shards' / 'test', '%06d.tar', 5, src.info)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a" / "file.txt").stat().st_mode & 0o777 == 0o644
+    split = tmp_path / "shards" / "test"
+    assert split.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in split.iterdir() if p.is_file())

@@ -79,9 +79,10 @@ def encode_images(batch: torch.Tensor, lm: LoadedModel) -> np.ndarray:
     return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
 
 
-# decode worker processes: one pool per process and preprocess, started once (forkserver: no copy of the parent's
-# threads or model), each worker holding the preprocess it was given at start
-_POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}
+# decode worker processes: one pool per process, for the preprocess of the model in use (a new model's preprocess
+# replaces it), started once by a forkserver that has imported this module only (the workers share its torch and
+# PIL pages, and never copy the parent's threads or model)
+_POOL: tuple[tuple[int, int], ProcessPoolExecutor] | None = None
 _POOLS_LOCK = threading.Lock()
 _WORKER_PREPROCESS: Any = None
 
@@ -98,18 +99,29 @@ def _prepare_in_worker(sample: dict[str, Any], n_classes: int | None) -> tuple[d
 
 
 def decode_pool(preprocess: Any, workers: int) -> ProcessPoolExecutor:
-    """The process pool that decodes and preprocesses images for this preprocess (created on first use)."""
+    """The process pool that decodes and preprocesses images with `preprocess` (started on first use)."""
+    global _POOL
     key = (id(preprocess), workers)
     with _POOLS_LOCK:
-        if key not in _POOLS:
-            ctx = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
-            _POOLS[key] = ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(preprocess,))
-        return _POOLS[key]
+        if _POOL is not None and _POOL[0] != key:
+            _POOL[1].shutdown(wait=True)  # another model's pool: its running maps finish first
+            _POOL = None
+        if _POOL is None:
+            if sys.platform == "win32":
+                ctx = multiprocessing.get_context("spawn")
+            else:
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload([__name__])
+            _POOL = (key, ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(preprocess,)))
+        return _POOL[1]
 
 
 def decode_workers(configured: int | None = None) -> int:
-    """Decode processes: the configured number, else one per core this process may use."""
-    if configured:
+    """Decode processes: the configured number, else one per core this process may use; 0 (threads) inside a
+    daemonic process (a Dask or Ray worker), which may not start processes of its own."""
+    if multiprocessing.current_process().daemon:
+        return 0
+    if configured is not None:
         return configured
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

@@ -43,7 +43,7 @@ def embed_shard(
     names_file = layout.classnames_file(dataset)
     n_classes = len(read_lines(names_file)) if names_file.exists() else None
     meta = {"dataset": dataset, "split": split, "shard": Path(shard).stem, "shard_hash": shard_hash}
-    workers = decode_workers(model.decode_workers) if model.decode_workers != 0 else 0
+    workers = decode_workers(model.decode_workers)
     table = embed_samples(iter_samples(shard), lm, model.batch_size, meta, n_classes=n_classes, workers=workers)
     write_table(table, out, IMAGE_EMBEDDINGS)
     errors = table.filter(pc.equal(table["status"], "error"))

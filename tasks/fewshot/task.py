@@ -275,7 +275,7 @@ def accuracy_table(run_id: str, workdir: str) -> list[dict[str, Any]]:
 
     layout = Layout.at(workdir)
     sql = sql_file("fewshot_summary").rstrip().rstrip(";")
-    rows = query(layout, f"SELECT * FROM ({sql}) WHERE run_id = '{run_id}'").to_pylist()
+    rows = query(layout, sql, {"run_id": run_id}).to_pylist()
     lines = ["| method | shots | seeds | top-1 mean | std |", "|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['shots']} | {r['seeds']} | {r['top1_mean']} | {r['top1_std']} |" for r in rows]
     plot = layout.run_file(run_id, "accuracy_vs_shots.png")

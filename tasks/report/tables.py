@@ -17,14 +17,6 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-{2,}", "-", key) or "coderflow"
 
 
-def for_run(sql: str, run_id: str, order_by: str, limit: int | None = None) -> str:
-    """A canned question (storage/sql) restricted to one run: its own LIMIT dropped, wrapped in a filter."""
-    body = re.sub(r"\s+LIMIT\s+\d+\s*$", "", sql.strip().rstrip(";").strip(), flags=re.IGNORECASE)
-    run = "'" + run_id.replace("'", "''") + "'"
-    tail = f" LIMIT {int(limit)}" if limit is not None else ""
-    return f"SELECT * FROM ({body}) AS q WHERE q.run_id = {run} ORDER BY {order_by}{tail}"
-
-
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 4)

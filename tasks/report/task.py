@@ -22,7 +22,6 @@ from coderflow.tasks.report.tables import (
     METRIC_COLUMNS,
     artifact_key,
     confused_pairs_markdown,
-    for_run,
     outputs_markdown,
     select_columns,
 )
@@ -32,14 +31,14 @@ from coderflow.tasks.report.tables import (
 def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) -> dict[str, Any]:
     """Publish a finished run as artifacts: metrics per method (table), top confused pairs and output paths."""
     layout = Layout.at(workdir)
-    metrics = query(layout, for_run(sql_file("accuracy_per_method"), run_id, "method, shots")).to_pylist()
+    metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
     rows = select_columns(metrics, METRIC_COLUMNS)
     metrics_key = artifact_key("metrics", dataset)
     create_table_artifact(
         rows, key=metrics_key, description=f"Accuracy per method of run `{run_id}` on `{dataset}`"
     )  # fmt: skip
     order = "q.method, q.n DESC, q.label, q.pred"
-    confused = query(layout, for_run(sql_file("confused_pairs"), run_id, order, top_confused)).to_pylist()
+    confused = query(layout, sql_file("confused_pairs"), {"run_id": run_id}, order, top_confused).to_pylist()
     create_markdown_artifact(
         confused_pairs_markdown(select_columns(confused, CONFUSED_COLUMNS), run_id),
         key=artifact_key("confused-pairs", dataset),

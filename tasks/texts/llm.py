@@ -7,6 +7,7 @@ import email.utils
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -242,16 +243,18 @@ def _retry_after(error: openai.APIStatusError) -> float | None:
     headers = error.response.headers
     try:
         if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000
+            seconds = float(headers["retry-after-ms"]) / 1000
+            return max(0.0, seconds) if math.isfinite(seconds) else None
         value = headers.get("retry-after")
         if value is None:
             return None
         try:
-            return float(value)
+            seconds = float(value)
         except ValueError:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
     except (TypeError, ValueError):
         return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None  # '-1' waits 0 s, 'nan' our own back-off
 
 
 class LLMGenerator:
@@ -530,7 +533,7 @@ class LLMGenerator:
                 ) from None
             except TRANSIENT as exc:
                 what = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
-                if isinstance(exc, json.JSONDecodeError | TypeError | AttributeError):
+                if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | TypeError | AttributeError):
                     what = "a response body that is not a chat completion"
                 if isinstance(exc, openai.APITimeoutError):
                     self._back_off()
@@ -592,6 +595,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     openai.ConflictError,
     openai.APIConnectionError,
     json.JSONDecodeError,
+    UnicodeDecodeError,  # a body that is not UTF-8: bad server output, like malformed JSON
     TypeError,
     AttributeError,
 )
