@@ -179,6 +179,16 @@ class LLMConfig(_Strict):
     max_tokens: int = Field(160, ge=16, description="reply length cap: a short phrase list needs about 160 tokens")
     price_per_1k: float | None = Field(None, ge=0, description="price per 1,000 tokens: the summary shows the cost")
 
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v and "@" in v.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError(
+                "must not hold credentials (user:password@): settings are stored with every run; give the key in "
+                "$OPENAI_API_KEY"
+            )
+        return v
+
 
 class TextsConfig(_Strict):
     """How the text bank is generated: which generator, which text types, how many of each."""
@@ -474,7 +484,8 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
         msg = msg.removeprefix("Value error, ")
-        if isinstance(err.get("input"), str | int | float) and err["type"] != "extra_forbidden":
+        secret = any(str(part).endswith(("url", "key")) for part in err["loc"])  # never echo a URL or key back
+        if isinstance(err.get("input"), str | int | float) and err["type"] != "extra_forbidden" and not secret:
             msg += f" (got {err['input']!r})"
         parts.append(f"{key}: {msg}")
     return f"invalid configuration in {source}: " + "; ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import re
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from coderflow.storage.layout import Layout
+from coderflow.storage.layout import Layout, shared_mode
 from coderflow.storage.schemas import VIEWS
 
 SQL_DIR = Path(__file__).with_name("sql")
@@ -37,11 +38,13 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _connect(layout: Layout, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """A connection to the views database that can read the work directory (also at an fsspec URL)."""
+def _connect(layout: Layout, read_only: bool = False, path: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection to the views database (or the database file `path`) that can read the work directory (also at an
+    fsspec URL)."""
+    path = path or layout.database
     if not read_only:
-        layout.database.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(layout.database), read_only=read_only)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
     fs = None if layout.is_local else layout.root.fs
     if fs is not None and not con.filesystem_is_registered(
         fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -84,16 +87,26 @@ def refresh_views(layout: Layout) -> Path:
     """
     if layout.is_local:
         layout.root.mkdir(parents=True, exist_ok=True)
-    with _connect(layout) as con:
-        con.execute("BEGIN TRANSACTION")  # all views or none: a half refresh keeps the old root, so it is redone
-        for name, pattern in layout.view_globs().items():
-            if _has_files(layout, pattern):
-                body = f"SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
-            else:
-                body = _empty_select(VIEWS[name])
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
-        con.execute(f"CREATE OR REPLACE VIEW {ROOT_VIEW} AS SELECT {_quote(str(layout.root))} AS root")
-        con.execute("COMMIT")
+    # A new database file beside the old one, renamed over it when complete: a reader holding the old file (a long
+    # `coderflow query`, any DuckDB client) keeps reading it and never blocks the refresh; the next reader opens the
+    # new one. Readers never see a half-built database.
+    fresh = layout.database.with_name(f".{layout.database.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fresh.unlink(missing_ok=True)
+    try:
+        with _connect(layout, path=fresh) as con:
+            for name, pattern in layout.view_globs().items():
+                if _has_files(layout, pattern):
+                    body = f"SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
+                else:
+                    body = _empty_select(VIEWS[name])
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+            con.execute(f"CREATE OR REPLACE VIEW {ROOT_VIEW} AS SELECT {_quote(str(layout.root))} AS root")
+            con.execute("CHECKPOINT")  # everything in the file itself, no write-ahead log beside it
+        shared_mode(fresh)
+        os.replace(fresh, layout.database)
+    finally:
+        fresh.unlink(missing_ok=True)
+        Path(f"{fresh}.wal").unlink(missing_ok=True)
     return layout.database
 
 

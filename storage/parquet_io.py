@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,9 +40,16 @@ def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
     tmp = Path(tmp_name)
     shared_mode(tmp)  # the umask's permissions, not mkstemp's 0600
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # writers that wrap the OS error (polars: ComputeError "... os error 28")
+            if isinstance(exc, OSError) or ("os error 28" not in str(exc) and "No space left" not in str(exc)):
+                raise
+            raise OSError(errno.ENOSPC, "No space left on device") from exc
         publish_file(tmp, target)
     except OSError as exc:  # disk full, quota, permissions: say which file, leave no partial one behind
+        if exc.errno == errno.ENOSPC:
+            raise OSError(exc.errno, f"could not write {target}: {_no_space(tmp, target)}") from exc
         if str(target) in str(exc):
             raise
         reason = exc.strerror or str(exc) or type(exc).__name__
@@ -51,6 +60,19 @@ def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
         ) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _no_space(tmp: Path, target: StoragePath) -> str:
+    """'No space left on device (N MiB written before it ran out, M MiB free): ...' for a write that filled the disk."""
+    written = tmp.stat().st_size if tmp.exists() else 0
+    try:
+        free = shutil.disk_usage(tmp.parent if tmp.exists() else Path(str(target)).parent).free
+    except OSError:
+        free = 0
+    return (
+        f"No space left on device ({written / 2**20:.1f} MiB written before it ran out, {free / 2**20:.1f} MiB "
+        "free): free more than that, or put the work directory elsewhere (--workdir)"
+    )
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import subprocess
 import uuid
 from datetime import UTC, datetime
@@ -71,7 +73,10 @@ def write_run(
     extra: dict[str, Any] | None = None,
     finished_at: datetime | None = None,
 ) -> Path:
-    """Write (or overwrite) the run's manifest.json and run.parquet atomically."""
+    """Write (or overwrite) the run's manifest.json and run.parquet atomically; a running run records its process
+    (host, pid, start time), so that a later run can tell it was abandoned (see `mark_abandoned`)."""
+    if status == "running":
+        extra = {**(extra or {}), "process": this_process()}
     manifest = {
         "run_id": run_id,
         "flow": flow,
@@ -100,3 +105,55 @@ def write_run(
     }
     write_rows([row], RUNS, layout.run_file(run_id, "run.parquet"))
     return layout.run_file(run_id, "manifest.json")
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot, Linux /proc), which tells a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _alive(process: dict[str, Any]) -> bool:
+    pid = int(process.get("pid") or 0)
+    if pid <= 0:
+        return True  # unknown: assume alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process with that pid exists
+    start = _process_start(pid)
+    return start is None or process.get("start") in (None, start)
+
+
+def mark_abandoned(layout: Layout) -> list[str]:
+    """Runs recorded as running by a process of this host that no longer exists (killed, crashed machine) are
+    marked `crashed`; runs of other hosts are left as they are (their process cannot be checked from here)."""
+    marked = []
+    host = socket.gethostname()
+    for path in sorted(layout.runs_dir.glob("*/manifest.json")) if layout.runs_dir.exists() else []:
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        process = manifest.get("process") or {}
+        if manifest.get("status") != "running" or process.get("host") != host or _alive(process):
+            continue
+        known = {"run_id", "flow", "status", "started_at", "finished_at", "dataset", "model_id", "textbank_id",
+                 "config", "versions"}  # fmt: skip
+        extra = {k: v for k, v in manifest.items() if k not in known} | {"crashed_detected_at": datetime.now(UTC)}
+        write_run(
+            layout, manifest["run_id"], flow=manifest["flow"], status="crashed",
+            started_at=datetime.fromisoformat(manifest["started_at"]), config=manifest.get("config") or {},
+            dataset=manifest.get("dataset"), model_id=manifest.get("model_id"),
+            textbank_id=manifest.get("textbank_id"), extra=extra,
+        )  # fmt: skip
+        marked.append(manifest["run_id"])
+    return marked

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from coderflow.storage.db import refresh_views
 from coderflow.storage.layout import Layout
-from coderflow.storage.runs import write_run
+from coderflow.storage.runs import mark_abandoned, write_run
 
 
 @task(name="record-run")
@@ -26,10 +26,15 @@ def record_run(
     textbank_id: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Write the run's manifest.json and run.parquet (finished_at is set unless the run is still running)."""
+    """Write the run's manifest.json and run.parquet (finished_at is set unless the run is still running). Starting a
+    run first marks runs abandoned by a dead process of this host as crashed."""
+    layout = Layout.at(workdir)
+    if status == "running":
+        for crashed in mark_abandoned(layout):
+            get_run_logger().warning("run %s was abandoned by a process that no longer exists: marked crashed", crashed)
     finished = None if status == "running" else datetime.now(UTC)
     path = write_run(
-        Layout.at(workdir), run_id, flow=flow, status=status, started_at=started_at, config=config,
+        layout, run_id, flow=flow, status=status, started_at=started_at, config=config,
         dataset=dataset, model_id=model_id, textbank_id=textbank_id, extra=extra, finished_at=finished,
     )  # fmt: skip
     return str(path)

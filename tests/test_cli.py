@@ -139,6 +139,7 @@ REFUSALS = [
     (["run", "--kind", "folder"], ["dataset.kind", "needs dataset.source"]),
     (["run", "--split-ratio", "0.5,0.5"], ["0.5,0.5", "train,val,test"]),
     (["run", "--texts.llm.timeout", "0"], ["texts.llm.timeout", "greater than 0"]),
+    (["texts", "--texts.llm.base-url", "http://u:SECRET@host/v1"], ["texts.llm.base_url", "credentials"]),
 ]
 
 
@@ -154,6 +155,7 @@ def test_mistakes_are_refused_in_one_line_within_two_seconds(tmp_path: Path, arg
     assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
     assert lines[0].startswith("error: ") and all(n in lines[0] for n in needles), lines[0]
     assert seconds < 2.0, f"{seconds:.2f} s"
+    assert "SECRET" not in lines[0]
     assert not (tmp_path / "w").exists() and not (tmp_path / "nothing").exists()  # nothing created
 
 

@@ -244,3 +244,31 @@ def test_text_generation_killed_mid_run_keeps_paid_replies(prefect_server, tmp_p
     for path in workdir.rglob("*"):
         if path.is_file():
             assert API_KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 1 MiB file system (tmpfs), where the machine allows mounting one."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs privileges this machine does not give")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_is_one_line_naming_the_file_and_the_space(tiny_disk: Path):
+    import numpy as np
+
+    table = pa.table({"x": np.random.default_rng(0).random(400_000)})
+    with pytest.raises(OSError) as err:
+        write_table(table, tiny_disk / "a" / "x.parquet", table.schema)
+    message = str(err.value)
+    assert "x.parquet" in message and "No space left on device (" in message and "MiB free" in message
+    assert not list((tiny_disk / "a").iterdir())  # no partial file left behind
+    out = run_cli(["ingest", "--workdir", str(tiny_disk / "w"), "--dataset.demo-images-per-class", "400"])
+    lines = out.output.strip().splitlines()
+    assert out.exit_code == 2 and lines[-1].startswith("error: ") and "No space left" in lines[-1], out.output

@@ -150,3 +150,17 @@ def test_a_body_that_is_not_utf8_is_retried_then_recorded(tmp_path):
         gen = make_generator(server, tmp_path, backoff=0.001, max_retries=1)
         assert gen.synonyms(["cat"], 3) == [[]]  # recorded as a failed request, the stage goes on
         assert len(server.requests) == 2 and "not a chat completion" in gen.failures[0]["problem"]
+
+
+def test_a_huge_reply_is_capped_in_the_cache_and_the_key_never_stored(tmp_path):
+    filler = "x" * 500_000
+    body = json.dumps({"synonyms": ["kitty", f"puss {API_KEY}"], "note": filler})
+    with FakeOpenAI() as server:
+        server.push(completion(body))
+        gen = make_generator(server, tmp_path)
+        got = gen.synonyms(["cat"], 3)[0]
+    assert "kitty" in got and all(API_KEY not in x for x in got)
+    (cached,) = [p for p in tmp_path.glob("*.json") if ".failed" not in p.name]
+    text = cached.read_text()
+    assert len(text) < 50_000 and API_KEY not in text
+    assert json.loads(text)["raw_truncated_from"] > 500_000

@@ -139,3 +139,25 @@ def test_csv_of_list_columns_multi_statements_and_a_time_limit(demo_run):
     endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
     out = run_cli(["query", endless, "--workdir", work, "--timeout", "1"])
     assert out.exit_code == 2 and "longer than 1 s" in out.output, out.output
+
+
+def test_a_long_lived_reader_never_blocks_a_refresh(layout: Layout):
+    """Another process holding the database open (a DuckDB client, a long query) does not make a run fail: the
+    views are rebuilt in a new file renamed over the old one."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+         "c.execute('SELECT 1').fetchall(); print('open', flush=True); time.sleep(30)", str(layout.database)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        db.refresh_views(layout)  # raised "Could not set lock on file" while the reader held it
+        db.refresh_views(layout)
+        assert db.query(layout, "SELECT value FROM metrics").to_pylist() == [{"value": 0.5}]
+        assert not [p for p in layout.database.parent.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        holder.kill()
+        holder.wait()

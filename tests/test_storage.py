@@ -206,3 +206,40 @@ def test_files_and_split_folders_follow_the_umask(tmp_path: Path):
     split = tmp_path / "shards" / "test"
     assert split.stat().st_mode & 0o777 == 0o755
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in split.iterdir() if p.is_file())
+
+
+def test_runs_abandoned_by_a_dead_process_are_marked_crashed(tmp_path: Path):
+    """A run recorded as running by a process of this host that no longer exists becomes `crashed`; a live one and
+    another host's are left running."""
+    import json
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    from coderflow.storage.db import query
+    from coderflow.storage.runs import mark_abandoned, write_run
+
+    layout = Layout.at(tmp_path / "w")
+    script = (
+        "import sys; from datetime import UTC, datetime\n"
+        "from coderflow.storage.layout import Layout\n"
+        "from coderflow.storage.runs import write_run\n"
+        "write_run(Layout.at(sys.argv[1]), 'dead', flow='classify', status='running', started_at=datetime.now(UTC),"
+        " config={'methods': ['clip']})\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(layout.root)], check=True)  # that process has exited
+    now = datetime.now(UTC)
+    write_run(layout, "alive", flow="classify", status="running", started_at=now, config={})  # this process
+    write_run(layout, "elsewhere", flow="classify", status="running", started_at=now, config={})
+    manifest = layout.run_file("elsewhere", "manifest.json")
+    data = json.loads(manifest.read_text())
+    data["process"]["host"] = "another-host"
+    manifest.write_text(json.dumps(data))
+    assert mark_abandoned(layout) == ["dead"]
+    rows = query(layout, "SELECT run_id, status FROM runs ORDER BY run_id").to_pylist()
+    assert rows == [
+        {"run_id": "alive", "status": "running"}, {"run_id": "dead", "status": "crashed"},
+        {"run_id": "elsewhere", "status": "running"},
+    ]  # fmt: skip
+    assert json.loads(layout.run_file("dead", "manifest.json").read_text())["config"] == {"methods": ["clip"]}
+    assert mark_abandoned(layout) == []

@@ -257,6 +257,9 @@ def _retry_after(error: openai.APIStatusError) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None  # '-1' waits 0 s, 'nan' our own back-off
 
 
+MAX_RAW_CHARS = 20_000  # the reply text kept in the cache per request (the phrases are short; a reply is ~1 KB)
+
+
 class LLMGenerator:
     """Texts from an LLM behind an OpenAI-compatible chat-completions endpoint, cached on disk per request."""
 
@@ -391,6 +394,8 @@ class LLMGenerator:
                 return []
             if reply.items:
                 break
+        items = [self._redact(x) for x in reply.items]  # a reply echoing the key never stores it
+        raw = self._redact(reply.raw)
         record = {
             "key": key,
             "model": self.model,
@@ -399,16 +404,18 @@ class LLMGenerator:
             "messages": request.messages(),
             "params": self.params,
             "mode": reply.mode,
-            "items": reply.items,
-            "problem": "" if reply.items else reply.problem,
-            "raw": reply.raw,
+            "items": items,
+            "problem": "" if items else self._redact(reply.problem),
+            "raw": raw[:MAX_RAW_CHARS],
             "usage": reply.usage,
         }
-        target = path if reply.items else self.cache_dir / f"{key}.failed.json"
+        if len(raw) > MAX_RAW_CHARS:  # a runaway reply: its head is kept, the rest only counted
+            record["raw_truncated_from"] = len(raw)
+        target = path if items else self.cache_dir / f"{key}.failed.json"
         write_text(json.dumps(record, indent=1, ensure_ascii=False), target)
-        if not reply.items:
-            self._failed(request, reply.problem)
-        return reply.items
+        if not items:
+            self._failed(request, self._redact(reply.problem))
+        return items
 
     def _cached(self, path: Path) -> dict[str, Any] | None:
         """A cached reply, or None when there is none or the file is unreadable (then the request is asked again)."""
