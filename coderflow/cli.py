@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import re
+import signal
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -535,11 +537,28 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; expected errors print one line naming the input and the fix, and exit with code 2."""
     tokens = list(sys.argv[1:] if argv is None else argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM ends a run like Ctrl-C
+    try:
+        return _main(tokens)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(tokens: list[str]) -> int:
     try:
         app.meta(tokens, print_error=False, exit_on_error=False, help_on_error=False, result_action="return_value")
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]: finished files are kept, the rest is redone on the next run")
+        return 130
     except CycloptsError as exc:
         err_console.print(f"[bold red]error:[/] {_one_line(exc)} (see --help)", highlight=False, soft_wrap=True)
         return 2

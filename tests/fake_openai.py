@@ -25,6 +25,7 @@ class Reply:
     body: Any = None  # dict -> JSON, str or bytes -> sent as is (malformed bodies)
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0  # seconds between the body's bytes (a server that never stops sending)
 
 
 def completion(
@@ -147,7 +148,13 @@ class FakeOpenAI:
                         self.send_header(k, v)
                     self.send_header("content-length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if reply.trickle:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(reply.trickle)
+                    else:
+                        self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 

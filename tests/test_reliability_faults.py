@@ -272,3 +272,30 @@ def test_disk_full_is_one_line_naming_the_file_and_the_space(tiny_disk: Path):
     out = run_cli(["ingest", "--workdir", str(tiny_disk / "w"), "--dataset.demo-images-per-class", "400"])
     lines = out.output.strip().splitlines()
     assert out.exit_code == 2 and lines[-1].startswith("error: ") and "No space left" in lines[-1], out.output
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_sigterm_ends_text_generation_promptly(prefect_server, tmp_path: Path):
+    """A slow endpoint (one byte every 0.2 s) with requests in flight: SIGTERM ends `coderflow texts` within about
+    one request's total timeout (2 s here), with exit code 130, instead of waiting for every queued request."""
+    workdir = tmp_path / "w"
+    _ingest_demo(workdir, images_per_class=1, per_shard=10)  # 10 classes -> 10 attribute requests
+    with FakeOpenAI() as server:
+        server.responder = lambda req: dataclasses.replace(structured(req), trickle=0.2)
+        args = ["texts", "--workdir", str(workdir), "--generator", "llm", "--texts.types", "name,att"]
+        args += ["--texts.llm.model", "fake-model", "--texts.llm.base-url", server.base_url]
+        args += ["--texts.llm.timeout", "2", "--texts.llm.max-concurrency", "2", "--texts.llm.max-retries", "0"]
+        log = tmp_path / "texts.log"
+        proc = _start(args, log, _env(OPENAI_API_KEY=API_KEY))
+        deadline = time.monotonic() + 240
+        while not server.requests and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert server.requests, log.read_text()[-2000:]
+        start = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        assert time.monotonic() - start < 15, log.read_text()[-2000:]
+        said = log.read_text()
+        assert proc.returncode == 130 and ("interrupted" in said or "termination signal" in said), said[-2000:]
+        assert len(server.requests) < 10  # the queued requests were never sent

@@ -164,3 +164,17 @@ def test_a_huge_reply_is_capped_in_the_cache_and_the_key_never_stored(tmp_path):
     text = cached.read_text()
     assert len(text) < 50_000 and API_KEY not in text
     assert json.loads(text)["raw_truncated_from"] > 500_000
+
+
+def test_a_server_trickling_bytes_hits_the_total_deadline(tmp_path):
+    """httpx's timeouts are per socket read, so one byte every 0.05 s never trips them; each request has a total
+    deadline instead (here 0.5 s), so 1 try + 1 retry end in about a second, not in minutes."""
+    with FakeOpenAI() as server:
+        slow = completion('{"synonyms": ["kitty"]}')
+        slow.trickle = 0.05
+        server.push(slow, slow)
+        gen = make_generator(server, tmp_path, timeout=0.5, max_retries=1, backoff=0.01)
+        start = time.monotonic()
+        assert gen.synonyms(["cat"], 3) == [[]]
+        assert time.monotonic() - start < 4 and len(server.requests) == 2
+        assert "timeout" in gen.failures[0]["problem"].lower() or "Timeout" in gen.failures[0]["problem"]

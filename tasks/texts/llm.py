@@ -260,6 +260,42 @@ def _retry_after(error: openai.APIStatusError) -> float | None:
 MAX_RAW_CHARS = 20_000  # the reply text kept in the cache per request (the phrases are short; a reply is ~1 KB)
 
 
+class _DeadlineStream(httpx.SyncByteStream):
+    """A response body that raises httpx.ReadTimeout once the request's total deadline has passed."""
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: float, request: httpx.Request) -> None:
+        self._inner, self._deadline, self._request = inner, deadline, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            if time.monotonic() > self._deadline:
+                raise httpx.ReadTimeout("the reply took longer than the request's total timeout", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx's timeouts bound each socket operation, so a server sending one byte a second never times out: this
+    transport gives every request a total deadline of `seconds` (connecting, waiting and reading the body)."""
+
+    def __init__(self, seconds: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self.seconds
+        response = super().handle_request(request)
+        if time.monotonic() > deadline:
+            response.close()
+            raise httpx.ReadTimeout("no reply within the request's total timeout", request=request)
+        stream = response.stream
+        assert isinstance(stream, httpx.SyncByteStream)
+        response.stream = _DeadlineStream(stream, deadline, request)
+        return response
+
+
 class LLMGenerator:
     """Texts from an LLM behind an OpenAI-compatible chat-completions endpoint, cached on disk per request."""
 
@@ -287,7 +323,10 @@ class LLMGenerator:
                 raise LLMConfigError("no API key: set OPENAI_API_KEY, or OPENAI_BASE_URL for a local server")
             key = "no-key"  # local servers (llama.cpp, vLLM) accept any key
         self._secret = key
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=key, max_retries=0, timeout=timeout,
+            http_client=httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout),
+        )  # fmt: skip
         self.base_url = _display_url(str(self.client.base_url))  # for messages: no user:password@, no ?query
         self.model = model
         self.source = f"llm:{model}"
@@ -342,16 +381,19 @@ class LLMGenerator:
         kind, start = requests[0].kind, time.perf_counter()
         before = asdict(self.usage)
         workers = max(1, min(self.max_workers, len(requests)))
-        with (
-            stage_progress(f"LLM {kind}", len(requests), "requests", "tokens") as bar,
-            ThreadPoolExecutor(max_workers=workers) as pool,
-        ):
-            futures = [pool.submit(self.ask, r) for r in requests]
-            for _ in as_completed(futures):
-                tokens = self.usage.prompt_tokens + self.usage.completion_tokens
-                spent = tokens - before["prompt_tokens"] - before["completion_tokens"]
-                bar.advance(1, items=spent - bar.items, failed=self.usage.failed - before["failed"] - bar.failed)
-            results = [f.result() for f in futures]
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            with stage_progress(f"LLM {kind}", len(requests), "requests", "tokens") as bar:
+                futures = [pool.submit(self.ask, r) for r in requests]
+                for _ in as_completed(futures):
+                    tokens = self.usage.prompt_tokens + self.usage.completion_tokens
+                    spent = tokens - before["prompt_tokens"] - before["completion_tokens"]
+                    bar.advance(1, items=spent - bar.items, failed=self.usage.failed - before["failed"] - bar.failed)
+                results = [f.result() for f in futures]
+        except BaseException:  # Ctrl-C, SIGTERM, a bad key: queued requests are dropped, not sent
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         now = asdict(self.usage)
         log.info(
             "LLM %s: %d requests, %d from the cache, %d failed, %d tokens in %.1f s", kind, len(requests),
