@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import signal
 import sys
@@ -469,6 +470,108 @@ def show_config(*, options: Options = None) -> None:
     import yaml
 
     print(yaml.safe_dump(load_config(options, "config").model_dump(mode="json"), sort_keys=False), end="")
+
+
+RUNS_SQL = """
+SELECT r.run_id, r.flow, r.dataset, r.model_id, r.textbank_id, r.started_at,
+       round(date_diff('millisecond', r.started_at, r.finished_at) / 1000, 1) AS seconds, r.status,
+       string_agg(m.method || ' ' || round(m.value, 4), ', ' ORDER BY m.value DESC) AS top1,
+       json_extract_string(r.config, '$.flow_run_id') AS flow_run_id
+FROM runs r
+LEFT JOIN metrics m ON m.run_id = r.run_id AND m.metric = 'top1' AND m.class_index IS NULL AND m.shots IS NULL
+GROUP BY ALL
+"""
+
+
+def _ui_base() -> str | None:
+    """The Prefect UI address from the environment (no Prefect import: `runs` answers in a second)."""
+    ui = os.environ.get("PREFECT_UI_URL")
+    api = os.environ.get("PREFECT_API_URL")
+    return ui or (api.removesuffix("/").removesuffix("/api") if api else None)
+
+
+@app.command(name="runs")
+def runs_cmd(
+    *,
+    workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
+    dataset: Annotated[Optional[str], Parameter(help="only runs on this dataset")] = None,  # noqa: UP045
+    model: Annotated[Optional[str], Parameter(help="only runs of this model id")] = None,  # noqa: UP045
+    flow: Annotated[Optional[str], Parameter(help="only runs of this flow (classify, few-shot, ...)")] = None,  # noqa: UP045
+    fmt: Annotated[Literal["table", "json"], Parameter(name="--format")] = "table",
+) -> None:
+    """One line per run: id, flow, dataset, model, text bank, start, seconds, status, zero-shot top-1 per method."""
+    where = {k: v for k, v in {"dataset": dataset, "model_id": model, "flow": flow}.items() if v}
+    rows = query(Layout.at(workdir), RUNS_SQL, where, "q.started_at DESC").to_pylist()
+    base = _ui_base()
+    for r in rows:
+        r["flow_run"] = f"{base}/runs/flow-run/{r['flow_run_id']}" if base and r["flow_run_id"] else r["flow_run_id"]
+        del r["flow_run_id"]
+    if fmt == "json":
+        console.print_json(json.dumps(rows, default=str))
+    else:
+        print_rows(rows, title=f"{len(rows)} runs")
+
+
+@app.command(name="compare")
+def compare_cmd(
+    run_a: Annotated[str, Parameter(help="a run id")],
+    run_b: Annotated[Optional[str], Parameter(help="another run id (default: run A again)")] = None,  # noqa: UP045
+    /,
+    *,
+    methods: Annotated[
+        Optional[str],  # noqa: UP045
+        Parameter(
+            help="A,B: method A of run A against method B of run B (default: each method against clip in one "
+            "run, or each method against itself across two runs)"
+        ),
+    ] = None,
+    per_class: Annotated[bool, Parameter(negative="", help="also one row per class")] = False,
+    resamples: Annotated[int, Parameter(help="bootstrap resamples of the 95% interval")] = 2000,
+    seed: Annotated[int, Parameter(help="bootstrap seed")] = 0,
+    workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
+    fmt: Annotated[Literal["table", "json"], Parameter(name="--format")] = "table",
+) -> None:
+    """Paired comparison on the samples both classified: accuracy difference (A - B), bootstrap 95% interval, exact
+    McNemar p-value."""
+    from coderflow.tasks.evaluate.compare import compare_runs
+
+    layout = Layout.at(workdir)
+    run_b = run_b or run_a
+    present = {
+        r["run_id"]: r["methods"]
+        for r in query(
+            layout, "SELECT run_id, list(DISTINCT method ORDER BY method) AS methods FROM predictions "
+            "WHERE run_id IN (?, ?) GROUP BY run_id", params=[run_a, run_b],
+        ).to_pylist()
+    }  # fmt: skip
+    for run in (run_a, run_b):
+        if run not in present:
+            raise ValueError(f"run {run!r} has no predictions in {layout.root}: see `coderflow runs`")
+    if methods:
+        pair = [m.strip() for m in methods.split(",")]
+        if len(pair) != 2:
+            raise ValueError(f"--methods {methods!r}: give two methods, A,B")
+        a_methods, b_methods = [pair[0]], [pair[1]]
+    elif run_b == run_a:
+        others = [m for m in present[run_a] if m != "clip"]
+        if "clip" not in present[run_a] or not others:
+            raise ValueError(f"run {run_a} has no clip and other methods to compare: pass --methods A,B or RUN_B")
+        a_methods, b_methods = others, ["clip"] * len(others)
+    else:
+        a_methods = b_methods = [m for m in present[run_a] if m in present[run_b]]
+    for run, ms in ((run_a, a_methods), (run_b, b_methods)):
+        missing = sorted(set(ms) - set(present[run]))
+        if missing:
+            raise ValueError(f"run {run} has no method {missing}: it has {', '.join(present[run])}")
+    rows = compare_runs(layout, run_a, a_methods, run_b, b_methods, resamples, seed, per_class)
+    if fmt == "json":
+        console.print_json(json.dumps(rows))
+        return
+    columns = ["method_a", "method_b", "shots", "class_index", "n", "accuracy_a", "accuracy_b", "difference",
+               "ci_low", "ci_high", "p_value"]  # fmt: skip
+    shown = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    title = f"{run_a} vs {run_b}" if run_b != run_a else f"run {run_a}"
+    print_rows(rows, title=f"{title}: difference = A - B, 95% bootstrap interval, exact McNemar p", columns=shown)
 
 
 @app.command(name="query")

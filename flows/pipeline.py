@@ -46,7 +46,9 @@ from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank, impor
 
 @contextmanager
 def recorded_run(run_id: str, root: str, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Record a run as running, then completed or failed (refreshing DuckDB either way); yields its `extra` dict."""
+    """Record a run as running, then completed or failed (refreshing DuckDB either way); yields its `extra` dict.
+    The Prefect flow run's id goes into the record (`coderflow runs` links it)."""
+    record = {**record, "extra": {**record.get("extra", {}), "flow_run_id": flow_run_id()}}
     record_run(run_id, root, status="running", **record)
     try:
         yield record["extra"]

@@ -185,6 +185,7 @@ def query(
     order_by: str | None = None,
     limit: int | None = None,
     timeout: float | None = None,
+    params: list[Any] | None = None,
 ) -> pa.Table:
     """Run read-only SQL over the views; the last statement's result is returned, its rows filtered by `where`
     (column -> value, bound as parameters: a value is never pasted into SQL), then ordered and limited. `timeout`
@@ -198,6 +199,8 @@ def query(
     try:
         for st in statements[:-1]:
             con.execute(st).fetchall()  # each earlier statement runs to completion, its rows dropped
+        if params is not None:  # `?` placeholders of the (last) statement
+            return con.sql(statements[-1], params=params).to_arrow_table()
         if not (where or order_by or limit is not None):
             return con.sql(statements[-1]).to_arrow_table()
         last = statements[-1].rstrip().rstrip(";")
