@@ -114,7 +114,7 @@ def _leaf(dotted: str, field: Any) -> tuple[Any, Any]:
     help_text = re.sub(r"<(\w+)>", r"\1", field.description or "")
     if field.default is not None and not isinstance(field.default, dict):
         help_text += f" [default: {_default_text(field.default)}]"
-    kwargs: dict[str, Any] = {"name": names, "help": help_text.strip(), "show_default": False}
+    kwargs: dict[str, Any] = {"name": names, "help": help_text.strip(), "show_default": False, "show_env_var": True}
     if get_origin(base) is dict:
         base = str  # `k=v,k=v` or JSON, parsed by the config model
         kwargs["help"] += " (e.g. a=1,b=2)"
@@ -216,12 +216,24 @@ def _run_pipeline(cfg: PipelineConfig, force: bool) -> None:
     _print_run(cfg, result.run_id, time.perf_counter() - start, result.stages, result.flow_run_id)
 
 
+class ConfigEnv(Env):
+    """CODERFLOW_<KEY> environment variables for config settings only (and --workdir): a command's own options
+    (`compare --methods A,B`) never read the variable of a setting with the same name (CODERFLOW_METHODS)."""
+
+    def __call__(self, app: Any, commands: tuple[str, ...], arguments: Any) -> None:
+        from cyclopts.argument import ArgumentCollection
+
+        chosen = ArgumentCollection([a for a in arguments if a.keys or a.name == "--workdir"])
+        super().__call__(app, commands, chosen)
+
+
 app = App(
     name="coderflow",
     help="CLIP classification with CODER, run as Prefect flows. Every setting is a flag named by its config key "
     "(--dataset.source, --texts.llm.timeout); precedence: flags > CODERFLOW_* environment > YAML file (-c) > defaults.",
     version=version("coderflow"),
-    config=[Env("CODERFLOW_", command=False)],
+    config=[ConfigEnv("CODERFLOW_", command=False)],
+    default_parameter=Parameter(show_env_var=False),
 )
 
 

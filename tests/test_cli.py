@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -229,3 +230,12 @@ def test_tasks_retry_transient_errors_only():
         assert not retry_transient(None, None, Failed(data=exc))
     assert retry_transient(None, None, Failed(data=ConnectionError("reset")))
     assert retry_transient(None, None, Completed(data=1))
+
+
+def test_a_commands_own_option_never_reads_a_settings_variable(demo_run):
+    """CODERFLOW_METHODS is the `methods` setting of run/classify; `compare --methods A,B` does not read it."""
+    run_id, work = demo_run["result"].run_id, str(demo_run["workdir"])
+    out = run_cli(["compare", run_id, "--workdir", work, "--format", "json", "--resamples", "20"],
+                  env={"CODERFLOW_METHODS": "coder,nope"})  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)) == 5  # every method against clip
