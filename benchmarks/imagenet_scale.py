@@ -164,10 +164,11 @@ def main() -> None:
     all_texts = read_table(Layout.at(root).textbank_file(bank.textbank_id), ["text"])["text"].to_pylist()
     probe_texts = all_texts[:: max(1, len(all_texts) // 512)][:512]
     text_flops = count_flops(lambda: encode_texts(probe_texts, lm)) / len(probe_texts)
+    text_floor = len(all_texts) * text_flops / rate
     rows[-1] |= {
-        "text_floor_s": round(len(all_texts) * text_flops / rate, 1),
+        "floor_s": round(text_floor, 1), "x_floor": round(rows[-1]["seconds"] / text_floor, 2),
         "trimmed": causal_text_tower(lm.model) is not None,
-    }
+    }  # fmt: skip
     n_texts, dim = bank.n_texts, encode_texts(["a"], lm).shape[1]
     gemm = 2 * args.images * n_texts * dim / rate
     with sampler.stage(rows, "CODER dense", gemm, texts=n_texts):
@@ -175,7 +176,14 @@ def main() -> None:
     sparse = cfg.coder.model_copy(update={"format": "sparse"})
     with sampler.stage(rows, "CODER sparse (top 256)", gemm):
         build_coder(ds, model, bank.textbank_id, sparse, root)
-    with sampler.stage(rows, "classify (all zero-shot methods)", gemm) as extra:
+    # classify's floor: the image-text products the six methods need (CODER's cosines to every text once, and one
+    # image x class-mean product each for clip, dclip, cupl and waffle) plus embedding WaffleCLIP's own prompts
+    n_classes = len(classes)
+    waffle_texts = n_classes * 2 * cfg.classify.waffle_pairs
+    waffle_probe = [f"A photo of a {c}, which has aaa bbb." for c in classes[:256]]
+    waffle_flops = count_flops(lambda: encode_texts(waffle_probe, lm)) / len(waffle_probe) * waffle_texts
+    classify_floor = gemm + (4 * 2 * args.images * n_classes * dim + waffle_flops) / rate
+    with sampler.stage(rows, "classify (all zero-shot methods)", classify_floor) as extra:
         result = classify(ds, model, bank.textbank_id, list(cfg.methods), workdir=root, params=cfg.classify)
         extra["run_id"] = result.run_id
     total = time.perf_counter() - whole

@@ -260,26 +260,35 @@ def test_module_loggers_reach_the_run_logs(prefect_server):
 
 
 @pytest.mark.flow
-def test_text_bank_runs_while_images_are_embedded(prefect_server, tmp_path: Path):
+def test_text_bank_runs_while_images_are_embedded(prefect_server, tmp_path: Path, monkeypatch):
     """Without one-vs-one pairs from the images, the text bank and the image embedding run at the same time (two
-    sub-flows of the pipeline under its one work-directory lock); with them (the default) the images come first."""
+    sub-flows of the pipeline under its one work-directory lock): here the embedding waits until the bank has
+    started, which only ends if they run concurrently; with pairs from the images (the default) the images come
+    first."""
+    import threading
+
     from conftest import tiny_demo_config
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     from coderflow.config import PipelineConfig
-    from coderflow.flows.pipeline import bank_reads_images, pipeline
+    from coderflow.flows import pipeline as p
 
-    settings = tiny_demo_config(tmp_path)
-    settings["dataset"] |= {"demo_images_per_class": 8, "samples_per_shard": 20}  # embedding takes seconds
-    cfg = PipelineConfig(**settings)
-    assert not bank_reads_images(cfg) and bank_reads_images(PipelineConfig())
-    result = pipeline(cfg)
-    children = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[result.flow_run_id]))
-    with get_client(sync_client=True) as client:
-        runs = {client.read_flow(r.flow_id).name: r for r in client.read_flow_runs(flow_run_filter=children)}
-    embed, bank = runs["embed-images"], runs["text-bank"]
-    assert bank.created < embed.end_time and embed.created < bank.end_time  # started before the other ended
+    cfg = PipelineConfig(**tiny_demo_config(tmp_path))
+    assert not p.bank_reads_images(cfg) and p.bank_reads_images(PipelineConfig())
+    bank_started = threading.Event()
+    real_bank, real_embed = p.text_bank, p.embed_images
+
+    def bank(*args, **kwargs):
+        bank_started.set()
+        return real_bank(*args, **kwargs)
+
+    def embed(*args, **kwargs):
+        assert bank_started.wait(120), "the text bank did not start while the images were being embedded"
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(p, "text_bank", bank)
+    monkeypatch.setattr(p, "embed_images", embed)
+    result = p.pipeline(cfg)
+    assert result.images.rows == 20 and result.texts.n_texts > 0
 
 
 @pytest.mark.flow
