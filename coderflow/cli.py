@@ -160,7 +160,7 @@ class Session:
 SESSION = Session()
 
 
-def load_config(options: BaseModel | None, command: str, **fixed: Any) -> PipelineConfig:
+def load_config(options: BaseModel | None, **fixed: Any) -> PipelineConfig:
     """Defaults < YAML file (-c) < environment (CODERFLOW_*) < flags, validated once; errors name the key."""
     given = options.model_dump(exclude_none=True) if options is not None else {}
     return build_config(SESSION.config, given, fixed)
@@ -263,14 +263,14 @@ Format = Annotated[Literal["dclip", "cupl", "clip-benchmark"], Parameter(name="-
 @command("demo")
 def demo(*, force: Force = False, options: Options = None) -> None:
     """Run the whole pipeline offline on the built-in procedural demo dataset (nothing runs when up to date)."""
-    cfg = load_config(options, "demo", dataset={"kind": "demo", "source": None})
+    cfg = load_config(options, dataset={"kind": "demo", "source": None})
     _run_pipeline(cfg, force or cfg.dataset.reingest)
 
 
 @command("run")
 def run(*, force: Force = False, options: Options = None) -> None:
     """Run the pipeline end to end on a dataset (nothing runs when the inputs are those of the newest run)."""
-    cfg = load_config(options, "run")
+    cfg = load_config(options)
     _run_pipeline(cfg, force or cfg.dataset.reingest or cfg.dataset.replace)
 
 
@@ -279,7 +279,7 @@ def ingest(*, options: Options = None) -> None:
     """Write a dataset split as WebDataset shards (skipped when the source and settings are unchanged)."""
     from coderflow.preflight import preflight
 
-    cfg = load_config(options, "ingest")
+    cfg = load_config(options)
     cfg = preflight(cfg, ingests=[cfg.dataset.split])
     from coderflow.flows.pipeline import ingest_dataset
 
@@ -292,7 +292,7 @@ def embed(*, options: Options = None) -> None:
     """Embed an ingested split's images (one task per shard; finished shards are skipped)."""
     from coderflow.preflight import preflight
 
-    cfg = preflight(load_config(options, "embed"), needs=[None], embeds=True)
+    cfg = preflight(load_config(options), needs=[None], embeds=True)
     from coderflow.flows.pipeline import embed_images
 
     out = embed_images(cfg.dataset, cfg.model, cfg.workdir, cfg.max_failure_rate)
@@ -308,7 +308,7 @@ def texts(*, options: Options = None) -> None:
     """Generate the dataset's text bank (offline or with an LLM) and embed its new texts."""
     from coderflow.preflight import preflight
 
-    cfg = preflight(load_config(options, "texts"), needs=[None], embeds=True)
+    cfg = preflight(load_config(options), needs=[None], embeds=True)
     from coderflow.flows.pipeline import text_bank
 
     templates = list(cfg.templates) if cfg.templates else None
@@ -335,7 +335,7 @@ def texts_import(
 
     if not file.is_file():
         raise ValueError(f"text file {str(file)!r} not found: pass a JSON file")
-    cfg = preflight(load_config(options, "texts import"), needs=[None], embeds=True)
+    cfg = preflight(load_config(options), needs=[None], embeds=True)
     from coderflow.flows.pipeline import import_texts
 
     out = import_texts(cfg.dataset, cfg.model, str(file), fmt, cfg.texts, cfg.workdir, key)
@@ -387,7 +387,7 @@ def coder(*, textbank: TextBank = None, options: Options = None) -> None:
     """Materialise CODER vectors (image-to-text cosines) of an embedded split to Parquet."""
     from coderflow.preflight import preflight
 
-    cfg = preflight(load_config(options, "coder"), needs=[None])
+    cfg = preflight(load_config(options), needs=[None])
     bank = textbank or _newest_bank(cfg)
     from coderflow.flows.pipeline import build_coder
 
@@ -399,7 +399,7 @@ def classify(*, textbank: TextBank = None, options: Options = None) -> None:
     """Classify an embedded split with every method, evaluate, and load the results into DuckDB."""
     from coderflow.preflight import preflight
 
-    cfg = preflight(load_config(options, "classify"), needs=[None], embeds=True)
+    cfg = preflight(load_config(options), needs=[None], embeds=True)
     bank = textbank or _newest_bank(cfg)
     from coderflow.flows.pipeline import classify as classify_flow
 
@@ -416,7 +416,7 @@ def fewshot(*, options: Options = None) -> None:
     """Few-shot runs over shots x seeds (prototype, Tip-Adapter, CODER-Adapter, Tip-X); needs train/val/test splits."""
     from coderflow.preflight import preflight
 
-    cfg = load_config(options, "fewshot")
+    cfg = load_config(options)
     cfg = preflight(cfg, ingests=[cfg.fewshot.train_split, cfg.fewshot.val_split, cfg.fewshot.test_split], embeds=True)
     from coderflow.flows.fewshot import fewshot as fewshot_flow
 
@@ -437,7 +437,7 @@ def adapter_train(*, options: Options = None) -> None:
     """Train bottleneck adapters in the image encoder with cross-entropy; checkpoints per epoch, resumable."""
     from coderflow.preflight import preflight
 
-    cfg = load_config(options, "adapter train")
+    cfg = load_config(options)
     cfg = preflight(cfg, ingests=[cfg.adapter.train_split], embeds=True)
     from coderflow.flows.adapter import adapter_train as train_flow
 
@@ -451,7 +451,7 @@ def adapter_overlap(*, options: Options = None) -> None:
     """Overlap of same- vs different-class cosine distributions, original vs adapted image features."""
     from coderflow.preflight import preflight
 
-    cfg = load_config(options, "adapter overlap")
+    cfg = load_config(options)
     if not cfg.model.adapter:
         raise ValueError("adapter overlap needs --model.adapter ID (an id from `coderflow adapter train`)")
     cfg = preflight(cfg, ingests=[cfg.dataset.split], embeds=True)
@@ -473,7 +473,7 @@ def serve(
     from coderflow.flows.serve import serve_flows
     from coderflow.preflight import preflight
 
-    serve_flows(preflight(load_config(options, "serve")), name=name, cron=cron or None)
+    serve_flows(preflight(load_config(options)), name=name, cron=cron or None)
 
 
 @command("config")
@@ -481,7 +481,7 @@ def show_config(*, options: Options = None) -> None:
     """Print the configuration a command would run with (defaults < YAML file < environment < flags) as YAML."""
     import yaml
 
-    print(yaml.safe_dump(load_config(options, "config").model_dump(mode="json"), sort_keys=False), end="")
+    print(yaml.safe_dump(load_config(options).model_dump(mode="json"), sort_keys=False), end="")
 
 
 RUNS_SQL = """

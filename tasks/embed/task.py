@@ -63,7 +63,7 @@ def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> dict[
     known = store.stored_ids()
     todo = {tid: text for tid, text in zip(bank["text_id"].to_pylist(), bank["text"].to_pylist(), strict=True)}
     todo = {tid: text for tid, text in todo.items() if tid not in known}
-    store.encode(list(todo.values()))
+    store.add(todo)  # known to be missing: no lookup of stored vectors
     store.flush()
     context_length = load_configured(model, workdir).context_length if todo else None
     n_trunc = sum(bool(v) for v in bank["truncated"].to_pylist())

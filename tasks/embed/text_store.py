@@ -54,15 +54,18 @@ class TextStore:
         unknown = {i for i in ids if i not in self._vectors}
         if unknown:
             self._read(unknown)
-        todo = {i: t for i, t in zip(ids, texts, strict=True) if i not in self._vectors}
+        self.add({i: t for i, t in zip(ids, texts, strict=True) if i not in self._vectors})
+        if not ids:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([self._vectors[i] for i in ids])
+
+    def add(self, todo: dict[str, str]) -> None:
+        """Encode texts (text id -> text) known not to be stored yet, without looking them up."""
         if todo:
             vecs = encode_texts(list(todo.values()), self._load())
             self._vectors.update(zip(todo, vecs, strict=True))
             self._pending += list(todo)
             self.encoded += len(todo)
-        if not ids:
-            return np.zeros((0, 0), np.float32)
-        return np.stack([self._vectors[i] for i in ids])
 
     def flush(self) -> int:
         """Write the embeddings encoded since the last flush as one part; returns how many."""
