@@ -1,7 +1,7 @@
 """Serve a GGUF model through llama.cpp's OpenAI-compatible server (xllamacpp) until interrupted.
 
 Usage: python scripts/local_llm.py [GGUF] [--port 8080]   (default GGUF: .cache/models/smollm2.gguf, fetched by
-scripts/fetch_test_llm.sh). Then: coderflow texts --generator llm --llm-model local --llm-base-url <printed URL>
+scripts/fetch_test_llm.sh). Then: coderflow texts --generator llm --texts.llm.model local --texts.llm.base-url <printed URL>
 """
 
 from __future__ import annotations
