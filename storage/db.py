@@ -13,11 +13,59 @@ import duckdb
 import pyarrow as pa
 
 from coderflow.storage.layout import Layout, shared_mode
-from coderflow.storage.schemas import VIEWS
+from coderflow.storage.schemas import CLASSES, REFERENCE_RESULTS, VIEWS
 
 SQL_DIR = Path(__file__).with_name("sql")
-# one row naming the work directory the views were built for: a copied or moved one gets its views rebuilt
+MACROS_FILE = Path(__file__).with_name("macros.sql")  # mcnemar_p, paired_predictions, paired_comparison
+REFERENCE_FILE = Path(__file__).with_name("reference_results.csv")  # published numbers (reference_results.md)
+# one row naming the work directory the views were built for and their version: a copied or moved work directory,
+# or a database from another version of these views, gets its views rebuilt
 ROOT_VIEW = "coderflow_root"
+VIEWS_VERSION = 2
+
+# one row per (image, text) cosine of the dense and top-k CODER files, with the text's id from its bank
+CODER_COSINES = """
+WITH long AS (
+    SELECT sample_key, dataset, split, label, model_id, textbank_id,
+           unnest(coalesce(indices, CAST(range(len(vector)) AS INTEGER[]))) AS text_index,
+           unnest(coalesce("values", vector)) AS cosine
+    FROM coder
+)
+SELECT long.*, t.text_id FROM long LEFT JOIN texts t USING (textbank_id, text_index)
+"""
+
+
+def _classes_select(layout: Layout) -> str:
+    """The `classes` view: one row per line of each dataset's classnames.txt, named by its _dataset.json."""
+    names, identity = layout.dataset_file_globs()
+    if not _has_files(layout, names):
+        return _empty_select(CLASSES)
+    lines = "list_filter(list_transform(string_split(content, chr(10)), lambda x: trim(x)), lambda x: x <> '')"
+    named = (
+        f"SELECT parse_dirpath(filename) AS dir, name FROM read_json({_quote(identity)}, filename = true, "
+        "columns = {'name': 'VARCHAR'})"
+        if _has_files(layout, identity)
+        else "SELECT NULL::VARCHAR AS dir, NULL::VARCHAR AS name WHERE false"
+    )
+    return f"""
+WITH f AS (SELECT parse_dirpath(filename) AS dir, {lines} AS names FROM read_text({_quote(names)})),
+     d AS ({named})
+SELECT coalesce(d.name, parse_filename(f.dir)) AS dataset,
+       CAST(unnest(range(len(f.names))) AS INTEGER) AS class_index, unnest(f.names) AS class_name
+FROM f LEFT JOIN d USING (dir)
+"""
+
+
+def reference_results() -> pa.Table:
+    """The published numbers bundled with coderflow (storage/reference_results.csv) as a typed table."""
+    import pyarrow.csv as pacsv
+
+    options = pacsv.ConvertOptions(column_types=REFERENCE_RESULTS, strings_can_be_null=True)
+    return (
+        pacsv.read_csv(REFERENCE_FILE, convert_options=options).select(REFERENCE_RESULTS.names).cast(REFERENCE_RESULTS)
+    )
+
+
 WORKDIR_FOLDERS = ("shards", "runs", "texts")  # a work directory has at least one of them
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # EXPLAIN [ANALYZE] [(options)] <statement>: ANALYZE runs the statement, so the inner one must be a SELECT too
@@ -80,7 +128,8 @@ def check_workdir(layout: Layout) -> None:
 
 
 def refresh_views(layout: Layout) -> Path:
-    """(Re)create the views `texts`, `image_embeddings`, ... over the files now in the work directory.
+    """(Re)create the views `texts`, `image_embeddings`, ... over the files now in the work directory, the derived
+    views `classes` and `coder_cosines`, the table `reference_results` and the macros of storage/macros.sql.
 
     The views read absolute paths (any DuckDB client can open the file in place); the view `coderflow_root` records
     the work directory they were built for, so that readers of a copied or moved one rebuild them first.
@@ -100,7 +149,16 @@ def refresh_views(layout: Layout) -> Path:
                 else:
                     body = _empty_select(VIEWS[name])
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
-            con.execute(f"CREATE OR REPLACE VIEW {ROOT_VIEW} AS SELECT {_quote(str(layout.root))} AS root")
+            con.execute(f"CREATE OR REPLACE VIEW classes AS {_classes_select(layout)}")
+            con.execute(f"CREATE OR REPLACE VIEW coder_cosines AS {CODER_COSINES}")
+            con.register("reference_rows", reference_results())
+            con.execute("CREATE OR REPLACE TABLE reference_results AS SELECT * FROM reference_rows")
+            con.unregister("reference_rows")
+            con.execute(MACROS_FILE.read_text())
+            con.execute(
+                f"CREATE OR REPLACE VIEW {ROOT_VIEW} AS SELECT {_quote(str(layout.root))} AS root, "
+                f"{VIEWS_VERSION} AS version"
+            )
             con.execute("CHECKPOINT")  # everything in the file itself, no write-ahead log beside it
         shared_mode(fresh)
         os.replace(fresh, layout.database)
@@ -111,12 +169,13 @@ def refresh_views(layout: Layout) -> Path:
 
 
 def views_root(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The work directory the database's views were built for; None for a database that does not record it."""
+    """The work directory the database's views were built for; None for a database that does not record it or
+    holds another version of the views."""
     try:
-        row = con.execute(f"SELECT root FROM {ROOT_VIEW}").fetchone()
+        row = con.execute(f"SELECT root, version FROM {ROOT_VIEW}").fetchone()
     except duckdb.Error:
         return None
-    return row[0] if row else None
+    return row[0] if row and row[1] == VIEWS_VERSION else None
 
 
 def _views_for(layout: Layout) -> duckdb.DuckDBPyConnection:

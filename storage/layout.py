@@ -277,6 +277,10 @@ class Layout:
         )
 
     # globs the DuckDB views read --------------------------------------------------------------------
+    def dataset_file_globs(self) -> tuple[str, str]:
+        """Every dataset's classnames.txt and _dataset.json (the `classes` view)."""
+        return str(self.root / "shards" / "*" / "classnames.txt"), str(self.root / "shards" / "*" / "_dataset.json")
+
     def view_globs(self) -> dict[str, str]:
         r = self.root
         return {

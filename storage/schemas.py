@@ -59,6 +59,7 @@ PREDICTIONS = pa.schema(
         ("pred", pa.int32()),
         ("top5", pa.list_(pa.int32())),
         ("margin", pa.float32()),
+        ("confidence", pa.float32()),  # softmax probability of `pred` (cosine scores scaled by 100): calibration
     ]
 )
 
@@ -116,6 +117,22 @@ RUNS = pa.schema(
         ("textbank_id", pa.string()),
         ("config", pa.string()),
         ("versions", pa.string()),
+    ]
+)
+
+CLASSES = pa.schema([("dataset", pa.string()), ("class_index", pa.int32()), ("class_name", pa.string())])
+
+# published numbers (storage/reference_results.csv, provenance in reference_results.md): value is a fraction
+REFERENCE_RESULTS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("backbone", pa.string()),  # open_clip architecture name
+        ("pretrained", pa.string()),  # open_clip pretrained tag
+        ("method", pa.string()),
+        ("shots", pa.int32()),  # null: zero-shot
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("source", pa.string()),
     ]
 )
 

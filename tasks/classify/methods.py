@@ -103,11 +103,19 @@ def margin(logits: np.ndarray) -> np.ndarray:
     Pass logits, not cosines: multiply cosine-valued scores (every method here but `clip_logits`) by LOGIT_SCALE.
     With a single class the margin is 1.
     """
+    return margin_confidence(logits)[0]
+
+
+def margin_confidence(logits: np.ndarray, pred: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(margin, confidence) per row from one softmax of `logits`: the margin as `margin`, the confidence the softmax
+    probability of the predicted class (`pred`, default the arg-max), both float32 in [0, 1]."""
     p = softmax(logits)
+    rows = np.arange(len(p))
+    conf = p[rows, p.argmax(axis=1) if pred is None else np.asarray(pred, dtype=np.int64)].astype(np.float32)
     if p.shape[1] < 2:
-        return np.ones(len(p), dtype=np.float32)
+        return np.ones(len(p), dtype=np.float32), conf
     top2 = -np.partition(-p, 1, axis=1)[:, :2]
-    return (top2[:, 0] - top2[:, 1]).astype(np.float32)
+    return (top2[:, 0] - top2[:, 1]).astype(np.float32), conf
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Turning class scores into prediction rows: top-5, predicted class and softmax margin per sample."""
+"""Turning class scores into prediction rows: top-5, predicted class, softmax margin and confidence per sample."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from coderflow.storage.schemas import PREDICTIONS
-from coderflow.tasks.classify.methods import LOGIT_SCALE, margin, top_k
+from coderflow.tasks.classify.methods import LOGIT_SCALE, margin_confidence, top_k
 
 
 def prediction_table(
@@ -26,13 +26,15 @@ def prediction_table(
     pred: np.ndarray | None = None,
     top5: np.ndarray | None = None,
 ) -> pa.Table:
-    """Predictions of one method; `logits=False` means cosine-valued scores (scaled by 100 for the margin).
+    """Predictions of one method; `logits=False` means cosine-valued scores (scaled by 100 for the softmax of the
+    margin and the confidence, as CLIP scales its cosines).
 
     `pred` and `top5` override the score order (used by re-ranking methods).
     """
     top5 = top_k(scores, 5) if top5 is None else np.asarray(top5, dtype=np.int32)
     best = top5[:, 0] if pred is None else np.asarray(pred, dtype=np.int32)
     n = len(keys)
+    gap, confidence = margin_confidence(scores if logits else LOGIT_SCALE * scores, best)
     columns = {
         "run_id": [run_id] * n,
         "method": [method] * n,
@@ -44,6 +46,7 @@ def prediction_table(
         "label": pa.array(np.asarray(labels), mask=np.asarray(labels) < 0, type=pa.int32()),
         "pred": best.astype(np.int32),
         "top5": pa.FixedSizeListArray.from_arrays(top5.reshape(-1), top5.shape[1]).cast(pa.list_(pa.int32())),
-        "margin": margin(scores if logits else LOGIT_SCALE * scores),
+        "margin": gap,
+        "confidence": confidence,
     }
     return pa.table(columns).cast(PREDICTIONS)

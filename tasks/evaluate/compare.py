@@ -85,18 +85,8 @@ def compare(
     )  # fmt: skip
 
 
-PAIRED_SQL = """
-WITH a AS (
-    SELECT sample_key, coalesce(shots, -1) AS shots, any_value(label) AS label, arg_min(pred, coalesce(seed, -1)) AS pred
-    FROM predictions WHERE run_id = ? AND method = ? AND label IS NOT NULL GROUP BY ALL
-), b AS (
-    SELECT sample_key, coalesce(shots, -1) AS shots, arg_min(pred, coalesce(seed, -1)) AS pred
-    FROM predictions WHERE run_id = ? AND method = ? AND label IS NOT NULL GROUP BY ALL
-)
-SELECT a.shots, a.label, a.pred AS pred_a, b.pred AS pred_b
-FROM a JOIN b USING (sample_key, shots)
-ORDER BY a.shots, a.sample_key
-"""
+# the macro of storage/macros.sql, so `coderflow compare` and SQL pair samples the same way
+PAIRED_SQL = "SELECT shots, label, pred_a, pred_b FROM paired_predictions(?, ?, ?, ?)"
 
 
 def compare_runs(

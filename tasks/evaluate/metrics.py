@@ -1,4 +1,4 @@
-"""Classification metrics over label/prediction arrays: top-1, top-5, mean and per-class recall."""
+"""Classification metrics over label/prediction arrays: top-1, top-5, mean and per-class recall, calibration."""
 
 from __future__ import annotations
 
@@ -33,3 +33,32 @@ def classification_metrics(labels: np.ndarray, topk: np.ndarray, n_classes: int)
     ]
     rows += [("recall", int(c), float(recall[c])) for c in np.flatnonzero(present)]
     return rows
+
+
+ECE_BINS = 15  # equal-width confidence bins, as Guo et al. (2017) "On Calibration of Modern Neural Networks"
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Reliability-diagram bins: equal-width confidence intervals (lo, hi] (the first also holds 0) with the number
+    of samples, their accuracy and mean confidence; empty bins are left out."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if conf.shape != hit.shape or conf.ndim != 1:
+        raise ValueError(f"confidence {conf.shape} and correct {hit.shape} must be two (N,) arrays")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    n = np.bincount(which, minlength=bins)
+    acc = np.bincount(which, weights=hit, minlength=bins)
+    mean_conf = np.bincount(which, weights=conf, minlength=bins)
+    return [
+        {"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(n[b]), "accuracy": acc[b] / n[b],
+         "confidence": mean_conf[b] / n[b]}
+        for b in np.flatnonzero(n)
+    ]  # fmt: skip
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the sample-weighted mean over confidence bins of |accuracy - mean confidence| (0 for no samples)."""
+    rows = reliability(confidence, correct, bins)
+    total = sum(r["n"] for r in rows)
+    return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / total) if total else 0.0

@@ -12,7 +12,7 @@ from coderflow.storage.arrays import list_matrix
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table, write_rows
 from coderflow.storage.schemas import METRICS
-from coderflow.tasks.evaluate.metrics import classification_metrics
+from coderflow.tasks.evaluate.metrics import classification_metrics, expected_calibration_error
 
 
 def _over_reps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -33,7 +33,8 @@ def _over_reps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def evaluate_run(
     run_id: str, model_id: str, n_classes: int, workdir: str, extra: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """top1/top5/mean per-class recall and per-class recall for every (method, shots, seed) of the run.
+    """top1/top5/mean per-class recall, per-class recall and expected calibration error (`ece`, from the stored
+    confidences) for every (method, shots, seed) of the run.
 
     `extra` rows ({method, metric, value} plus optional shots, seed) add counters or chosen hyper-parameters, e.g.
     CODER*'s n_reranked or a few-shot method's alpha.
@@ -57,6 +58,12 @@ def evaluate_run(
             )
             if metric == "top1" and g["shots"] is None:
                 summary[g["method"]] = value
+        if "confidence" in part.column_names and part["confidence"].null_count == 0 and part.num_rows:
+            correct = part["pred"].to_numpy() == labels
+            ece = expected_calibration_error(part["confidence"].to_numpy(), correct)
+            rows.append(
+                {"run_id": run_id, **g, "model_id": model_id, "metric": "ece", "class_index": None, "value": ece}
+            )
     dataset, split = (preds["dataset"][0].as_py(), preds["split"][0].as_py()) if preds.num_rows else (None, None)
     rows += _over_reps(rows)
     base = {"run_id": run_id, "dataset": dataset, "split": split, "model_id": model_id, "class_index": None}
