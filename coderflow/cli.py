@@ -584,6 +584,72 @@ def compare_cmd(
     shown = [c for c in columns if any(r.get(c) is not None for r in rows)]
     title = f"{run_a} vs {run_b}" if run_b != run_a else f"run {run_a}"
     print_rows(rows, title=f"{title}: difference = A - B, 95% bootstrap interval, exact McNemar p", columns=shown)
+    _print_references(layout, dict.fromkeys([run_a, run_b]))
+
+
+def _print_references(layout: Layout, run_ids: Sequence[str]) -> None:
+    """Each run's accuracies against published numbers for its dataset, backbone and weights; far-off baselines
+    warned on stderr."""
+    from coderflow.tasks.evaluate.reference import reference_warnings, run_against_reference
+
+    for run_id in run_ids:
+        key, rows = run_against_reference(layout, run_id)
+        if rows:
+            columns = ["method", "shots", "metric", "value", "reference", "difference", "source"]
+            print_rows(
+                rows, title=f"run {run_id} against published numbers ({', '.join(map(str, key))})", columns=columns
+            )
+        for warning in reference_warnings(rows, key):
+            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+@app.command(name="report")
+def report_cmd(
+    run_id: Annotated[str, Parameter(help="a run id (see `coderflow runs`)")],
+    /,
+    *,
+    fmt: Annotated[Literal["md", "html"], Parameter(name="--format")] = "md",
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        Parameter(name=["--output", "-o"], help="the file to write (default report-RUN.FORMAT; - for stdout)"),
+    ] = None,
+    resamples: Annotated[int, Parameter(help="bootstrap resamples of the intervals against clip")] = 1000,
+    workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
+) -> None:
+    """A self-contained report of a run to share: configuration, metrics against clip with 95% intervals, reference
+    numbers, per-class recall, most confused classes, calibration, accuracy against shots."""
+    from coderflow.storage.parquet_io import atomic_path
+    from coderflow.tasks.report.document import build_report
+
+    text, warnings = build_report(Layout.at(workdir), run_id, fmt, resamples)
+    if str(output) == "-":
+        sys.stdout.write(text)
+    else:
+        path = output or Path(f"report-{run_id}.{fmt}")
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+        console.print(f"report of run {run_id}: {path}", highlight=False)
+    for warning in warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+@app.command(name="ablate")
+def ablate_cmd(
+    run_id: Annotated[str, Parameter(help="a zero-shot run id (see `coderflow runs`)")],
+    /,
+    *,
+    workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
+    fmt: Annotated[Literal["table", "json"], Parameter(name="--format")] = "table",
+) -> None:
+    """The CODER paper's text-type ablation of a run's bank: P, P+Att, P+Att+Ana, P+Att+Ana+Syno, then CODER*
+    with one-vs-one texts; re-scored from the stored embeddings, nothing written."""
+    from coderflow.api import load_run
+
+    rows = load_run(run_id, workdir).ablate()
+    if fmt == "json":
+        console.print_json(json.dumps(rows))
+    else:
+        print_rows(rows, title=f"run {run_id}: text-type ablation (top-1; gain over the previous step)")
 
 
 @app.command(name="query")

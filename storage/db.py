@@ -144,10 +144,9 @@ def refresh_views(layout: Layout) -> Path:
     try:
         with _connect(layout, path=fresh) as con:
             for name, pattern in layout.view_globs().items():
+                body = _empty_select(VIEWS[name])  # every column of the schema, NULL where older files lack it
                 if _has_files(layout, pattern):
-                    body = f"SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
-                else:
-                    body = _empty_select(VIEWS[name])
+                    body += f" UNION ALL BY NAME SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
             con.execute(f"CREATE OR REPLACE VIEW classes AS {_classes_select(layout)}")
             con.execute(f"CREATE OR REPLACE VIEW coder_cosines AS {CODER_COSINES}")

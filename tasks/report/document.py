@@ -1,0 +1,320 @@
+"""`coderflow report`: one self-contained Markdown or HTML file about a run (tables, inline figures; no Prefect)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from coderflow.storage.db import query, sql_file
+from coderflow.storage.layout import Layout
+from coderflow.tasks.evaluate.compare import compare_runs
+from coderflow.tasks.evaluate.metrics import expected_calibration_error, reliability
+from coderflow.tasks.evaluate.reference import reference_warnings, run_against_reference
+from coderflow.tasks.report import plots
+from coderflow.tasks.report.tables import markdown_table
+
+MAX_RECALL_CLASSES = 30  # per-class recall bars: all classes up to this many, else the worst and best halves
+MAX_CONFUSED_CLASSES = 12  # confusion heatmap: the classes of the most frequent confusions
+
+
+@dataclass
+class Figure:
+    title: str
+    svg: bytes
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)  # paragraphs (plain text)
+    tables: list[tuple[list[dict[str, Any]], list[str]]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4f}"
+    return str(v)
+
+
+# one prediction set per method: zero-shot, or the largest shots with the first seed
+ONE_CELL = (
+    "coalesce(shots, -1) = (SELECT coalesce(max(shots), -1) FROM predictions p2 WHERE p2.run_id = predictions.run_id "
+    "AND p2.method = predictions.method) AND coalesce(seed, -1) = (SELECT coalesce(min(seed), -1) FROM predictions p3 "
+    "WHERE p3.run_id = predictions.run_id AND p3.method = predictions.method)"
+)
+
+
+def collect(layout: Layout, run_id: str, resamples: int = 1000) -> tuple[str, list[Section], list[str]]:
+    """The report's title, sections and warnings for one run, read from the work directory."""
+    runs = query(layout, "SELECT * FROM runs WHERE run_id = ?", params=[run_id]).to_pylist()
+    if not runs:
+        raise ValueError(f"no run {run_id!r} in {layout.root}: list the runs with `coderflow runs`")
+    run = runs[0]
+    config = json.loads(run["config"] or "{}")
+    metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
+    extra = query(
+        layout, "SELECT method, shots, avg(value) AS ece FROM metrics WHERE run_id = ? AND metric = 'ece' "
+        "AND class_index IS NULL GROUP BY ALL", params=[run_id],
+    ).to_pylist()  # fmt: skip
+    ece = {(r["method"], r["shots"]): r["ece"] for r in extra}
+    for m in metrics:
+        m["ece"] = ece.get((m["method"], m["shots"]))
+    title = f"coderflow report: run {run_id}"
+    sections = [_summary(run, config)]
+    warnings: list[str] = []
+    if metrics:
+        sections.append(_metrics_section(layout, run_id, metrics, resamples))
+        ref_section, warnings = _reference_section(layout, run_id)
+        sections.append(ref_section)
+        sections += _class_sections(layout, run_id, run["dataset"], metrics)
+        sections.append(_calibration_section(layout, run_id))
+        if any(m["shots"] is not None for m in metrics):
+            sections.append(_shots_section(layout, run_id, run["dataset"]))
+    else:
+        sections.append(Section("Metrics", ["This run stored no accuracy metrics."]))
+    return title, sections, warnings
+
+
+def _summary(run: Mapping[str, Any], config: Mapping[str, Any]) -> Section:
+    started, finished = run.get("started_at"), run.get("finished_at")
+    duration = (finished - started).total_seconds() if started and finished else None
+    model = config.get("model") or {}
+    rows = [
+        {"setting": "run", "value": run["run_id"]},
+        {"setting": "flow", "value": run["flow"]},
+        {"setting": "status", "value": run["status"]},
+        {"setting": "started", "value": str(started)},
+        {"setting": "duration (s)", "value": None if duration is None else f"{duration:.1f}"},
+        {"setting": "dataset", "value": run["dataset"]},
+        {"setting": "split", "value": (config.get("dataset") or {}).get("split")},
+        {"setting": "preset", "value": config.get("preset")},
+        {"setting": "model", "value": model.get("name")},
+        {"setting": "pretrained", "value": model.get("pretrained") or "random weights"},
+        {"setting": "precision", "value": model.get("precision")},
+        {"setting": "model id", "value": run.get("model_id")},
+        {"setting": "text bank", "value": run.get("textbank_id")},
+        {"setting": "text generator", "value": (config.get("texts") or {}).get("generator")},
+        {"setting": "methods", "value": ", ".join(config.get("methods") or [])},
+    ]
+    versions = json.loads(run.get("versions") or "{}")
+    if versions:
+        rows.append({"setting": "versions", "value": ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))})
+    return Section("Configuration", tables=[([r for r in rows if r["value"] not in (None, "")], ["setting", "value"])])
+
+
+def _metrics_section(layout: Layout, run_id: str, metrics: list[dict[str, Any]], resamples: int) -> Section:
+    zero = {m["method"] for m in metrics if m["shots"] is None}
+    diffs: dict[str, dict[str, Any]] = {}
+    others = sorted(zero - {"clip"})
+    if "clip" in zero and others:
+        rows = compare_runs(layout, run_id, others, run_id, ["clip"] * len(others), resamples=resamples)
+        diffs = {r["method_a"]: r for r in rows if r["shots"] is None}
+    table = []
+    for m in sorted(metrics, key=lambda r: (r["shots"] is not None, r["shots"] or 0, -(r["top1"] or 0))):
+        d = diffs.get(m["method"]) if m["shots"] is None else None
+        table.append({
+            "method": m["method"], "shots": m["shots"], "top1": m["top1"], "top5": m["top5"],
+            "mean_per_class_recall": m["mean_per_class_recall"], "ece": m["ece"], "n": m["n_samples"],
+            "vs clip": None if d is None else d["difference"],
+            "95% CI": None if d is None else f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]",
+            "McNemar p": None if d is None else d["p_value"],
+        })  # fmt: skip
+    columns = [c for c in table[0] if any(r[c] is not None for r in table)]
+    text = ["Top-1 sorted best first. vs clip: accuracy difference from CLIP's prompt ensemble on the same images, "
+            f"with a paired bootstrap 95% interval ({resamples} resamples) and the exact McNemar p-value."]  # fmt: skip
+    return Section("Metrics", text if diffs else [], [(table, columns)])
+
+
+def _reference_section(layout: Layout, run_id: str) -> tuple[Section, list[str]]:
+    key, rows = run_against_reference(layout, run_id)
+    dataset, backbone, pretrained = key
+    if not rows:
+        return Section("Reference numbers", [
+            f"No published numbers for dataset {dataset!r}, backbone {backbone!r}, weights {pretrained or 'random'!r} "
+            "in the reference_results table."
+        ]), []  # fmt: skip
+    warnings = reference_warnings(rows, key)
+    text = [f"Published numbers for {dataset} with {backbone} ({pretrained}); difference = this run - reference."]
+    columns = ["method", "shots", "metric", "value", "reference", "difference", "source"]
+    return Section("Reference numbers", text + [f"Warning: {w}" for w in warnings], [(rows, columns)]), warnings
+
+
+def _best(metrics: list[dict[str, Any]]) -> str:
+    """The method with the best top-1 (at its largest shots)."""
+    return max(metrics, key=lambda m: (m["shots"] or 0, m["top1"] or 0))["method"]
+
+
+def _class_sections(layout: Layout, run_id: str, dataset: str, metrics: list[dict[str, Any]]) -> list[Section]:
+    names = {
+        r["class_index"]: r["class_name"]
+        for r in query(layout, "SELECT * FROM classes WHERE dataset = ?", params=[dataset]).to_pylist()
+    }
+    best = _best(metrics)
+    shown = [best] + (["clip"] if best != "clip" and any(m["method"] == "clip" for m in metrics) else [])
+    recall_rows = query(
+        layout, "SELECT method, class_index, avg(value) AS recall FROM metrics WHERE run_id = ? AND metric = 'recall' "
+        "AND coalesce(shots, -1) = (SELECT coalesce(max(shots), -1) FROM metrics m2 WHERE m2.run_id = metrics.run_id "
+        "AND m2.method = metrics.method) GROUP BY ALL", params=[run_id],
+    ).to_pylist()  # fmt: skip
+    recall = {(r["method"], r["class_index"]): r["recall"] for r in recall_rows}
+    classes = sorted({c for m, c in recall if m == best}, key=lambda c: (recall[(best, c)], c))
+    note = []
+    if len(classes) > MAX_RECALL_CLASSES:
+        half = MAX_RECALL_CLASSES // 2
+        note = [f"{len(classes)} classes: the {half} with the lowest and the {half} with the highest recall of {best}."]
+        classes = classes[:half] + classes[-half:]
+    label = [names.get(c, str(c)) for c in classes]
+    bars = {m: [recall.get((m, c), 0.0) for c in classes] for m in shown}
+    out = []
+    if classes:
+        fig = plots.recall_bars(label, bars, f"per-class recall ({', '.join(shown)})")
+        out.append(Section("Per-class recall", note, figures=[Figure("per-class recall", plots.render(fig))]))
+    pairs = query(
+        layout, f"SELECT label, pred, count(*) AS n FROM predictions WHERE run_id = ? AND method = ? AND "
+        f"label IS NOT NULL AND {ONE_CELL} GROUP BY ALL", params=[run_id, best],
+    ).to_pylist()  # fmt: skip
+    wrong = sorted((p for p in pairs if p["label"] != p["pred"]), key=lambda p: -p["n"])
+    if not wrong:
+        out.append(Section("Most confused classes", [f"{best} misclassified no labelled sample."]))
+        return out
+    picked: list[int] = []
+    for p in wrong:
+        for c in (p["label"], p["pred"]):
+            if c not in picked and len(picked) < MAX_CONFUSED_CLASSES:
+                picked.append(c)
+    index = {c: i for i, c in enumerate(picked)}
+    counts = np.zeros((len(picked), len(picked)), dtype=np.int64)
+    for p in wrong:
+        if p["label"] in index and p["pred"] in index:
+            counts[index[p["label"]], index[p["pred"]]] = p["n"]
+    fig = plots.confusion_heatmap([names.get(c, str(c)) for c in picked], counts, f"{best}: most confused classes")
+    top = [{"true": names.get(p["label"], p["label"]), "predicted": names.get(p["pred"], p["pred"]), "n": p["n"]}
+           for p in wrong[:10]]  # fmt: skip
+    text = [f"Misclassifications of {best} among the classes of its most frequent confusions (correct ones left out)."]
+    out.append(Section("Most confused classes", text, [(top, ["true", "predicted", "n"])],
+                       [Figure("confusion heatmap", plots.render(fig))]))  # fmt: skip
+    return out
+
+
+def _calibration_section(layout: Layout, run_id: str) -> Section:
+    rows = query(
+        layout, f"SELECT method, confidence, pred = label AS correct FROM predictions WHERE run_id = ? AND "
+        f"label IS NOT NULL AND {ONE_CELL}", params=[run_id],
+    )  # fmt: skip
+    if "confidence" not in rows.column_names or rows.num_rows == 0 or rows["confidence"].null_count == rows.num_rows:
+        return Section("Calibration", ["This run stored no confidences (it predates them): re-run it to see them."])
+    methods = rows["method"].to_numpy(zero_copy_only=False)
+    conf = rows["confidence"].to_numpy(zero_copy_only=False).astype(np.float64)
+    correct = rows["correct"].to_numpy(zero_copy_only=False).astype(bool)
+    bins, table = {}, []
+    for method in sorted(set(methods.tolist())):
+        m = (methods == method) & ~np.isnan(conf)
+        bins[method] = reliability(conf[m], correct[m])
+        table.append({"method": method, "ece": expected_calibration_error(conf[m], correct[m]),
+                      "mean confidence": float(conf[m].mean()), "accuracy": float(correct[m].mean())})  # fmt: skip
+    text = ["Expected calibration error over 15 equal-width confidence bins; confidence is the softmax probability "
+            "of the predicted class (cosine scores scaled by CLIP's 100)."]  # fmt: skip
+    fig = plots.reliability_diagram(bins, "reliability")
+    return Section("Calibration", text, [(table, ["method", "ece", "mean confidence", "accuracy"])],
+                   [Figure("reliability diagram", plots.render(fig))])  # fmt: skip
+
+
+def _shots_section(layout: Layout, run_id: str, dataset: str) -> Section:
+    rows = query(
+        layout, "SELECT method, shots, seed, value FROM metrics WHERE run_id = ? AND metric = 'top1' AND "
+        "class_index IS NULL", params=[run_id],
+    ).to_pylist()  # fmt: skip
+    curves: dict[str, dict[int, list[float]]] = {}
+    zero = [r["value"] for r in rows if r["shots"] is None and r["method"] == "clip"]
+    for r in rows:
+        if r["shots"] is not None:
+            curves.setdefault(r["method"], {}).setdefault(r["shots"], []).append(r["value"])
+    n_classes = query(layout, "SELECT count(*) AS n FROM classes WHERE dataset = ?", params=[dataset])["n"][0].as_py()
+    chance = 1.0 / n_classes if n_classes else None
+    fig = plots.accuracy_vs_shots(curves, f"few-shot run {run_id}", float(np.mean(zero)) if zero else None, chance)
+    table = [
+        {"method": m, "shots": s, "top1 mean": float(np.mean(v)), "top1 std": float(np.std(v)), "seeds": len(v)}
+        for m, by in sorted(curves.items()) for s, v in sorted(by.items())
+    ]  # fmt: skip
+    return Section("Accuracy against shots", [], [(table, list(table[0]) if table else [])],
+                   [Figure("accuracy vs shots", plots.render(fig))])  # fmt: skip
+
+
+# rendering ---------------------------------------------------------------------------------------------------------
+
+
+def to_markdown(title: str, sections: Sequence[Section], warnings: Sequence[str]) -> str:
+    """The report as GitHub-flavoured Markdown; figures as inline SVG data URLs (one file)."""
+    lines = [f"# {title}", "", f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by coderflow.", ""]
+    lines += [f"> **Warning:** {w}" for w in warnings] + ([""] if warnings else [])
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        for p in s.text:
+            lines += [p, ""]
+        for rows, columns in s.tables:
+            cells = [{c: _fmt(r.get(c)) for c in columns} for r in rows]
+            lines += [markdown_table(cells, columns), ""]
+        for f in s.figures:
+            data = base64.b64encode(f.svg).decode()
+            lines += [f"![{f.title}](data:image/svg+xml;base64,{data})", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}figure{margin:1em 0}svg{max-width:100%;height:auto}
+"""
+
+
+def to_html(title: str, sections: Sequence[Section], warnings: Sequence[str]) -> str:
+    """The report as one HTML file: inline CSS and SVG figures, no scripts and no external resources."""
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+        f"<p>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by coderflow.</p>",
+    ]  # fmt: skip
+    out += [f'<p class="warning"><strong>Warning:</strong> {e(w)}</p>' for w in warnings]
+    for s in sections:
+        out.append(f"<section><h2>{e(s.title)}</h2>")
+        out += [f"<p>{e(p)}</p>" for p in s.text]
+        for rows, columns in s.tables:
+            out.append("<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr></thead><tbody>")
+            for r in rows:
+                cells = "".join(
+                    f'<td class="num">{e(_fmt(r.get(c)))}</td>' if isinstance(r.get(c), int | float)
+                    else f"<td>{e(_fmt(r.get(c)))}</td>" for c in columns
+                )  # fmt: skip
+                out.append(f"<tr>{cells}</tr>")
+            out.append("</tbody></table>")
+        for f in s.figures:
+            svg = f.svg.decode()
+            svg = svg[svg.index("<svg") :]  # drop the XML prolog and doctype
+            out.append(
+                f'<figure aria-label="{e(f.title)}">{svg}<figcaption>{e(f.caption or f.title)}</figcaption></figure>'
+            )
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def build_report(layout: Layout, run_id: str, fmt: str = "md", resamples: int = 1000) -> tuple[str, list[str]]:
+    """The report text in `fmt` ('md' or 'html') and its warnings."""
+    if fmt not in ("md", "html"):
+        raise ValueError(f"--format {fmt!r}: choose md or html")
+    title, sections, warnings = collect(layout, run_id, resamples)
+    render = to_markdown if fmt == "md" else to_html
+    return render(title, sections, warnings), warnings
