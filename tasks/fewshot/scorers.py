@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from coderflow.config import FewShotConfig
 from coderflow.tasks.fewshot import methods as fm
+
+if TYPE_CHECKING:  # config imports this module for its defaults
+    from coderflow.config import FewShotConfig
 
 
 class Features(Protocol):

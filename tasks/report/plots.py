@@ -13,6 +13,7 @@ def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller, searchable, selectable
     import matplotlib.pyplot as plt
 
     return plt
