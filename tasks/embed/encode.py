@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -148,6 +148,7 @@ def embed_samples(
     decode_threads: int = 2,
     n_classes: int | None = None,
     workers: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> pa.Table:
     """Embed raw WebDataset samples; rows keep input order and carry status/error for undecodable images.
 
@@ -156,7 +157,8 @@ def embed_samples(
     `workers=0` by `decode_threads` threads. With `n_classes`, a label outside [0, n_classes) (or one that is not an
     integer) makes the row status 'error' ("label 12 out of range for 10 classes"), so classification and metrics
     never see it; a sample without a label stays 'ok' (predicted, left out of the metrics). A shard-error sample
-    (see storage.shards.SHARD_ERROR) becomes an error row keyed `<shard>#shard`.
+    (see storage.shards.SHARD_ERROR) becomes an error row keyed `<shard>#shard`. `on_batch` is called with the
+    number of samples of each finished batch (progress reports).
     """
     rows: list[dict[str, Any]] = []
     vectors: list[np.ndarray] = []
@@ -173,6 +175,8 @@ def embed_samples(
             if ok:
                 vectors.append(encode_images(torch.stack(ok), lm))
             rows.extend(row for row, _ in prepared)
+            if on_batch is not None:
+                on_batch(len(prepared))
     finally:
         if workers <= 0:
             pool.shutdown()
@@ -270,15 +274,20 @@ def encode_texts(texts: Sequence[str], lm: LoadedModel, batch_size: int = 256, t
     if not texts:
         return np.zeros((0, dim), np.float32)
     tower = causal_text_tower(lm.model) if trim else None
-    order = np.argsort(token_counts(texts, lm), kind="stable") if tower is not None else np.arange(len(texts))
+    tokens = lm.tokenizer(list(texts))  # all at once: tokenizing is CPU work a GPU would otherwise wait on twice
+    order = (
+        np.argsort(_pooled_positions(tokens, tower).numpy(), kind="stable")
+        if tower is not None
+        else np.arange(len(texts))
+    )
     out = np.zeros((len(texts), dim), np.float32) if dim else None
     chunks = []
     dtype = AUTOCAST.get(getattr(lm, "precision", "fp32"))
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
-        tokens = lm.tokenizer([texts[i] for i in idx]).to(lm.device)
+        batch = tokens[torch.from_numpy(idx)].to(lm.device)
         with torch.autocast(lm.device.type, dtype=dtype, enabled=dtype is not None):
-            feats = _encode_trimmed(tokens, tower) if tower is not None else lm.model.encode_text(tokens)
+            feats = _encode_trimmed(batch, tower) if tower is not None else lm.model.encode_text(batch)
         vecs = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
         if out is None:
             out = np.zeros((len(texts), vecs.shape[1]), np.float32)
