@@ -486,9 +486,9 @@ def show_config(*, options: Options = None) -> None:
 
 RUNS_SQL = """
 SELECT r.run_id, r.flow, r.dataset, r.model_id, r.textbank_id, r.started_at,
-       round(date_diff('millisecond', r.started_at, r.finished_at) / 1000, 1) AS seconds, r.status,
-       string_agg(m.method || ' ' || round(m.value, 4), ', ' ORDER BY m.value DESC) AS top1,
-       json_extract_string(r.config, '$.flow_run_id') AS flow_run_id
+       round(coalesce(r.duration_s, date_diff('millisecond', r.started_at, r.finished_at) / 1000), 1) AS seconds,
+       r.status, string_agg(m.method || ' ' || round(m.value, 4), ', ' ORDER BY m.value DESC) AS top1,
+       coalesce(r.flow_run_id, json_extract_string(r.config, '$.flow_run_id')) AS flow_run_id
 FROM runs r
 LEFT JOIN metrics m ON m.run_id = r.run_id AND m.metric = 'top1' AND m.class_index IS NULL AND m.shots IS NULL
 GROUP BY ALL
@@ -664,7 +664,7 @@ def query_cmd(
     fmt: Annotated[Literal["table", "csv", "json"], Parameter(name="--format")] = "table",
     timeout: Annotated[float, Parameter(help="stop a query running longer than this many seconds")] = 300.0,
 ) -> None:
-    """Answer read-only SQL over texts, text_embeddings, image_embeddings, coder, predictions, metrics, runs."""
+    """Answer read-only SQL over the views (texts, predictions, metrics, runs, classes, coder_cosines, reference_results, ...)."""
     if list_:
         print_rows([{"name": k, "question": v} for k, v in canned_queries().items()], title="coderflow query --canned")
         return

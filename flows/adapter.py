@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from prefect import flow
 
 from coderflow.config import PipelineConfig
+from coderflow.flows.naming import run_namer, tag_flow_run
 from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run
 from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
 from coderflow.results import AdapterResult, OverlapResult
@@ -16,7 +17,7 @@ from coderflow.tasks.embed.task import describe_model
 from coderflow.tasks.evaluate.task import store_metrics
 
 
-@flow(name="train-adapter")
+@flow(name="train-adapter", flow_run_name=run_namer(what="train-adapter"), on_running=[tag_flow_run])
 @subflows_share_heartbeat
 @holds_workdir_lock
 def adapter_train(config: PipelineConfig) -> AdapterResult:
@@ -28,7 +29,7 @@ def adapter_train(config: PipelineConfig) -> AdapterResult:
     )
 
 
-@flow(name="adapter-overlap")
+@flow(name="adapter-overlap", flow_run_name=run_namer(what="adapter-overlap"), on_running=[tag_flow_run])
 @subflows_share_heartbeat
 @holds_workdir_lock
 def adapter_overlap(config: PipelineConfig) -> OverlapResult:

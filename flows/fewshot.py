@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from prefect import flow, unmapped
 
 from coderflow.config import PipelineConfig
+from coderflow.flows.naming import run_namer, tag_flow_run
 from coderflow.flows.pipeline import (
     _root,
     embed_images,
@@ -33,7 +34,7 @@ from coderflow.tasks.fewshot.task import (
 )
 
 
-@flow(name="few-shot")
+@flow(name="few-shot", flow_run_name=run_namer(what="few-shot"), on_running=[tag_flow_run])
 @subflows_share_heartbeat
 @holds_workdir_lock
 def fewshot(config: PipelineConfig) -> FewShotResult:
@@ -101,13 +102,13 @@ def _fewshot(config: PipelineConfig, root: str) -> FewShotResult:
         futures = fewshot_predict.map(
             unmapped(run_id), cells, [plan["sets"][c] for c in cells], unmapped(config.dataset.name),
             unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank.textbank_id), unmapped(fs),
-            unmapped(root),
+            unmapped(root), [i == 0 for i in range(len(cells))],
         )  # fmt: skip
         parts = [f.result() for f in futures]
         collect_predictions(run_id, [p["part"] for p in parts], [p["support_part"] for p in parts], root)
         params = [row for p in parts for row in p["params"]]
         evaluate_run(run_id, mid, bank.n_classes, root, params)
-        plot = plot_accuracy_vs_shots(run_id, root)
+        plot = plot_accuracy_vs_shots(run_id, root, bank.n_classes)
         extra |= {"plot": plot, "augmented_images": augmented}
     table = accuracy_table(run_id, root)
     return FewShotResult(run_id, plot, len(parts), table, flow_run_id())

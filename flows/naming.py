@@ -1,4 +1,4 @@
-"""Flow run names and tags that say what a run works on (dataset, model, methods), for the Prefect UI."""
+"""Flow run names and tags that say what a run works on (dataset, model, methods, shots), for the Prefect UI."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
 
 
 def _parts(params: Mapping[str, Any]) -> dict[str, Any]:
-    """dataset, split, model and methods named by a flow's parameters (pipeline: inside `config`)."""
+    """dataset, split, model, methods, shots and adapter named by a flow's parameters (`config` flows: inside it)."""
     source = params.get("config") if params.get("config") is not None and "dataset" not in params else params
     dataset, model = _get(source, "dataset"), _get(source, "model")
     return {
@@ -26,36 +26,52 @@ def _parts(params: Mapping[str, Any]) -> dict[str, Any]:
         "split": _get(dataset, "split", "test"),
         "model": _get(model, "name"),
         "pretrained": _get(model, "pretrained"),
+        "adapter": _get(model, "adapter"),
         "methods": _get(source, "methods"),
+        "shots": _get(_get(source, "fewshot"), "shots"),
+        "train_split": _get(_get(source, "adapter"), "train_split", "train"),
     }
 
 
-def describe_run(params: Mapping[str, Any], with_model: bool = True, with_methods: bool = False) -> str:
-    """'demo/test ViT-S-32-alt [clip,coder]' from a flow's parameters."""
+def describe_run(
+    params: Mapping[str, Any], with_model: bool = True, with_methods: bool = False, what: str | None = None
+) -> str:
+    """'demo/test ViT-S-32-alt [clip,coder]' from a flow's parameters. `what` (few-shot, train-adapter,
+    adapter-overlap) leads the name and picks what it says: 'few-shot demo ViT-S-32-alt 1,2,4-shot' (few-shot reads
+    three splits), 'train-adapter demo/train ViT-S-32-alt', 'adapter-overlap demo/test ViT-S-32-alt+adapter-0123...'."""
     p = _parts(params)
-    name = f"{p['dataset']}/{p['split']}"
+    if what == "few-shot":
+        name = p["dataset"]
+    else:
+        name = f"{p['dataset']}/{p['train_split'] if what == 'train-adapter' else p['split']}"
     if with_model and p["model"]:
         name += f" {p['model']}" + (f":{p['pretrained']}" if p["pretrained"] else "")
+        if p["adapter"] and what != "train-adapter":  # training starts from the original encoder
+            name += f"+{p['adapter']}"
     if with_methods and p["methods"]:
         name += f" [{','.join(p['methods'])}]"
-    return name
+    if what == "few-shot" and p["shots"]:
+        name += f" {','.join(str(k) for k in p['shots'])}-shot"
+    return f"{what} {name}" if what else name
 
 
 def run_tags(params: Mapping[str, Any]) -> list[str]:
-    """Tags for filtering runs in the UI: dataset:<name>, model:<architecture>."""
+    """Tags for filtering runs in the UI: dataset:<name>, model:<architecture>, adapter:<id> (adapted features)."""
     p = _parts(params)
     tags = [f"dataset:{p['dataset']}"]
     if p["model"]:
         tags.append(f"model:{p['model']}")
+    if p["adapter"]:
+        tags.append(f"adapter:{p['adapter']}")
     return tags
 
 
-def run_namer(with_model: bool = True, with_methods: bool = False) -> Callable[[], str]:
-    """A `flow_run_name` callable: names the run from the parameters it was started with."""
+def run_namer(with_model: bool = True, with_methods: bool = False, what: str | None = None) -> Callable[[], str]:
+    """A `flow_run_name` callable: names the run from the parameters it was started with (see `describe_run`)."""
 
     def name() -> str:
         ctx = FlowRunContext.get()
-        return describe_run(ctx.parameters if ctx else {}, with_model, with_methods)
+        return describe_run(ctx.parameters if ctx else {}, with_model, with_methods, what)
 
     return name
 

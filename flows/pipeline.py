@@ -39,7 +39,7 @@ from coderflow.tasks.embed.task import (
 )
 from coderflow.tasks.evaluate.task import evaluate_run
 from coderflow.tasks.ingest.task import ingest_split
-from coderflow.tasks.report.task import report_run, results_with_progress
+from coderflow.tasks.report.task import publish_metrics, report_run, results_with_progress
 from coderflow.tasks.runs import record_run, refresh_database
 from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank, import_text_bank
 
@@ -132,11 +132,11 @@ def embed_images(
 ) -> EmbedResult:
     """Embed every shard of a split (one mapped task per shard; finished shards are skipped)."""
     root = _root(workdir)
-    shards = list_split_shards(dataset.name, dataset.split, root)
-    paths, hashes = [p for p, _ in shards], [h for _, h in shards]
+    shards = list_split_shards(dataset.name, dataset.split, root)  # (path, sha256, samples) per shard
     futures = embed_shard.map(
-        paths, hashes, unmapped(dataset.name), unmapped(dataset.split), unmapped(model), unmapped(root)
-    )
+        [s[0] for s in shards], [s[1] for s in shards], unmapped(dataset.name), unmapped(dataset.split),
+        unmapped(model), unmapped(root), [s[2] for s in shards],
+    )  # fmt: skip
     done = results_with_progress(futures, f"embed {dataset.name}/{dataset.split}", "images")
     result = EmbedResult(**summarize_shards(done, max_failure_rate))
     refresh_unless_subflow(root)
@@ -314,4 +314,5 @@ def _stages(config: PipelineConfig, root: str) -> PipelineResult:
             params=config.classify, config=config.model_dump(mode="json"),
         )  # fmt: skip
         record_inputs(run.run_id, config)
+    publish_metrics(run.run_id, ds.name, root)  # the parent run shows the metrics too, not only its classify sub-flow
     return PipelineResult(run.run_id, run.top1, images, texts, coder, run, stages, flow_run_id())

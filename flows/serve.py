@@ -12,29 +12,39 @@ SECTION_OF = {"params": "classify"}  # flow parameter -> config section, where t
 
 
 def _flows() -> dict[str, Any]:
-    """The served flows by deployment key (their Prefect flow names)."""
+    """The served flows by deployment key (their Prefect flow names): every flow of coderflow."""
+    from coderflow.flows import adapter as a
+    from coderflow.flows import fewshot as f
     from coderflow.flows import pipeline as p
 
-    return {f.name: f for f in (p.pipeline, p.ingest_dataset, p.embed_images, p.text_bank, p.build_coder, p.classify)}
+    flows = (p.pipeline, p.ingest_dataset, p.embed_images, p.text_bank, p.import_texts, p.build_coder, p.classify)
+    return {flow.name: flow for flow in (*flows, f.fewshot, a.adapter_train, a.adapter_overlap)}
 
 
 def stage_parameters(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
-    """Default parameters of each flow's deployment: the config sections its signature names (a flow parameter, a
-    YAML key and a flag are one name); `params` is the classify flow's `classify` section."""
+    """Default parameters of each flow's deployment: the whole config for the flows that take `config` (pipeline,
+    few-shot, train-adapter, adapter-overlap), else the config sections its signature names (a flow parameter, a YAML
+    key and a flag are one name; `params` is the classify flow's `classify` section). What no config holds is given
+    per run: `textbank_id` (build-coder, classify), `path` and `fmt` (import-texts)."""
     import inspect
 
     c = cfg.model_dump(mode="json")
     out = {}
     for key, flow in _flows().items():
-        names = inspect.signature(flow.fn).parameters
-        out[key] = {n: c[SECTION_OF.get(n, n)] for n in names if SECTION_OF.get(n, n) in c}
-    out["pipeline"] = {"config": c}
+        names = list(inspect.signature(flow.fn).parameters)
+        if names == ["config"]:
+            out[key] = {"config": c}
+        else:
+            out[key] = {n: c[SECTION_OF.get(n, n)] for n in names if SECTION_OF.get(n, n) in c}
     return out
 
 
 def deployments(cfg: PipelineConfig, name: str = "laptop", cron: str | None = DEFAULT_CRON) -> list[Any]:
-    """One deployment per flow; the end-to-end pipeline on `cron` (None: no schedule), the stages on demand."""
-    flows = _flows()  # the runs load these flows from their files; the pipeline's runner comes from config.runner
+    """One deployment per flow; the end-to-end pipeline on `cron` (None: no schedule), the others on demand. Runs
+    import their flow by module path (`coderflow.flows.pipeline.pipeline`), so an installed package serves too."""
+    from prefect.types.entrypoint import EntrypointType
+
+    flows = _flows()  # the pipeline's task runner comes from config.runner
     params = stage_parameters(cfg)
     tags = ["coderflow", *run_tags(params["pipeline"])]
     return [
@@ -43,6 +53,7 @@ def deployments(cfg: PipelineConfig, name: str = "laptop", cron: str | None = DE
             parameters=params[key],
             tags=tags,
             cron=cron if key == "pipeline" and cron else None,
+            entrypoint_type=EntrypointType.MODULE_PATH,
             description=f"coderflow {key} on {cfg.dataset.name} with {cfg.model.name} (served by `coderflow serve`)",
         )
         for key, flow in flows.items()

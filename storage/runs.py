@@ -102,6 +102,8 @@ def write_run(
         "textbank_id": textbank_id,
         "config": json.dumps({**config, **(extra or {})}, default=str),
         "versions": json.dumps(manifest["versions"]),
+        "duration_s": (finished_at - started_at).total_seconds() if finished_at else None,
+        "flow_run_id": (extra or {}).get("flow_run_id"),
     }
     write_rows([row], RUNS, layout.run_file(run_id, "run.parquet"))
     return layout.run_file(run_id, "manifest.json")

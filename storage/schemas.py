@@ -117,6 +117,8 @@ RUNS = pa.schema(
         ("textbank_id", pa.string()),
         ("config", pa.string()),
         ("versions", pa.string()),
+        ("duration_s", pa.float64()),  # finished_at - started_at (null while running)
+        ("flow_run_id", pa.string()),  # the Prefect flow run that wrote it (its page in the UI)
     ]
 )
 

@@ -1,7 +1,9 @@
-"""Prefect tasks (thin wrappers over pure functions) and the retry rule they share."""
+"""Prefect tasks (thin wrappers over pure functions) and the retry and run-naming rules they share."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import Any
 
 
@@ -22,3 +24,18 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return True
     return True
+
+
+def shard_name(path: str) -> str:
+    """A shard's name from its path or from a file derived from it: '.../demo-test-000003.tar' and
+    '.../demo-test-000003.<sha256[:16]>.parquet' both give 'demo-test-000003' (URLs too)."""
+    return PurePosixPath(str(path)).name.split(".")[0]
+
+
+def named_after_shard(task_name: str, parameter: str) -> Callable[..., str]:
+    """A `task_run_name` callable naming each run after the shard in `parameter`: 'embed-shard demo-test-000003'."""
+
+    def name(parameters: dict[str, Any]) -> str:
+        return f"{task_name} {shard_name(parameters[parameter])}"
+
+    return name

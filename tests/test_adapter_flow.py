@@ -47,7 +47,10 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     from coderflow.flows.pipeline import embed_images, text_bank
 
     cfg = _config(tmp_path)
-    first = adapter_train(cfg)
+    state = adapter_train(cfg, return_state=True)
+    first = state.result()
+    name, tags, _ = _named(state.state_details.flow_run_id)  # the Prefect UI says what each run works on
+    assert name == "train-adapter demo/train ViT-S-32-alt" and {"dataset:demo", "model:ViT-S-32-alt"} <= tags
     assert first.epoch_losses[1] < first.epoch_losses[0]  # the training loss goes down
     layout = Layout.at(tmp_path)
     train_dir = next((layout.root / "adapters" / "ViT-S-32-alt__random" / "training").iterdir())
@@ -73,7 +76,12 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
         )
 
     test_ds = cfg.dataset.model_copy(update={"split": "test"})
-    overlap = adapter_overlap(cfg.model_copy(update={"model": adapted, "dataset": test_ds}))
+    state = adapter_overlap(cfg.model_copy(update={"model": adapted, "dataset": test_ds}), return_state=True)
+    overlap = state.result()
+    name, tags, task_runs = _named(state.state_details.flow_run_id)
+    assert name == f"adapter-overlap demo/test ViT-S-32-alt+{first.adapter_id}"
+    assert {"dataset:demo", "model:ViT-S-32-alt", f"adapter:{first.adapter_id}"} <= tags
+    assert {f"measure-overlap {m}" for m in overlap.models.values()} <= task_runs
     rows = query(layout, "SELECT model_id, value FROM metrics WHERE method = 'overlap' AND metric = 'overlap'")
     assert sorted(r["model_id"] for r in rows.to_pylist()) == sorted(overlap.models.values())
     assert all(0 <= r["value"] <= 1 for r in rows.to_pylist())
@@ -91,16 +99,20 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     from coderflow.flows.fewshot import fewshot
 
     fs = FewShotConfig(shots=(1,), seeds=(1,), augment_views=0, search="fixed", alpha=0.0, gamma=0.0)
-    run = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": fs})).run_id
+    result = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": fs}))
+    run = result.run_id
+    name, tags, task_runs = _named(result.flow_run_id)
+    assert name == f"few-shot demo ViT-S-32-alt+{first.adapter_id} 1-shot" and "dataset:demo" in tags
+    assert "few-shot-predict 1-shot seed 1" in task_runs
     preds = query(
         layout, f"SELECT method, list(pred ORDER BY sample_key) AS p FROM predictions WHERE run_id = '{run}' GROUP BY 1"
     )
     by = {r["method"]: r["p"] for r in preds.to_pylist()}
     for method in ("tip_adapter", "coder_adapter", "tip_x"):
         assert by[method] == by[f"{method}_adapted"], method
-    assert set(by) == {"prototype", "tip_adapter", "coder_adapter", "tip_x"} | {
+    assert set(by) == {"clip", "prototype", "tip_adapter", "coder_adapter", "tip_x"} | {
         f"{m}_adapted" for m in ("tip_adapter", "coder_adapter", "tip_x")
-    }
+    }  # clip: the zero-shot baseline
     # searched: with an adapter both Tip-Adapter variants use IMO's grid (run.py:42-47)
     grid = fs.model_copy(update={"search": "grid"})
     searched = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": grid})).run_id
@@ -108,6 +120,17 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     alphas = {r["method"]: r["value"] for r in query(layout, sql).to_pylist()}
     assert set(alphas) == {"tip_adapter", "tip_adapter_adapted"}
     assert all(any(abs(a - g) < 1e-9 for g in IMO_ALPHAS) for a in alphas.values())
+
+
+def _named(flow_run_id) -> tuple[str, set[str], set[str]]:
+    """A flow run's name, tags and the names of its task runs, read back from the Prefect API (what the UI shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
+    return run.name, set(run.tags), {t.name for t in task_runs}
 
 
 def _sql(name: str) -> str:

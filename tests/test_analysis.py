@@ -315,3 +315,20 @@ def open_sql(name: str) -> str:
     from coderflow.storage.db import sql_file
 
     return sql_file(name).rstrip().rstrip(";").rsplit("ORDER BY", 1)[0]
+
+
+@pytest.mark.flow
+def test_each_zero_shot_method_has_a_clip_benchmark_result_file(demo_run):
+    layout = Layout.at(demo_run["workdir"])
+    run_id = demo_run["result"].run_id
+    sql = f"SELECT * FROM ({open_sql('accuracy_per_method')}) WHERE run_id = ? AND shots IS NULL"
+    top = query(layout, sql, params=[run_id])
+    files = sorted(layout.run_file(run_id, "clip_benchmark").glob("*.json"))
+    assert [f.stem for f in files] == sorted(top["method"].to_pylist())
+    for f in files:
+        result = json.loads(f.read_text())
+        assert set(result) >= {"dataset", "model", "pretrained", "task", "metrics", "language"}
+        assert result["task"] == "zeroshot_classification" and result["model"] == "ViT-S-32-alt"
+        row = next(r for r in top.to_pylist() if r["method"] == f.stem)
+        assert result["metrics"] == {"acc1": row["top1"], "acc5": row["top5"],
+                                     "mean_per_class_recall": row["mean_per_class_recall"]}  # fmt: skip

@@ -71,7 +71,10 @@ def test_embed_samples_records_bad_rows(lm):
         {"__key__": "c", "txt": b"no image"},
         {"__key__": "d", "png": good},
     ]
-    table = embed_samples(samples, lm, batch_size=3, meta={"dataset": "d", "split": "test", "shard": "s0"})
+    batches: list[int] = []  # the progress callback hears of every batch
+    meta = {"dataset": "d", "split": "test", "shard": "s0"}
+    table = embed_samples(samples, lm, batch_size=3, meta=meta, on_batch=batches.append)
+    assert batches == [3, 1]
     rows = table.to_pylist()
     assert [r["sample_key"] for r in rows] == ["a", "b", "c", "d"]
     assert [r["status"] for r in rows] == ["ok", "error", "error", "ok"]

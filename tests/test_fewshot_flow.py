@@ -68,7 +68,10 @@ def test_fewshot_flow(prefect_server, tmp_path):
     layout = Layout.at(tmp_path)
     q = lambda sql: query(layout, sql).to_pylist()  # noqa: E731
     preds = q("SELECT method, shots, seed, count(*) AS n FROM predictions GROUP BY ALL ORDER BY ALL")
-    assert len(preds) == 4 * 2 * 2 and {p["n"] for p in preds} == {30}
+    assert len(preds) == 4 * 2 * 2 + 1 and {p["n"] for p in preds} == {30}
+    assert [p for p in preds if p["shots"] is None] == [{"method": "clip", "shots": None, "seed": None, "n": 30}]
+    zero_shot = q("SELECT value FROM metrics WHERE method = 'clip' AND shots IS NULL AND metric = 'top1'")
+    assert len(zero_shot) == 1  # the zero-shot baseline, once per run
     chosen = q("SELECT method, metric, value FROM metrics WHERE metric IN ('alpha', 'beta', 'gamma') ORDER BY ALL")
     assert {c["method"] for c in chosen} == {"tip_adapter", "coder_adapter", "tip_x"}
     assert {c["value"] for c in chosen if c["metric"] == "alpha"} <= {0.5, 1.0}

@@ -38,8 +38,8 @@ def test_demo_pipeline_outputs(demo_run):
     assert preds == [{"method": m, "n": 30, "k": 5} for m in methods]
     sql = "SELECT metric, value FROM metrics WHERE class_index IS NULL AND method = 'clip'"
     metrics = {r["metric"]: r["value"] for r in q(sql)}
-    assert set(metrics) == {"top1", "top5", "mean_per_class_recall", "n_samples"}
-    assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["n_samples"] == 30
+    assert set(metrics) == {"top1", "top5", "mean_per_class_recall", "n_samples", "ece"}
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["n_samples"] == 30 and 0 <= metrics["ece"] <= 1
     assert q("SELECT count(*) AS n FROM metrics WHERE metric = 'recall'") == [{"n": 10 * len(methods)}]
     # the generated texts are there, and CODER vectors cover every image with one cosine per text of the bank
     types = {r["text_type"] for r in q("SELECT DISTINCT text_type FROM texts")}

@@ -96,7 +96,7 @@ def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir:
     }
 
 
-@task(name="measure-overlap")
+@task(name="measure-overlap", task_run_name="measure-overlap {model_id_}")
 def measure_overlap(dataset: str, split: str, model_id_: str, cfg: AdapterConfig, workdir: str) -> list[dict[str, Any]]:
     """Overlap of same- vs different-class cosine distributions and feature variance, as metric rows."""
     images = load_images(Layout.at(workdir), model_id_, dataset, split)

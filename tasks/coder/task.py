@@ -14,6 +14,7 @@ from coderflow.storage.arrays import TextSet, list_matrix, load_texts
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table, write_stream
 from coderflow.storage.schemas import CODER
+from coderflow.tasks import named_after_shard
 from coderflow.tasks.coder.build import coder_table, iter_coder
 
 
@@ -22,7 +23,7 @@ def _texts(root: str, textbank_id: str, model_id: str) -> TextSet:
     return load_texts(Layout.at(root), textbank_id, model_id)  # read once per process, not once per shard
 
 
-@task(name="build-coder-shard")
+@task(name="build-coder-shard", task_run_name=named_after_shard("build-coder-shard", "image_part"))
 def build_coder_shard(
     image_part: str, textbank_id: str, model_id: str, dataset: str, split: str, cfg: CoderConfig, workdir: str
 ) -> dict[str, Any]:

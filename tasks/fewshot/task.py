@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +127,12 @@ def _features(
     )
 
 
-@task(name="few-shot-predict")
+def _cell_run_name(parameters: dict[str, Any]) -> str:
+    shots, seed = str(parameters["cell"]).split("-", 1)  # cells are '<shots>-<seed>'
+    return f"few-shot-predict {shots}-shot seed {seed}"
+
+
+@task(name="few-shot-predict", task_run_name=_cell_run_name)
 def fewshot_predict(
     run_id: str,
     cell: str,
@@ -140,8 +144,10 @@ def fewshot_predict(
     textbank_id: str,
     cfg: FewShotConfig,
     workdir: str,
+    zero_shot: bool = False,
 ) -> dict[str, Any]:
-    """Every few-shot method for one (shots, seed): hyper-parameters from val only, predictions on test.
+    """Every few-shot method for one (shots, seed): hyper-parameters from val only, predictions on test; with
+    `zero_shot` (one cell of a run) also the zero-shot baseline as method `clip` (shots and seed null).
 
     The zero-shot term is always CLIP's prompt-ensemble classifier on the ORIGINAL image features; with an adapter,
     each cache method runs again as `<method>_adapted` with the cache affinity from the adapted features (IMO,
@@ -186,6 +192,13 @@ def fewshot_predict(
             if value is not None:
                 params.append({"method": method, "shots": shots, "seed": seed, "metric": metric, "value": float(value)})
 
+    if zero_shot:  # the baseline every few-shot method starts from: the same in every cell, so stored once
+        tables.append(
+            prediction_table(
+                zs_test, orig.test.keys, orig.test.labels, run_id=run_id, method="clip", dataset=dataset,
+                split=cfg.test_split, logits=True,
+            )
+        )  # fmt: skip
     cell_inputs = Cell(cfg, n, zs_val, zs_test, onehot, t_coder, dist, bool(adapted_model_id), record)
     for method in cfg.methods:
         spec = SCORERS[method]
@@ -220,47 +233,34 @@ def collect_predictions(run_id: str, parts: list[str], support_parts: list[str],
 
 
 @task(name="plot-accuracy-vs-shots")
-def plot_accuracy_vs_shots(run_id: str, workdir: str) -> str:
-    """accuracy_vs_shots.png beside the run: mean top-1 over seeds per method, with the spread as error bars.
+def plot_accuracy_vs_shots(run_id: str, workdir: str, n_classes: int | None = None) -> str:
+    """accuracy_vs_shots.png beside the run: mean top-1 over seeds per method, with the spread as error bars, the
+    zero-shot CLIP baseline and (given `n_classes`) the chance level.
 
     The same PNG goes to the Prefect UI as an image artifact (`few-shot-accuracy-plot`, a data: URL: the UI cannot
     read files from the work directory).
     """
-    import matplotlib
     from prefect.artifacts import create_image_artifact
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from coderflow.tasks.report import plots
 
     layout = Layout.at(workdir)
     metrics = read_table(layout.run_file(run_id, "metrics.parquet")).to_pylist()
-    rows = [r for r in metrics if r["metric"] == "top1" and r["class_index"] is None and r["shots"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    rows = [r for r in metrics if r["metric"] == "top1" and r["class_index"] is None]
     summary: dict[str, dict[int, list[float]]] = {}
     for r in rows:
-        summary.setdefault(r["method"], {}).setdefault(r["shots"], []).append(r["value"])
-    for method, by_shots in sorted(summary.items()):
-        shots = sorted(by_shots)
-        means = [float(np.mean(by_shots[k])) for k in shots]
-        stds = [float(np.std(by_shots[k])) for k in shots]
-        ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=method)
-    ax.set_xscale("log", base=2)
-    all_shots = sorted({r["shots"] for r in rows})
-    ax.set_xticks(all_shots, [str(k) for k in all_shots])
-    ax.set_xlabel("shots per class")
-    ax.set_ylabel("top-1 accuracy (test)")
-    ax.set_title(f"few-shot run {run_id}")
-    ax.legend()
-    ax.grid(alpha=0.3)
+        if r["shots"] is not None:
+            summary.setdefault(r["method"], {}).setdefault(r["shots"], []).append(r["value"])
+    zero = [r["value"] for r in rows if r["shots"] is None and r["method"] == "clip"]
+    fig = plots.accuracy_vs_shots(
+        summary, f"few-shot run {run_id}", zero[0] if zero else None, 1 / n_classes if n_classes else None
+    )
+    png = plots.render(fig, "png")
     path = layout.run_file(run_id, "accuracy_vs_shots.png")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(png)
     create_image_artifact(
-        image_url=f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}",
+        image_url=f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}",
         key="few-shot-accuracy-plot",
         description=f"few-shot run {run_id}: top-1 accuracy vs shots per class (mean and spread over seeds)",
     )

@@ -59,7 +59,7 @@ def _remove(path: Any) -> None:
         path.fs.rm(path.path, recursive=True)
 
 
-@task(name="ingest-split")
+@task(name="ingest-split", task_run_name="ingest-split {cfg.name}/{cfg.split}")
 def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
     """Write the split as shards plus classnames.txt/templates.txt, unless its source and config are unchanged.
 

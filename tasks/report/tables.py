@@ -1,4 +1,4 @@
-"""Pure formatting of run reports: metric rows, markdown tables, artifact keys and per-run SQL (no Prefect)."""
+"""Pure formatting of run reports: metric rows, markdown tables, artifact keys, CLIP_benchmark results (no Prefect)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,19 @@ def outputs_markdown(run_id: str, files: Mapping[str, object]) -> str:
         f"Query them with `coderflow query --workdir ... \"SELECT * FROM metrics WHERE run_id = '{run_id}'\"`.",
     ]
     return "\n".join(lines)
+
+
+def clip_benchmark_result(row: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A zero-shot method's accuracies as CLIP_benchmark writes them (`clip_benchmark eval --output`): dataset, model,
+    pretrained, task, metrics {acc1, acc5, mean_per_class_recall}, language; plus the coderflow method and run."""
+    model = (manifest.get("config") or {}).get("model") or {}
+    return {
+        "dataset": manifest.get("dataset"),
+        "model": model.get("name"),
+        "pretrained": model.get("pretrained"),
+        "task": "zeroshot_classification",
+        "metrics": {"acc1": row["top1"], "acc5": row["top5"], "mean_per_class_recall": row["mean_per_class_recall"]},
+        "language": "en",
+        "method": row["method"],
+        "run_id": manifest.get("run_id"),
+    }

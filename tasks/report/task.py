@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,22 +22,38 @@ from coderflow.tasks.report.tables import (
     CONFUSED_COLUMNS,
     METRIC_COLUMNS,
     artifact_key,
+    clip_benchmark_result,
     confused_pairs_markdown,
     outputs_markdown,
     select_columns,
 )
 
 
-@task(name="report-run")
-def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) -> dict[str, Any]:
-    """Publish a finished run as artifacts: metrics per method (table), top confused pairs and output paths."""
-    layout = Layout.at(workdir)
+def _metrics_artifact(layout: Layout, run_id: str, key: str, description: str) -> list[dict[str, Any]]:
+    """The run's accuracy per method as a table artifact under `key`; its rows."""
     metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
     rows = select_columns(metrics, METRIC_COLUMNS)
+    create_table_artifact(rows, key=key, description=description)
+    return rows
+
+
+@task(name="publish-metrics")
+def publish_metrics(run_id: str, dataset: str, workdir: str, flow: str = "pipeline") -> str:
+    """The run's metrics table (the one `classify` publishes as `metrics-<dataset>`) on the calling flow run too, keyed
+    `<flow>-metrics-<dataset>`: the parent run shows its results, and each key keeps one version per run."""
+    key = artifact_key(flow, "metrics", dataset)
+    _metrics_artifact(Layout.at(workdir), run_id, key, f"Accuracy per method of {flow} run `{run_id}` on `{dataset}`")
+    return key
+
+
+@task(name="report-run")
+def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) -> dict[str, Any]:
+    """Publish a finished run as artifacts (metrics per method, top confused pairs, output paths) and write its
+    CLIP_benchmark-compatible result files."""
+    layout = Layout.at(workdir)
     metrics_key = artifact_key("metrics", dataset)
-    create_table_artifact(
-        rows, key=metrics_key, description=f"Accuracy per method of run `{run_id}` on `{dataset}`"
-    )  # fmt: skip
+    rows = _metrics_artifact(layout, run_id, metrics_key, f"Accuracy per method of run `{run_id}` on `{dataset}`")
+    benchmark = write_clip_benchmark_results(layout, run_id)
     order = "q.method, q.n DESC, q.label, q.pred"
     confused = query(layout, sql_file("confused_pairs"), {"run_id": run_id}, order, top_confused).to_pylist()
     create_markdown_artifact(
@@ -48,12 +65,28 @@ def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) 
         "predictions": layout.run_file(run_id, "predictions.parquet"),
         "metrics": layout.run_file(run_id, "metrics.parquet"),
         "manifest": layout.run_file(run_id, "manifest.json"),
+        **{f"CLIP_benchmark result ({p.stem})": p for p in benchmark},
         "DuckDB database": layout.database,
     }
     create_markdown_artifact(
         outputs_markdown(run_id, files), key=artifact_key("outputs", dataset), description="Where the results are"
     )  # fmt: skip
     return {"metrics_key": metrics_key, "methods": [r["method"] for r in rows], "confused_pairs": len(confused)}
+
+
+def write_clip_benchmark_results(layout: Layout, run_id: str) -> list[Any]:
+    """runs/<run>/clip_benchmark/<method>.json, one CLIP_benchmark result file per zero-shot method of the run."""
+    from coderflow.storage.parquet_io import write_text
+
+    manifest = json.loads(layout.run_file(run_id, "manifest.json").read_text())
+    metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}).to_pylist()
+    paths = []
+    for row in metrics:
+        if row["shots"] is None:
+            path = layout.run_file(run_id, f"clip_benchmark/{row['method']}.json")
+            write_text(json.dumps(clip_benchmark_result(row, manifest), indent=2), path)
+            paths.append(path)
+    return paths
 
 
 def results_with_progress(
