@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 
+from coderflow.storage.db import query
+from coderflow.storage.layout import Layout
 from coderflow.tasks.evaluate.compare import bootstrap_ci, compare, mcnemar_exact
 
 
@@ -72,4 +74,6 @@ def test_compare_and_runs_commands(demo_run):
     (run,) = json.loads(listed.stdout)
     assert run["run_id"] == run_id and run["status"] == "completed" and run["seconds"] > 0
     assert "coder" in run["top1"] and run["flow_run"]
+    (view,) = query(Layout.at(work), "SELECT duration_s, flow_run_id FROM runs").to_pylist()
+    assert view["duration_s"] > 0 and view["flow_run_id"] == str(demo_run["result"].run.flow_run_id)  # classify's run
     assert json.loads(run_cli(["runs", "--workdir", work, "--flow", "few-shot", "--format", "json"]).stdout) == []
