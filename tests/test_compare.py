@@ -75,5 +75,7 @@ def test_compare_and_runs_commands(demo_run):
     assert run["run_id"] == run_id and run["status"] == "completed" and run["seconds"] > 0
     assert "coder" in run["top1"] and run["flow_run"]
     (view,) = query(Layout.at(work), "SELECT duration_s, flow_run_id FROM runs").to_pylist()
-    assert view["duration_s"] > 0 and view["flow_run_id"] == str(demo_run["result"].classify.flow_run_id)  # classify's run
+    assert view["duration_s"] > 0 and view["flow_run_id"] == str(
+        demo_run["result"].classify.flow_run_id
+    )  # classify's run
     assert json.loads(run_cli(["runs", "--workdir", work, "--flow", "few-shot", "--format", "json"]).stdout) == []

@@ -47,15 +47,21 @@ def top_k_sparse(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n_cols = vectors.shape[1]
     if not 1 <= k <= n_cols:
         raise ValueError(f"top_k={k} is out of range for {n_cols} texts: use 1 <= top_k <= {n_cols}, or dense vectors")
-    if k < n_cols:  # the k largest per row: torch.topk (multi-threaded, about 7x numpy's argpartition here)
-        import torch
-
-        part = torch.topk(torch.as_tensor(np.ascontiguousarray(vectors)), k, dim=1, sorted=False).indices.numpy()
-    else:
+    if k == n_cols:
         part = np.tile(np.arange(n_cols), (len(vectors), 1))
-    vals = np.take_along_axis(vectors, part, axis=1)
-    order = np.lexsort((part, -vals), axis=-1)  # primary: descending value, then ascending index
-    return np.take_along_axis(part, order, axis=1).astype(np.int32), np.take_along_axis(vals, order, axis=1)
+        vals = np.take_along_axis(vectors, part, axis=1)
+        order = np.lexsort((part, -vals), axis=-1)  # primary: descending value, then ascending index
+        return np.take_along_axis(part, order, axis=1).astype(np.int32), np.take_along_axis(vals, order, axis=1)
+    import torch  # sorted torch.topk, multi-threaded: 0.13 s for 2,000 x 23,339 (k=256, 2 cores), unsorted + lexsort 0.17 s
+
+    t = torch.as_tensor(np.ascontiguousarray(vectors))
+    vals, part = torch.topk(t, k, dim=1, sorted=True)
+    tied = (vals[:, 1:] == vals[:, :-1]).any(dim=1).nonzero().flatten()  # rare: equal values, lower index first
+    if len(tied):
+        p = torch.sort(part[tied], dim=1).values
+        v, order = torch.sort(torch.gather(t[tied], 1, p), dim=1, descending=True, stable=True)
+        part[tied], vals[tied] = torch.gather(p, 1, order), v
+    return part.numpy().astype(np.int32), vals.numpy()
 
 
 def iter_coder(

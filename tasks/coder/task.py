@@ -46,5 +46,5 @@ def build_coder_shard(
         )
         for b in iter_coder(x, texts.t, cfg.batch_size, top_k)
     )
-    rows = write_stream(batches, CODER, out)
+    rows = write_stream(batches, CODER, out, compression="lz4" if top_k else "uncompressed")  # floats: no gain
     return {"path": str(out), "rows": rows, "skipped": False}
