@@ -77,8 +77,10 @@ def collect(layout: Layout, run_id: str, resamples: int = 1000) -> tuple[str, li
         sections.append(_metrics_section(layout, run_id, metrics, resamples))
         ref_section, warnings = _reference_section(layout, run_id)
         sections.append(ref_section)
-        sections += _class_sections(layout, run_id, run["dataset"], metrics)
-        sections.append(_calibration_section(layout, run_id))
+        n_preds = query(layout, "SELECT count(*) AS n FROM predictions WHERE run_id = ?", params=[run_id])["n"][0]
+        if n_preds.as_py():  # an adapter-overlap run stores metrics only
+            sections += _class_sections(layout, run_id, run["dataset"], metrics)
+            sections.append(_calibration_section(layout, run_id))
         if any(m["shots"] is not None for m in metrics):
             sections.append(_shots_section(layout, run_id, run["dataset"]))
     else:

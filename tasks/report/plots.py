@@ -29,6 +29,16 @@ def render(fig: Any, fmt: str = "svg") -> bytes:
     return buffer.getvalue()
 
 
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) -> Any:
+    """Axis labels, title, a small legend and a light grid: the line plots' common dressing."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def recall_bars(names: Sequence[str], recalls: Mapping[str, Sequence[float]], title: str) -> Any:
     """Grouped horizontal bars: one row per class, one bar per method (recall in [0, 1])."""
     plt = _pyplot()
@@ -95,12 +105,7 @@ def accuracy_vs_shots(
         ax.set_xscale("log", base=2)
         ticks = sorted(all_shots)
         ax.set_xticks(ticks, [str(k) for k in ticks])
-    ax.set_xlabel("shots per class")
-    ax.set_ylabel("top-1 accuracy (test)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    return fig
+    return _finish(fig, ax, "shots per class", "top-1 accuracy (test)", title)
 
 
 def reliability_diagram(bins: Mapping[str, Sequence[Mapping[str, float]]], title: str) -> Any:
@@ -113,9 +118,4 @@ def reliability_diagram(bins: Mapping[str, Sequence[Mapping[str, float]]], title
         ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=method)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (mean of the bin)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    return fig
+    return _finish(fig, ax, "confidence (mean of the bin)", "accuracy", title)
