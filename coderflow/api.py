@@ -62,6 +62,8 @@ class Run:
     bank: TextSet
     texts: pa.Table
     params: ClassifyConfig = field(default_factory=ClassifyConfig)
+    waffles: list[TextSet] = field(default_factory=list)  # WaffleCLIP's banks, one per rep
+    method_banks: dict[str, TextSet] = field(default_factory=dict)  # methods that read another bank (classify.banks)
 
     @property
     def class_names(self) -> list[str]:
@@ -124,19 +126,24 @@ class Run:
         per_class: int | None = None,
     ) -> Scores:
         """Re-score a zero-shot method on (a subset of) the run's bank, with the run's classify settings; nothing is
-        written. E.g. `run.score("coder", texts=["name", "att"])` or `run.score("coder", per_class=3)`."""
+        written. E.g. `run.score("coder", texts=["name", "att"])` or `run.score("coder", per_class=3)`. Methods that
+        read banks of their own (waffle: its first rep; a `classify.banks` entry) score on those, whole."""
         if method not in SCORERS:
             raise ValueError(f"method {method!r}: choose one of {', '.join(SCORERS)}")
-        if method in OWN_BANKS:
-            raise ValueError(f"method {method!r} draws text banks of its own: score a method that reads the run's bank")
+        own = method in OWN_BANKS or method in self.method_banks
+        if own and (texts is not None or per_class is not None):
+            raise ValueError(f"method {method!r} reads a bank of its own: texts and per_class select the run's bank")
+        if method in OWN_BANKS and not self.waffles:
+            raise ValueError(f"run {self.run_id} stored no {method} banks: score it on a run that used {method}")
         rows = self.select(texts, per_class)
         if rows.size == 0:
             raise ValueError("the selection holds no texts: choose text types or rows the bank has")
         bank = self.subset(rows)
-        (result,) = run_methods([method], self.images.x, bank, self.params)
+        result = run_methods([method], self.images.x, bank, self.params, self.waffles, self.method_banks)[0]
+        used = self.method_banks.get(method) or (self.waffles[0] if method in OWN_BANKS else bank)
         top5 = top_k(result.scores, min(5, bank.n_classes)) if result.top5 is None else result.top5
         pred = top5[:, 0] if result.pred is None else result.pred
-        return Scores(method, result.scores, np.asarray(pred), np.asarray(top5), self.images.labels, len(rows))
+        return Scores(method, result.scores, np.asarray(pred), np.asarray(top5), self.images.labels, len(used.text_ids))
 
     def ablate(self) -> list[dict[str, Any]]:
         """The paper's text-type ablation (ABLATION) plus CLIP's prompt ensemble: one row per step with its top-1
@@ -177,9 +184,11 @@ def load_run(run_id: str, workdir: str | None = None) -> Run:
     dataset = manifest["dataset"]
     params = ClassifyConfig.model_validate(config.get("classify") or {})
     texts = read_table(layout.textbank_file(textbank_id))
+    waffles = [load_texts(layout, w, model_id) for w in manifest.get("waffle_textbank_ids") or []]
+    banks = {m: load_texts(layout, b, model_id) for m, b in (params.banks or {}).items()}
     return Run(
         run_id, dataset, split, model_id, textbank_id, config, load_images(layout, model_id, dataset, split),
-        load_texts(layout, textbank_id, model_id), texts, params,
+        load_texts(layout, textbank_id, model_id), texts, params, waffles, banks,
     )  # fmt: skip
 
 

@@ -245,7 +245,13 @@ def classify(
     record = {
         "flow": "classify",
         "started_at": datetime.now(UTC),
-        "config": config or {"dataset": dataset.model_dump(), "model": model.model_dump(), "methods": methods},
+        "config": config
+        or {
+            "dataset": dataset.model_dump(),
+            "model": model.model_dump(),
+            "methods": methods,
+            "classify": params.model_dump(mode="json"),
+        },
         "dataset": dataset.name,
         "model_id": mid,
         "textbank_id": textbank_id,

@@ -278,10 +278,13 @@ def test_api_rescoring_reproduces_the_stored_predictions(demo_run):
 
     run_id = demo_run["result"].run_id
     run = load_run(run_id, str(demo_run["workdir"]))
-    stored = query(Layout.at(demo_run["workdir"]), "SELECT method, sample_key, pred FROM predictions WHERE run_id = ?",
-                   params=[run_id]).to_pylist()  # fmt: skip
-    methods = sorted({r["method"] for r in stored} - {"waffle"})
-    assert {"clip", "coder", "coder_rerank"} <= set(methods)
+    stored = query(
+        Layout.at(demo_run["workdir"]), "SELECT method, sample_key, pred FROM predictions WHERE run_id = ? AND "
+        "coalesce(seed, -1) = (SELECT coalesce(min(seed), -1) FROM predictions p WHERE p.run_id = ? AND "
+        "p.method = predictions.method)", params=[run_id, run_id],
+    ).to_pylist()  # fmt: skip
+    methods = sorted({r["method"] for r in stored})
+    assert {"clip", "coder", "coder_rerank", "waffle", "dclip", "cupl"} <= set(methods)
     for method in methods:
         want = {r["sample_key"]: r["pred"] for r in stored if r["method"] == method}
         got = dict(zip(run.images.keys, run.score(method).pred.tolist(), strict=True))
@@ -293,6 +296,8 @@ def test_api_rescoring_reproduces_the_stored_predictions(demo_run):
     assert run.score("coder", per_class=1).n_texts == len(pairs)  # the first text of each (class, type)
     with pytest.raises(ValueError, match="text types are"):
         run.score("coder", texts=["atributes"])
+    with pytest.raises(ValueError, match="reads a bank of its own"):
+        run.score("waffle", texts=["name"])
 
 
 @pytest.mark.flow

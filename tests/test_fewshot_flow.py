@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 
 from coderflow.storage.db import query
@@ -86,6 +87,10 @@ def test_fewshot_flow(prefect_server, tmp_path):
     png = layout.run_file(result.run_id, "accuracy_vs_shots.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert _latest_artifact("few-shot-accuracy-plot") == "data:image/png;base64," + base64.b64encode(png).decode()
+    report = run_cli(["report", result.run_id, "--workdir", str(tmp_path), "-o", tmp_path / "fs.md"])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "fs.md").read_text()
+    assert "## Accuracy against shots" in text and "| tip_adapter | 2 |" in text  # mean and spread over the seeds
     n_views = q("SELECT count(*) AS n FROM image_embeddings WHERE split LIKE 'train-aug-%'")[0]["n"]
     assert n_views == 2 * len({k for ks in _support_keys(layout, result.run_id) for k in ks})
 
