@@ -611,7 +611,11 @@ def report_cmd(
     fmt: Annotated[Literal["md", "html"], Parameter(name="--format")] = "md",
     output: Annotated[
         Optional[Path],  # noqa: UP045
-        Parameter(name=["--output", "-o"], help="the file to write (default report-RUN.FORMAT; - for stdout)"),
+        Parameter(
+            name=["--output", "-o"],
+            allow_leading_hyphen=True,
+            help="the file to write (default report-RUN.FORMAT; - for stdout)",
+        ),
     ] = None,
     resamples: Annotated[int, Parameter(help="bootstrap resamples of the intervals against clip")] = 1000,
     workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045

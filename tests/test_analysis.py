@@ -337,3 +337,15 @@ def test_each_zero_shot_method_has_a_clip_benchmark_result_file(demo_run):
         row = next(r for r in top.to_pylist() if r["method"] == f.stem)
         assert result["metrics"] == {"acc1": row["top1"], "acc5": row["top5"],
                                      "mean_per_class_recall": row["mean_per_class_recall"]}  # fmt: skip
+
+
+def test_report_of_a_run_without_predictions(synthetic, tmp_path):
+    """An adapter-overlap run stores metrics only: the report shows them and leaves the per-sample sections out."""
+    _write_run(synthetic, "ov", "adapter-overlap", _config("imagenet", "ViT-S-32-alt", None))
+    rows = [{"run_id": "ov", "dataset": "imagenet", "split": "test", "model_id": "m", "method": "adapter",
+             "shots": None, "seed": None, "metric": "overlap", "class_index": None, "value": 0.25}]  # fmt: skip
+    write_rows(rows, METRICS, synthetic.run_file("ov", "metrics.parquet"))
+    done = run_cli(["report", "ov", "--workdir", str(synthetic.root), "-o", "-"])
+    assert done.exit_code == 0, done.output
+    headings = re.findall(r"^## (.+)$", done.stdout, flags=re.M)
+    assert headings == ["Configuration", "Metrics", "Reference numbers"]
