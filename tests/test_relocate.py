@@ -139,3 +139,21 @@ def test_writes_are_still_refused_after_a_rebuild(workdir: Path, tmp_path: Path)
         db.query(copy, f"SELECT * FROM read_parquet('{workdir}/runs/*/metrics.parquet')")  # the original: outside
     assert db.query(copy, "SELECT count(*) AS n FROM metrics").to_pylist() == [{"n": 3}]
     assert pa.types.is_float64(db.query(copy, "SELECT value FROM metrics").schema.field("value").type)
+
+
+def test_a_database_of_older_views_is_rebuilt_with_the_derived_views_and_macros(workdir: Path, tmp_path: Path):
+    """A database whose views are of another version (no classes, coder_cosines, reference_results or macros) is
+    rebuilt on the next query, and a moved work directory gets them too."""
+    layout = Layout.at(workdir)
+    with duckdb.connect(str(layout.database)) as con:  # as an older coderflow left it: version 1, no derived views
+        con.execute(f"CREATE OR REPLACE VIEW {db.ROOT_VIEW} AS SELECT '{workdir}' AS root, 1 AS version")
+        for name in ("classes", "coder_cosines"):
+            con.execute(f"DROP VIEW IF EXISTS {name}")
+        con.execute("DROP TABLE IF EXISTS reference_results")
+    assert db.query(layout, "SELECT count(*) AS n FROM classes").to_pylist() == [{"n": 0}]  # rebuilt in place
+    moved = Layout.at(shutil.move(str(workdir), str(tmp_path / "moved")))
+    assert db.query(moved, "SELECT count(*) AS n FROM classes").to_pylist() == [{"n": 0}]
+    assert db.query(moved, "SELECT count(*) AS n FROM coder_cosines").to_pylist() == [{"n": 0}]
+    assert db.query(moved, "SELECT count(*) > 100 AS ok FROM reference_results").to_pylist() == [{"ok": True}]
+    assert db.query(moved, COUNT).to_pylist() == [{"n": 3, "total": 1.75}]
+    assert _views_root(moved) == str(moved.root)
