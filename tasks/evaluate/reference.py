@@ -56,6 +56,28 @@ def reference_warnings(
     return out
 
 
+def accuracy_results(metrics: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the `accuracy_per_method` query as (method, shots, metric, value) results for `against_reference`."""
+    return [
+        {"method": m["method"], "shots": m["shots"], "metric": metric, "value": m[metric]}
+        for m in metrics
+        for metric in ("top1", "top5", "mean_per_class_recall")
+        if m[metric] is not None
+    ]
+
+
+def stored_against_reference(
+    layout: Any, config: Mapping[str, Any], metrics: Iterable[Mapping[str, Any]]
+) -> tuple[tuple[str, str, str | None], list[dict[str, Any]]]:
+    """A run's key (from its configuration) and its accuracies (`accuracy_per_method` rows) against the stored
+    `reference_results` table."""
+    from coderflow.storage.db import query
+
+    key = reference_key(config)
+    refs = query(layout, "SELECT * FROM reference_results").to_pylist()
+    return key, against_reference(accuracy_results(metrics), refs, key)
+
+
 def run_against_reference(layout: Any, run_id: str) -> tuple[tuple[str, str, str | None], list[dict[str, Any]]]:
     """A stored run's key and its zero- and few-shot accuracies (mean over seeds) against the reference table."""
     import json
@@ -65,12 +87,5 @@ def run_against_reference(layout: Any, run_id: str) -> tuple[tuple[str, str, str
     runs = query(layout, "SELECT config FROM runs WHERE run_id = ?", params=[run_id]).to_pylist()
     if not runs:
         raise ValueError(f"no run {run_id!r} in {layout.root}: list the runs with `coderflow runs`")
-    key = reference_key(json.loads(runs[0]["config"] or "{}"))
     metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}).to_pylist()
-    results = [
-        {"method": m["method"], "shots": m["shots"], "metric": metric, "value": m[metric]}
-        for m in metrics
-        for metric in ("top1", "top5", "mean_per_class_recall")
-        if m[metric] is not None
-    ]
-    return key, against_reference(results, query(layout, "SELECT * FROM reference_results").to_pylist(), key)
+    return stored_against_reference(layout, json.loads(runs[0]["config"] or "{}"), metrics)

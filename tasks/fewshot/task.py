@@ -246,15 +246,8 @@ def plot_accuracy_vs_shots(run_id: str, workdir: str, n_classes: int | None = No
 
     layout = Layout.at(workdir)
     metrics = read_table(layout.run_file(run_id, "metrics.parquet")).to_pylist()
-    rows = [r for r in metrics if r["metric"] == "top1" and r["class_index"] is None]
-    summary: dict[str, dict[int, list[float]]] = {}
-    for r in rows:
-        if r["shots"] is not None:
-            summary.setdefault(r["method"], {}).setdefault(r["shots"], []).append(r["value"])
-    zero = [r["value"] for r in rows if r["shots"] is None and r["method"] == "clip"]
-    fig = plots.accuracy_vs_shots(
-        summary, f"few-shot run {run_id}", zero[0] if zero else None, 1 / n_classes if n_classes else None
-    )
+    summary, zero = plots.shots_curves(r for r in metrics if r["metric"] == "top1" and r["class_index"] is None)
+    fig = plots.accuracy_vs_shots(summary, f"few-shot run {run_id}", zero, 1 / n_classes if n_classes else None)
     png = plots.render(fig, "png")
     path = layout.run_file(run_id, "accuracy_vs_shots.png")
     with atomic_path(path) as tmp:

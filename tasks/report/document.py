@@ -16,7 +16,7 @@ from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
 from coderflow.tasks.evaluate.compare import compare_runs
 from coderflow.tasks.evaluate.metrics import expected_calibration_error, reliability
-from coderflow.tasks.evaluate.reference import reference_warnings, run_against_reference
+from coderflow.tasks.evaluate.reference import reference_warnings, stored_against_reference
 from coderflow.tasks.report import plots
 from coderflow.tasks.report.tables import markdown_table
 
@@ -28,7 +28,6 @@ MAX_CONFUSED_CLASSES = 12  # confusion heatmap: the classes of the most frequent
 class Figure:
     title: str
     svg: bytes
-    caption: str = ""
 
 
 @dataclass
@@ -63,19 +62,12 @@ def collect(layout: Layout, run_id: str, resamples: int = 1000) -> tuple[str, li
     run = runs[0]
     config = json.loads(run["config"] or "{}")
     metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
-    extra = query(
-        layout, "SELECT method, shots, avg(value) AS ece FROM metrics WHERE run_id = ? AND metric = 'ece' "
-        "AND class_index IS NULL GROUP BY ALL", params=[run_id],
-    ).to_pylist()  # fmt: skip
-    ece = {(r["method"], r["shots"]): r["ece"] for r in extra}
-    for m in metrics:
-        m["ece"] = ece.get((m["method"], m["shots"]))
     title = f"coderflow report: run {run_id}"
     sections = [_summary(run, config)]
     warnings: list[str] = []
     if metrics:
         sections.append(_metrics_section(layout, run_id, metrics, resamples))
-        ref_section, warnings = _reference_section(layout, run_id)
+        ref_section, warnings = _reference_section(layout, config, metrics)
         sections.append(ref_section)
         n_preds = query(layout, "SELECT count(*) AS n FROM predictions WHERE run_id = ?", params=[run_id])["n"][0]
         if n_preds.as_py():  # an adapter-overlap run stores metrics only
@@ -138,8 +130,10 @@ def _metrics_section(layout: Layout, run_id: str, metrics: list[dict[str, Any]],
     return Section("Metrics", text if diffs else [], [(table, columns)])
 
 
-def _reference_section(layout: Layout, run_id: str) -> tuple[Section, list[str]]:
-    key, rows = run_against_reference(layout, run_id)
+def _reference_section(
+    layout: Layout, config: Mapping[str, Any], metrics: list[dict[str, Any]]
+) -> tuple[Section, list[str]]:
+    key, rows = stored_against_reference(layout, config, metrics)
     dataset, backbone, pretrained = key
     if not rows:
         return Section("Reference numbers", [
@@ -237,14 +231,10 @@ def _shots_section(layout: Layout, run_id: str, dataset: str) -> Section:
         layout, "SELECT method, shots, seed, value FROM metrics WHERE run_id = ? AND metric = 'top1' AND "
         "class_index IS NULL", params=[run_id],
     ).to_pylist()  # fmt: skip
-    curves: dict[str, dict[int, list[float]]] = {}
-    zero = [r["value"] for r in rows if r["shots"] is None and r["method"] == "clip"]
-    for r in rows:
-        if r["shots"] is not None:
-            curves.setdefault(r["method"], {}).setdefault(r["shots"], []).append(r["value"])
+    curves, zero = plots.shots_curves(rows)
     n_classes = query(layout, "SELECT count(*) AS n FROM classes WHERE dataset = ?", params=[dataset])["n"][0].as_py()
     chance = 1.0 / n_classes if n_classes else None
-    fig = plots.accuracy_vs_shots(curves, f"few-shot run {run_id}", float(np.mean(zero)) if zero else None, chance)
+    fig = plots.accuracy_vs_shots(curves, f"few-shot run {run_id}", zero, chance)
     table = [
         {"method": m, "shots": s, "top1 mean": float(np.mean(v)), "top1 std": float(np.std(v)), "seeds": len(v)}
         for m, by in sorted(curves.items()) for s, v in sorted(by.items())
@@ -305,9 +295,7 @@ def to_html(title: str, sections: Sequence[Section], warnings: Sequence[str]) ->
         for f in s.figures:
             svg = f.svg.decode()
             svg = svg[svg.index("<svg") :]  # drop the XML prolog and doctype
-            out.append(
-                f'<figure aria-label="{e(f.title)}">{svg}<figcaption>{e(f.caption or f.title)}</figcaption></figure>'
-            )
+            out.append(f'<figure aria-label="{e(f.title)}">{svg}<figcaption>{e(f.title)}</figcaption></figure>')
         out.append("</section>")
     out.append("</body></html>")
     return "\n".join(out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,19 @@ def confusion_heatmap(names: Sequence[str], counts: np.ndarray, title: str) -> A
                         fontsize=7)  # fmt: skip
     fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
+
+
+def shots_curves(rows: Iterable[Mapping[str, Any]]) -> tuple[dict[str, dict[int, list[float]]], float | None]:
+    """From a run's top-1 rows (method, shots, value; several seeds each): per method the values at each number of
+    shots, and the zero-shot CLIP baseline (method clip, shots null; mean over its rows) or None."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    zero = []
+    for r in rows:
+        if r["shots"] is not None:
+            curves.setdefault(r["method"], {}).setdefault(r["shots"], []).append(r["value"])
+        elif r["method"] == "clip":
+            zero.append(r["value"])
+    return curves, float(np.mean(zero)) if zero else None
 
 
 def accuracy_vs_shots(

@@ -18,6 +18,7 @@ from prefect.futures import PrefectFuture, as_completed
 from coderflow.progress import stage_progress
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
+from coderflow.storage.parquet_io import write_text
 from coderflow.tasks.report.tables import (
     CONFUSED_COLUMNS,
     METRIC_COLUMNS,
@@ -53,7 +54,7 @@ def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) 
     layout = Layout.at(workdir)
     metrics_key = artifact_key("metrics", dataset)
     rows = _metrics_artifact(layout, run_id, metrics_key, f"Accuracy per method of run `{run_id}` on `{dataset}`")
-    benchmark = write_clip_benchmark_results(layout, run_id)
+    benchmark = write_clip_benchmark_results(layout, run_id, rows)
     order = "q.method, q.n DESC, q.label, q.pred"
     confused = query(layout, sql_file("confused_pairs"), {"run_id": run_id}, order, top_confused).to_pylist()
     create_markdown_artifact(
@@ -74,12 +75,10 @@ def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) 
     return {"metrics_key": metrics_key, "methods": [r["method"] for r in rows], "confused_pairs": len(confused)}
 
 
-def write_clip_benchmark_results(layout: Layout, run_id: str) -> list[Any]:
-    """runs/<run>/clip_benchmark/<method>.json, one CLIP_benchmark result file per zero-shot method of the run."""
-    from coderflow.storage.parquet_io import write_text
-
+def write_clip_benchmark_results(layout: Layout, run_id: str, metrics: Sequence[dict[str, Any]]) -> list[Any]:
+    """runs/<run>/clip_benchmark/<method>.json, one CLIP_benchmark result file per zero-shot method of the run
+    (`metrics`: its `accuracy_per_method` rows)."""
     manifest = json.loads(layout.run_file(run_id, "manifest.json").read_text())
-    metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}).to_pylist()
     paths = []
     for row in metrics:
         if row["shots"] is None:
