@@ -23,6 +23,7 @@ from cyclopts.config import Env
 from cyclopts.exceptions import UnusedCliTokensError
 from pydantic import BaseModel, BeforeValidator, ValidationError, create_model
 from rich.console import Console
+from rich.markup import escape as markup_escape
 
 from coderflow.config import (
     FLAG_ALIASES,
@@ -30,8 +31,8 @@ from coderflow.config import (
     build_config,
     describe_validation_error,
 )
-from coderflow.console import metrics_table, print_rows
-from coderflow.storage.db import QueryError, canned_queries, csv_ready, query, sql_file
+from coderflow.console import metrics_table, print_rows, printable, printable_table
+from coderflow.storage.db import QueryError, canned_queries, check_workdir, csv_ready, query, sql_file
 from coderflow.storage.layout import Layout
 
 UNIONS = (Union, types.UnionType)
@@ -519,7 +520,7 @@ def runs_cmd(
         r["flow_run"] = f"{base}/runs/flow-run/{r['flow_run_id']}" if base and r["flow_run_id"] else r["flow_run_id"]
         del r["flow_run_id"]
     if fmt == "json":
-        console.print_json(json.dumps(rows, default=str))
+        console.print_json(json.dumps(rows, default=str), ensure_ascii=True)
     else:
         print_rows(rows, title=f"{len(rows)} runs")
 
@@ -627,14 +628,14 @@ def report_cmd(
 
     text, warnings = build_report(Layout.at(workdir), run_id, fmt, resamples)
     if str(output) == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(printable(text))
     else:
         path = output or Path(f"report-{run_id}.{fmt}")
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text, encoding="utf-8")
         console.print(f"report of run {run_id}: {path}", highlight=False)
-    for warning in warnings:
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    for warning in map(printable, warnings):
+        err_console.print(f"[bold yellow]warning:[/] {markup_escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command(name="ablate")
@@ -684,11 +685,38 @@ def query_cmd(
     if fmt == "csv":
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(csv_ready(table), sys.stdout.buffer)
-    elif fmt == "json":
-        console.print_json(json.dumps(table.to_pylist(), default=str))
+        pacsv.write_csv(printable_table(csv_ready(table)), sys.stdout.buffer)
+    elif fmt == "json":  # ensure_ascii: a control character in a value is written as \u001b, never raw
+        console.print_json(json.dumps(table.to_pylist(), default=str), ensure_ascii=True)
     else:
         print_rows(table.to_pylist(), columns=table.column_names)
+
+
+@app.command(name="doctor")
+def doctor_cmd(
+    *,
+    workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
+    fix: Annotated[bool, Parameter(negative="", help="repair what can be recomputed")] = False,
+) -> int:
+    """Check a work directory (markers, stored files against their hashes, views, temp files, runs left running):
+    one line per problem; --fix repairs what it can and never deletes a result it cannot recompute. Exit code 1
+    while problems remain."""
+    from coderflow.storage.doctor import diagnose, repair
+    from coderflow.storage.lock import workdir_lock
+
+    layout = Layout.at(workdir)
+    check_workdir(layout)
+    findings, checked = diagnose(layout)
+    fixed = []
+    if fix and findings:
+        with workdir_lock(layout.root, "coderflow doctor --fix"):
+            findings, checked = diagnose(layout)  # again, under the lock: a run may have finished meanwhile
+            fixed = repair(layout, findings)
+    for f in findings:
+        print(printable(("fixed " if f in fixed else "") + f.line(layout.root)))
+    left = len(findings) - len(fixed)
+    print(f"{layout.root}: {checked} stored files checked, {len(findings)} problems, {len(fixed)} fixed, {left} left")
+    return 1 if left else 0
 
 
 @app.meta.default
@@ -716,10 +744,14 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 def _one_line(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, ValidationError):
-        return describe_validation_error(cause, "the flags")
-    if isinstance(exc, UnusedCliTokensError):
-        return f"unexpected argument(s) {' '.join(exc.unused_tokens)}: settings are flags, a YAML file goes after -c"
-    return " ".join(str(exc).split())
+        text = describe_validation_error(cause, "the flags")
+    elif isinstance(exc, UnusedCliTokensError):
+        text = f"unexpected argument(s) {' '.join(exc.unused_tokens)}: settings are flags, a YAML file goes after -c"
+    elif isinstance(exc, OSError) and exc.strerror and exc.filename is None:  # coderflow's own message: no [Errno]
+        text = " ".join(exc.strerror.split())
+    else:
+        text = " ".join(str(exc).split())
+    return markup_escape(printable(text))  # a value or class name in the message may hold ESC or '[/]'
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -740,7 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(tokens: list[str]) -> int:
     try:
-        app.meta(tokens, print_error=False, exit_on_error=False, help_on_error=False, result_action="return_value")
+        result = app.meta(
+            tokens, print_error=False, exit_on_error=False, help_on_error=False, result_action="return_value"
+        )
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]: finished files are kept, the rest is redone on the next run")
         return 130
@@ -755,7 +789,7 @@ def _main(tokens: list[str]) -> int:
             raise
         err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
         return 2
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0  # a command's exit code
 
 
 def entry() -> None:

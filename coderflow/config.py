@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from coderflow.storage.layout import safe_name
 
 DEFAULT_MODEL = "ViT-S-32-alt"
+MAX_IMAGE_BYTES = 256 * 2**20  # model.max_image_bytes
+MAX_IMAGE_PIXELS = 89_478_485  # model.max_image_pixels: PIL's own decompression-bomb limit (about 89 megapixels)
 TEXT_TYPES = ("name", "template", "att", "ana", "syno", "ovo")
 # CODER's one-vs-one paraphrases (CVPR24-CODER CODER/template.py:153-162): {a} differs from {b} by {x}
 CODER_OVO_TEMPLATES: tuple[str, ...] = (
@@ -159,6 +161,16 @@ class ModelConfig(_Strict):
     )
     decode_workers: int | None = Field(
         None, ge=0, description="processes that decode and preprocess images; None: one per core, 0: two threads"
+    )
+    max_image_bytes: int = Field(
+        MAX_IMAGE_BYTES,
+        ge=1,
+        description="a larger image file is an error row, never decoded (its pixels would take many times its size)",
+    )
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS,
+        ge=1,
+        description="an image with more pixels (width x height, read from its header) is an error row, never decoded",
     )
     adapter: str | None = Field(
         None, description="IMO adapter: an id from `coderflow adapter train` (in the work directory) or a file"
@@ -449,7 +461,19 @@ def load_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} not found: pass the path of a YAML file")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except yaml.YAMLError as exc:  # a syntax error, or a tag such as !!python/object that safe_load never builds
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            raise ValueError(
+                f"config file {str(p)!r}{where}: {problem}: settings are plain values, remove the tag"
+            ) from None
+        raise ValueError(f"config file {str(p)!r} is not valid YAML{where} ({problem}): fix the syntax") from None
     if not isinstance(data, dict):
         raise ValueError(
             f"config file {str(p)!r} must hold a mapping of keys (dataset:, model:, ...), not {type(data).__name__}"

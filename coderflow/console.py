@@ -4,29 +4,58 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 METRIC_DIGITS = 4
 
+# what a terminal acts on instead of showing: C0 controls but tab and newline (ESC starts OSC 52 clipboard writes,
+# titles, screen clears), DEL, C1 controls (0x9b is an 8-bit CSI) and the bidi controls that reorder a line
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
-def _cell(value: Any) -> str:
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """Outside text (LLM replies, class names, query results) safe to print: each control character a terminal would
+    act on is shown as an escape (ESC as the four characters \\x1b, U+202E as \\u202e); tab and newline are kept."""
+    return _CONTROL.sub(_escape, text)
+
+
+def printable_table(table: Any) -> Any:
+    """A pyarrow table with printable() applied to its column names and string values (CSV on standard output)."""
+    import pyarrow as pa
+
+    columns = []
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pa.array([None if v is None else printable(v) for v in column.to_pylist()], column.type)
+        columns.append(column)
+    return pa.table(columns, names=[printable(n) for n in table.column_names])
+
+
+def _cell(value: Any) -> Text:
     if value is None:
-        return ""
+        return Text("")
     if isinstance(value, float):
-        return f"{value:.{METRIC_DIGITS}f}"
-    return str(value)
+        return Text(f"{value:.{METRIC_DIGITS}f}")
+    return Text(printable(str(value)))  # Text: a '[' in a class name is not rich markup
 
 
 def rows_table(rows: Sequence[dict[str, Any]], title: str | None = None, columns: Sequence[str] | None = None) -> Table:
-    """A rich table of dict rows (floats rounded, None blank)."""
+    """A rich table of dict rows (floats rounded, None blank, control characters escaped, no markup)."""
     columns = list(columns or (rows[0].keys() if rows else ()))
-    table = Table(title=title)
+    table = Table(title=None if title is None else Text(printable(title), style="table.title"))
     for name in columns:
-        table.add_column(name)
+        table.add_column(Text(printable(str(name))))
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     return table

@@ -113,11 +113,12 @@ def check_source(cfg: PipelineConfig, split: str) -> None:
 
 
 def check_ingested(cfg: PipelineConfig, split: str) -> None:
-    """The split was ingested into the work directory (commands that read stored shards)."""
-    from coderflow.storage.shards import INGEST_MARKER
+    """The split was ingested into the work directory (commands that read stored shards); a damaged ingest marker
+    is named (DamagedFile)."""
+    from coderflow.storage.shards import ingest_info
 
     layout = Layout.at(cfg.workdir)
-    if not (layout.shard_dir(cfg.dataset.name, split) / INGEST_MARKER).exists():
+    if ingest_info(layout.shard_dir(cfg.dataset.name, split)) is None:
         raise ValueError(
             f"dataset {cfg.dataset.name!r} split {split!r} is not ingested in {layout.root}: run `coderflow ingest "
             f"--dataset.name {cfg.dataset.name} --dataset.source SOURCE --split {split}` first (or `coderflow run`)"
@@ -136,12 +137,18 @@ def preflight(
     """
     resolve_workdir(cfg.workdir)  # a URL whose fsspec package is missing fails here, before any work
     if ingests:
-        from coderflow.tasks.ingest.sources import check_distinct_splits, check_identity, make_source
+        from coderflow.tasks.ingest.sources import (
+            check_distinct_splits,
+            check_identity,
+            check_same_classes,
+            make_source,
+        )
 
         for split in dict.fromkeys(ingests):
             check_source(cfg, split)
         check_identity(cfg.dataset, cfg.workdir)  # another source under this dataset name: refused before any work
         check_distinct_splits(cfg.dataset, list(ingests))
+        check_same_classes(cfg.dataset, list(ingests))  # every split's labels index one class list
         for split in dict.fromkeys(ingests):
             make_source(cfg.dataset.model_copy(update={"split": split}))
     for split in needs:

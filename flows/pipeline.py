@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -53,8 +54,8 @@ def recorded_run(run_id: str, root: str, record: dict[str, Any]) -> Iterator[dic
     try:
         yield record["extra"]
     except BaseException:
-        record_run(run_id, root, status="failed", **record)
-        refresh_database(root)
+        _while_failing(lambda: record_run.fn(run_id, root, status="failed", **record), "recording the failed run")
+        _while_failing(lambda: refresh_database.fn(root), "refreshing the DuckDB views")
         raise
     record_run(run_id, root, status="completed", **record)
     refresh_database(root)
@@ -69,13 +70,23 @@ def refresh_unless_subflow(root: str) -> None:
         refresh_database(root)
 
 
+def _while_failing(step: Callable[[], Any], what: str) -> None:
+    """A clean-up step of a failing flow: its own failure (the same full disk, say) is logged, never raised, so the
+    error the user sees is the one that stopped the flow."""
+    try:
+        step()
+    except Exception as exc:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split()) or type(exc).__name__
+        logging.getLogger(__name__).warning("%s failed too (%s); the first error follows", what, reason)
+
+
 @contextmanager
 def refreshed_on_error(root: str) -> Iterator[None]:
     """A parent flow that fails before its run record still leaves views over what its stages stored."""
     try:
         yield
     except BaseException:
-        refresh_database(root)
+        _while_failing(lambda: refresh_database.fn(root), "refreshing the DuckDB views")
         raise
 
 

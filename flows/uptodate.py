@@ -26,7 +26,7 @@ from coderflow.config import PipelineConfig
 from coderflow.storage.layout import Layout, StoragePath, text_model_id
 from coderflow.storage.parquet_io import write_text
 from coderflow.storage.runs import versions
-from coderflow.storage.shards import ingest_info, stored_classes_id
+from coderflow.storage.shards import DamagedFile, ingest_info, stored_classes_id
 from coderflow.tasks.ingest.sources import source_listing
 
 MANIFEST = "manifest.json"
@@ -87,7 +87,10 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
     config.pop("workdir", None)
     config["model"].pop("decode_workers", None)  # how images are decoded, not what is computed
     config["dataset"] = ds.fingerprint()
-    marker = ingest_info(shard_dir) or {}
+    try:
+        marker = ingest_info(shard_dir) or {}
+    except DamagedFile:  # changed since any run: the run ingests the split again
+        marker = {"damaged": True}
     try:
         source: Any = source_listing(ds)
     except (OSError, ValueError) as exc:  # a missing source: the run itself will say so

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from coderflow.storage.integrity import intact, require_intact
 from coderflow.storage.layout import Layout, StoragePath, text_model_id
 from coderflow.storage.parquet_io import read_table, read_tables
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
@@ -43,7 +44,7 @@ def image_parts(layout: Layout, model_id: str, dataset: str, split: str) -> list
         layout.image_embedding_part(model_id, dataset, split, s.name, s.sha256)
         for s in split_shards(layout, dataset, split)
     ]
-    missing = [p for p in parts if not p.exists()]
+    missing = [p for p in parts if not intact(p)]  # a damaged part is moved aside: missing
     if missing or not parts:
         raise FileNotFoundError(
             f"{len(missing)} of {len(parts)} shards of {dataset}/{split} have no image embeddings with model "
@@ -78,8 +79,10 @@ class TextSet:
 
 
 def load_texts(layout: Layout, textbank_id: str, model_id: str) -> TextSet:
-    bank = read_table(layout.textbank_file(textbank_id))
-    parts = sorted(layout.text_embedding_dir(text_model_id(model_id)).glob("part-*.parquet"))
+    bank = read_table(
+        require_intact(layout.textbank_file(textbank_id), "run `coderflow texts` to build the bank again")
+    )
+    parts = [p for p in sorted(layout.text_embedding_dir(text_model_id(model_id)).glob("part-*.parquet")) if intact(p)]
     emb = read_tables(parts, TEXT_EMBEDDINGS, ["text_id", "embedding"])
     index = {tid: i for i, tid in enumerate(emb["text_id"].to_pylist())}
     ids = bank["text_id"].to_pylist()

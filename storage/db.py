@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import glob
+import logging
 import os
 import re
 import threading
@@ -13,7 +15,10 @@ import duckdb
 import pyarrow as pa
 
 from coderflow.storage.layout import Layout, shared_mode
+from coderflow.storage.parquet_io import no_space_message
 from coderflow.storage.schemas import CLASSES, REFERENCE_RESULTS, VIEWS
+
+log = logging.getLogger("coderflow")
 
 SQL_DIR = Path(__file__).with_name("sql")
 MACROS_FILE = Path(__file__).with_name("macros.sql")  # mcnemar_p, paired_predictions, paired_comparison
@@ -144,11 +149,12 @@ def refresh_views(layout: Layout) -> Path:
     try:
         with _connect(layout, path=fresh) as con:
             for name, pattern in layout.view_globs().items():
-                body = _empty_select(VIEWS[name])  # every column of the schema, NULL where older files lack it
-                if _has_files(layout, pattern):
-                    body += f" UNION ALL BY NAME SELECT * FROM read_parquet({_quote(pattern)}, union_by_name = true)"
-                con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
-            con.execute(f"CREATE OR REPLACE VIEW classes AS {_classes_select(layout)}")
+                _create_parquet_view(con, layout, name, pattern)
+            try:
+                con.execute(f"CREATE OR REPLACE VIEW classes AS {_classes_select(layout)}")
+            except duckdb.Error as exc:  # a damaged classnames.txt or _dataset.json: the view is empty, not the run
+                log.warning("view classes left empty: %s (see `coderflow doctor`)", _short(exc))
+                con.execute(f"CREATE OR REPLACE VIEW classes AS {_empty_select(CLASSES)}")
             con.execute(f"CREATE OR REPLACE VIEW coder_cosines AS {CODER_COSINES}")
             con.register("reference_rows", reference_results())
             con.execute("CREATE OR REPLACE TABLE reference_results AS SELECT * FROM reference_rows")
@@ -161,10 +167,51 @@ def refresh_views(layout: Layout) -> Path:
             con.execute("CHECKPOINT")  # everything in the file itself, no write-ahead log beside it
         shared_mode(fresh)
         os.replace(fresh, layout.database)
+    except (duckdb.IOException, OSError) as exc:  # a full disk: one line naming the file, like every other writer
+        if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in str(exc):
+            raise
+        raise OSError(
+            errno.ENOSPC, f"could not write {layout.database}: {no_space_message(fresh, layout.database)}"
+        ) from exc
     finally:
         fresh.unlink(missing_ok=True)
         Path(f"{fresh}.wal").unlink(missing_ok=True)
     return layout.database
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    return " ".join(str(exc).split())[:limit]
+
+
+def _create_parquet_view(con: duckdb.DuckDBPyConnection, layout: Layout, name: str, pattern: str) -> list[str]:
+    """Create one view over the Parquet files matching `pattern`. When DuckDB cannot read them all (a truncated or
+    damaged file), the view lists the readable files only and each unreadable one is named in a warning (and by
+    `coderflow doctor`): one damaged file never blocks a run or a query. Returns the files left out."""
+    body = _empty_select(VIEWS[name])  # every column of the schema, NULL where older files lack it
+    if not _has_files(layout, pattern):
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+        return []
+    read = "SELECT * FROM read_parquet({}, union_by_name = true)"
+    try:
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {body} UNION ALL BY NAME {read.format(_quote(pattern))}")
+        con.execute(f"SELECT count(*) FROM {name}").fetchone()  # reads every file's footer
+        return []
+    except duckdb.Error:
+        pass
+    files = sorted(glob.glob(pattern) if layout.is_local else layout.root.fs.glob(pattern))
+    readable, skipped = [], []
+    for file in files:
+        try:
+            con.execute(f"SELECT count(*) FROM read_parquet({_quote(file)})").fetchone()
+            readable.append(file)
+        except duckdb.Error as exc:
+            skipped.append(file)
+            log.warning("view %s leaves out %s: unreadable (%s); see `coderflow doctor`", name, file, _short(exc, 160))
+    if readable:
+        listed = "[" + ", ".join(_quote(f) for f in readable) + "]"
+        body += f" UNION ALL BY NAME {read.format(listed)}"
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+    return skipped
 
 
 def views_root(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -177,13 +224,30 @@ def views_root(con: duckdb.DuckDBPyConnection) -> str | None:
     return row[0] if row and row[1] == VIEWS_VERSION else None
 
 
+def views_problem(layout: Layout) -> str | None:
+    """What is wrong with the views database (unreadable, or built for another place or version); None if fine or
+    not built yet."""
+    if not layout.database.exists():
+        return None  # built by the next run or query
+    try:
+        with _connect(layout, read_only=True) as con:
+            root = views_root(con)
+    except duckdb.Error as exc:
+        return f"unreadable ({_short(exc, 120)})"
+    return None if root == str(layout.root) else "views built for another work directory or version"
+
+
 def _views_for(layout: Layout) -> duckdb.DuckDBPyConnection:
     """A read-only connection to views over this work directory: built, or rebuilt when they name another one."""
     if layout.database.exists():
-        con = _connect(layout, read_only=True)
-        if views_root(con) == str(layout.root):
-            return con
-        con.close()  # views over another directory (a copy or a move) or from an older coderflow: rebuild them
+        try:
+            con = _connect(layout, read_only=True)
+        except duckdb.Error as exc:  # a damaged file: it holds views only, so it is rebuilt from the stored files
+            log.warning("%s is unreadable (%s): rebuilt from the stored files", layout.database, _short(exc, 160))
+        else:
+            if views_root(con) == str(layout.root):
+                return con
+            con.close()  # views over another directory (a copy or a move) or from an older coderflow: rebuild them
     try:
         refresh_views(layout)
     except duckdb.Error as exc:

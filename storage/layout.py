@@ -147,9 +147,32 @@ def resolve_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
     return path.expanduser().resolve() if is_local(path) else path
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one path component and of a whole path (Linux, macOS: 1024)
+WORKDIR_ROOM = 1024  # bytes left for the deepest path coderflow writes inside a work directory
+
+
+def check_workdir(path: Path) -> Path:
+    """A local work directory must be short enough for the files inside it, and a folder (or not exist yet, under
+    a folder): anything else is refused in one line before any work."""
+    text = str(path)
+    shown = text if len(text) <= 120 else f"{text[:60]}...{text[-30:]} ({len(text):,} characters)"
+    if any(len(part.encode()) > NAME_MAX for part in path.parts) or len(text.encode()) > PATH_MAX - WORKDIR_ROOM:
+        raise ValueError(
+            f"work directory {shown} is too long (at most {NAME_MAX} bytes a folder name and "
+            f"{PATH_MAX - WORKDIR_ROOM} in all, to leave room for the files inside): pass a shorter --workdir"
+        )
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise ValueError(f"work directory {shown} {what}, not a folder: pass a folder to --workdir (made if missing)")
+    return path
+
+
 def resolve_workdir(workdir: str | os.PathLike[str] | StoragePath | None = None) -> StoragePath:
-    """The work directory: the explicit argument, else $CODERFLOW_HOME, else ./coderflow-data; a URL stays a URL."""
-    return resolve_path(workdir or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR)
+    """The work directory: the explicit argument, else $CODERFLOW_HOME, else ./coderflow-data; a URL stays a URL.
+    A local one is checked (check_workdir)."""
+    path = resolve_path(workdir or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR)
+    return check_workdir(path) if is_local(path) else path
 
 
 def local_cache_dir() -> Path:

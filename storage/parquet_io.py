@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coderflow.storage.layout import StoragePath, is_local, shared_mode, storage_path
+from coderflow.storage.layout import StoragePath, file_sha256, is_local, shared_mode, storage_path
 
 
 def publish_file(local_file: Path, target: StoragePath) -> None:
@@ -22,6 +22,12 @@ def publish_file(local_file: Path, target: StoragePath) -> None:
         os.replace(local_file, target)
     else:
         target.fs.put_file(str(local_file), target.path)
+
+
+def temp_prefix(name: str) -> str:
+    """`.<name>.pid<pid>.`: a temp file says which process writes it, so one left by a dead writer can be removed
+    (storage/integrity.py, `coderflow doctor --fix`)."""
+    return f".{name}.pid{os.getpid()}."
 
 
 @contextlib.contextmanager
@@ -35,7 +41,9 @@ def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
     local = is_local(target)
     if local:
         target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if local else None)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent if local else None
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     shared_mode(tmp)  # the umask's permissions, not mkstemp's 0600
@@ -49,7 +57,7 @@ def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
         publish_file(tmp, target)
     except OSError as exc:  # disk full, quota, permissions: say which file, leave no partial one behind
         if exc.errno == errno.ENOSPC:
-            raise OSError(exc.errno, f"could not write {target}: {_no_space(tmp, target)}") from exc
+            raise OSError(exc.errno, f"could not write {target}: {no_space_message(tmp, target)}") from exc
         if str(target) in str(exc):
             raise
         reason = exc.strerror or str(exc) or type(exc).__name__
@@ -62,7 +70,7 @@ def atomic_path(target: str | os.PathLike[str] | StoragePath) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _no_space(tmp: Path, target: StoragePath) -> str:
+def no_space_message(tmp: Path, target: StoragePath) -> str:
     """'No space left on device (N MiB written before it ran out, M MiB free): ...' for a write that filled the disk."""
     written = tmp.stat().st_size if tmp.exists() else 0
     try:
@@ -122,7 +130,25 @@ def write_stream(
             if failure:
                 raise failure[0] from None
             raise
+        digest = file_sha256(tmp)  # read back from the page cache: what the file holds, not what was meant
+    record_checksum(target, digest)
     return rows
+
+
+CHECKSUM_SUFFIX = ".sha256"  # `<file>.sha256` beside every Parquet file, in `sha256sum -c` format
+
+
+def checksum_path(path: str | os.PathLike[str] | StoragePath) -> StoragePath:
+    """The file that records a stored file's content hash: `<name>.sha256` beside it."""
+    path = storage_path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def record_checksum(path: str | os.PathLike[str] | StoragePath, digest: str) -> None:
+    """Record the sha256 of a file just written (after the file itself: a kill between the two leaves a file whose
+    recorded hash is missing or another's, which readers take as damaged and recompute)."""
+    path = storage_path(path)
+    write_text(f"{digest}  {path.name}\n", checksum_path(path))
 
 
 def write_table(

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from coderflow.storage.layout import Layout, safe_name
+from coderflow.storage.layout import Layout, StoragePath, safe_name
 from coderflow.storage.parquet_io import write_rows, write_text
 from coderflow.storage.schemas import RUNS
 
@@ -121,7 +121,8 @@ def this_process() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
 
 
-def _alive(process: dict[str, Any]) -> bool:
+def process_alive(process: dict[str, Any]) -> bool:
+    """Whether the process recorded as {pid, start} (start: see _process_start) still runs on this host."""
     pid = int(process.get("pid") or 0)
     if pid <= 0:
         return True  # unknown: assume alive
@@ -135,10 +136,10 @@ def _alive(process: dict[str, Any]) -> bool:
     return start is None or process.get("start") in (None, start)
 
 
-def mark_abandoned(layout: Layout) -> list[str]:
-    """Runs recorded as running by a process of this host that no longer exists (killed, crashed machine) are
-    marked `crashed`; runs of other hosts are left as they are (their process cannot be checked from here)."""
-    marked = []
+def abandoned_runs(layout: Layout) -> list[tuple[StoragePath, dict[str, Any]]]:
+    """(manifest path, manifest) of runs recorded as running by a process of this host that no longer exists; runs
+    of other hosts are left out (their process cannot be checked from here)."""
+    found = []
     host = socket.gethostname()
     for path in sorted(layout.runs_dir.glob("*/manifest.json")) if layout.runs_dir.exists() else []:
         try:
@@ -146,8 +147,15 @@ def mark_abandoned(layout: Layout) -> list[str]:
         except (OSError, ValueError):
             continue
         process = manifest.get("process") or {}
-        if manifest.get("status") != "running" or process.get("host") != host or _alive(process):
-            continue
+        if manifest.get("status") == "running" and process.get("host") == host and not process_alive(process):
+            found.append((path, manifest))
+    return found
+
+
+def mark_abandoned(layout: Layout) -> list[str]:
+    """Mark the abandoned runs (killed, crashed machine; see abandoned_runs) `crashed`; returns their ids."""
+    marked = []
+    for _, manifest in abandoned_runs(layout):
         known = {"run_id", "flow", "status", "started_at", "finished_at", "dataset", "model_id", "textbank_id",
                  "config", "versions"}  # fmt: skip
         extra = {k: v for k, v in manifest.items() if k not in known} | {"crashed_detected_at": datetime.now(UTC)}

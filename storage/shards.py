@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tarfile
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from coderflow.storage.layout import (
     shared_mode,
     storage_path,
 )
-from coderflow.storage.parquet_io import publish_file
+from coderflow.storage.parquet_io import no_space_message, publish_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 INGEST_MARKER = "_ingest.json"
@@ -63,16 +66,18 @@ def write_split(
             shutil.rmtree(stale, ignore_errors=True)  # work-directory lock, so none is in use now)
     staging = Path(tempfile.mkdtemp(prefix=f".{shard_dir.name}.", dir=shard_dir.parent if local else None))
     shared_mode(staging, directory=True)  # it becomes the split's folder: the umask's permissions, not 0700
+    current = staging  # the file being written (named in a disk-full error)
+    writer = None
     try:
         count = 0
-        writer = None
         image_hashes: list[str] = []
         for sample in samples:
             if count % samples_per_shard == 0:
                 if writer is not None:
                     writer.close()
                 # a fixed mtime makes the tar a function of its samples: the same data always has the same hash
-                writer = wds.TarWriter(str(staging / (pattern_name % (count // samples_per_shard))), mtime=0.0)
+                current = staging / (pattern_name % (count // samples_per_shard))
+                writer = wds.TarWriter(str(current), mtime=0.0)
             writer.write(sample)
             entry = image_entry(sample)
             if entry is not None:
@@ -80,19 +85,34 @@ def write_split(
             count += 1
         if writer is not None:
             writer.close()
+            writer = None
         tars = sorted(staging.glob("*.tar"))
         shards = [
             {"name": t.name, "sha256": file_sha256(t), "samples": min(samples_per_shard, count - i * samples_per_shard)}
             for i, t in enumerate(tars)
         ]
         split_id = content_id(*(s["sha256"] for s in shards))
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
-        (staging / IMAGE_HASHES).write_text(json.dumps(image_hashes))
         marker = {**info, "samples": count, "shards": shards, "split_id": split_id}
-        (staging / INGEST_MARKER).write_text(json.dumps(marker, indent=2))
+        texts = {
+            **(extra_files or {}),
+            IMAGE_HASHES: json.dumps(image_hashes),
+            INGEST_MARKER: json.dumps(marker, indent=2),
+        }
+        for name, text in texts.items():  # the marker last
+            current = staging / name
+            current.write_text(text, encoding="utf-8")
         (_swap_in if local else _upload)(staging, shard_dir)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        target = shard_dir / current.name if current != staging else shard_dir
+        raise OSError(errno.ENOSPC, f"could not write {target}: {no_space_message(current, target)}") from exc
     finally:
+        if writer is not None:  # a failed write: close its file now (freeing its space), whatever closing raises
+            with contextlib.suppress(OSError, ValueError):
+                writer.tarstream.close()
+            with contextlib.suppress(OSError, ValueError):
+                writer.close()
         shutil.rmtree(staging, ignore_errors=True)
     return list_shards(shard_dir)
 
@@ -121,10 +141,32 @@ def _upload(staging: Path, shard_dir: StoragePath) -> None:
     publish_file(staging / INGEST_MARKER, shard_dir / INGEST_MARKER)
 
 
+class DamagedFile(ValueError):
+    """A small JSON file an ingest wrote (marker, source listing, image hashes, dataset identity) that is damaged."""
+
+    def __init__(self, what: str, path: StoragePath, reason: str) -> None:
+        self.damage = f"{what} {path} is damaged ({reason})"
+        super().__init__(f"{self.damage}: --reingest rebuilds it (`coderflow ingest --reingest` for that split)")
+
+
+def read_json(path: StoragePath, what: str, kind: type = dict) -> Any:
+    """A JSON file an ingest wrote, or None when it does not exist; a truncated or invalid one (or one that holds
+    no `kind`) raises DamagedFile, which names the file and says --reingest rebuilds it."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DamagedFile(what, path, str(exc).split(" (char ")[0]) from None
+    if not isinstance(data, kind):
+        raise DamagedFile(what, path, f"it holds no JSON {'object' if kind is dict else kind.__name__}")
+    return data
+
+
 def ingest_info(shard_dir: StoragePath) -> dict[str, Any] | None:
-    """The marker a finished ingest left in a split folder, or None if the split was never completed."""
-    marker = shard_dir / INGEST_MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None
+    """The marker a finished ingest left in a split folder, or None if the split was never completed (DamagedFile
+    when it no longer parses: ingest then takes the split as not ingested)."""
+    return read_json(shard_dir / INGEST_MARKER, "ingest marker")
 
 
 @dataclass(frozen=True)
@@ -161,16 +203,17 @@ def classes_id(classnames: list[str], templates: list[str]) -> str:
 
 def stored_classes_id(layout: Layout, dataset: str) -> str | None:
     """classes_id of the dataset's classnames.txt and templates.txt as they are now (None when not written)."""
-    names, templates = layout.classnames_file(dataset), layout.templates_file(dataset)
-    if not names.exists():
-        return None
-    return classes_id(read_lines(names), read_lines(templates) if templates.exists() else [])
+    try:
+        names = read_class_file(layout.classnames_file(dataset))
+        templates = read_class_file(layout.templates_file(dataset), templates=True)
+    except ValueError:  # edited by hand into something invalid: differs from any ingest's class list
+        return "invalid"
+    return None if names is None else classes_id(names, templates or [])
 
 
 def split_image_hashes(layout: Layout, dataset: str, split: str) -> list[str]:
     """Content hashes of the split's sample images, in sample order (empty for splits ingested without them)."""
-    path = layout.shard_dir(dataset, split) / IMAGE_HASHES
-    return json.loads(path.read_text()) if path.exists() else []
+    return read_json(layout.shard_dir(dataset, split) / IMAGE_HASHES, "image hash list", list) or []
 
 
 def split_overlaps(layout: Layout, dataset: str, splits: list[str]) -> list[tuple[str, str, int]]:
@@ -289,35 +332,80 @@ def label_problem(sample: dict[str, Any], n_classes: int | None) -> str | None:
     return None
 
 
-def read_lines(path: StoragePath) -> list[str]:
-    """Non-empty stripped lines of a small text file (classnames.txt, templates.txt)."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+# Characters no class name or template line may hold: controls (tab, form feed, \x1c-\x1f, \x85, ...), the line and
+# paragraph separators U+2028/U+2029, and invisible format characters (a BOM, bidi overrides). The zero-width
+# (non-)joiners that some scripts and emoji need stay allowed.
+_KEPT_FORMAT = frozenset("\u200c\u200d")
 
 
-def class_lines(text: str) -> list[str]:
-    """Class names, one per line: stripped, trailing blank lines dropped, blank lines inside kept as ''.
+def _bad_character(text: str) -> str | None:
+    """The first control, line/paragraph separator or invisible format character of `text`, else None."""
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp") or (category == "Cf" and ch not in _KEPT_FORMAT):
+            return ch
+    return None
 
-    Dropping an inner blank line would shift every later class index by one, so it is kept for
-    validate_classnames to refuse with its line number.
-    """
-    lines = [line.strip() for line in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
+
+def _describe(ch: str) -> str:
+    return f"U+{ord(ch):04X} ({unicodedata.name(ch, 'a control character')})"
+
+
+def text_lines(text: str, source: str) -> list[str]:
+    """The lines of a class or template file: split on '\\n' only (a CRLF's '\\r' dropped), a leading UTF-8 BOM
+    removed, each NFC-normalised and stripped. A line that still holds a control, separator or invisible format
+    character is refused, naming the file and line: other tools split such a line into two (str.splitlines)."""
+    lines = []
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
+        line = unicodedata.normalize("NFC", raw.removesuffix("\r"))
+        bad = _bad_character(line)
+        if bad is not None:
+            raise ValueError(
+                f"{source} line {number}: {line.strip()[:80]!r} holds the character {_describe(bad)}, which splits "
+                "a line in two or hides in a name: remove it (one name per line, each line ending with a newline)"
+            )
+        lines.append(line.strip())
     return lines
 
 
+def read_class_file(path: str | StoragePath, templates: bool = False) -> list[str] | None:
+    """The one reader of class lists and template files (a source's, or the work directory's classnames.txt and
+    templates.txt), local or at any fsspec URL; None when the file does not exist.
+
+    Lines as `text_lines` reads them. A class list keeps blank lines inside (dropping one would shift every later
+    class index), drops trailing ones and is checked by `validate_classnames`; templates lose every blank line.
+    """
+    p = storage_path(path)
+    if not p.exists():
+        return None
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded): save it as UTF-8") from None
+    lines = text_lines(text, str(path))
+    if templates:
+        return [line for line in lines if line]
+    while lines and not lines[-1]:
+        lines.pop()
+    return validate_classnames(lines, str(path))
+
+
 def validate_classnames(names: list[str], source: str) -> list[str]:
-    """Refuse empty or duplicated class names, naming the offending entry."""
+    """The names NFC-normalised; an empty name, a duplicate (after normalisation) or a name holding a control or
+    separator character is refused, naming the offending entry."""
     if not names:
         raise ValueError(f"{source}: the class list is empty; give one class name per line")
+    names = [unicodedata.normalize("NFC", name) for name in names]
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if not name.strip():
             raise ValueError(f"{source}: class {i} has an empty name (line {i + 1}); give every class a name")
-        if name.splitlines() != [name]:
+        bad = _bad_character(name)
+        if bad is not None or name.splitlines() != [name]:
+            what = "a line separator" if name.splitlines() != [name] else f"the character {_describe(str(bad))}"
             raise ValueError(
-                f"{source}: class {i} name {name!r} contains a line separator, which would split it into two "
-                "classes: rename it (folder) or fix the line"
+                f"{source}: class {i} name {name!r} contains {what}, which would split it into two classes or hide "
+                "in it: rename it (folder) or fix the line"
             )
         if name in seen:
             raise ValueError(f"{source}: class name {name!r} appears twice (lines {seen[name] + 1} and {i + 1})")

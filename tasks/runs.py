@@ -8,6 +8,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from coderflow.storage.db import refresh_views
+from coderflow.storage.integrity import remove_dead_temp_files
 from coderflow.storage.layout import Layout
 from coderflow.storage.runs import mark_abandoned, write_run
 
@@ -27,9 +28,11 @@ def record_run(
     extra: dict[str, Any] | None = None,
 ) -> str:
     """Write the run's manifest.json and run.parquet (finished_at is set unless the run is still running). Starting a
-    run first marks runs abandoned by a dead process of this host as crashed."""
+    run first marks runs abandoned by a dead process of this host as crashed and removes the temp files of dead
+    writers."""
     layout = Layout.at(workdir)
     if status == "running":
+        remove_dead_temp_files(layout)  # what killed writers left behind (this run holds the work-directory lock)
         for crashed in mark_abandoned(layout):
             get_run_logger().warning("run %s was abandoned by a process that no longer exists: marked crashed", crashed)
     finished = None if status == "running" else datetime.now(UTC)

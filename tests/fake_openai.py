@@ -85,6 +85,7 @@ class FakeOpenAI:
         self.script: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
         self.slots: int | None = None  # set: answer GET /props like llama.cpp with this many slots
+        self.props: Reply | None = None  # set: answer GET /props with this reply (a trickle, a redirect, ...)
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -115,16 +116,12 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/props" and fake.slots:  # llama.cpp's server properties
-                    data = json.dumps({"total_slots": fake.slots}).encode()
-                    self.send_response(200)
+                if self.path.rstrip("/") == "/props" and fake.props:
+                    self._send(fake.props)
+                elif self.path.rstrip("/") == "/props" and fake.slots:  # llama.cpp's server properties
+                    self._send(Reply(200, {"total_slots": fake.slots}))
                 else:
-                    data = json.dumps({"error": {"message": f"no route {self.path}"}}).encode()
-                    self.send_response(404)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    self._send(Reply(404, {"error": {"message": f"no route {self.path}"}}))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -138,6 +135,9 @@ class FakeOpenAI:
                     reply = error(401, "Incorrect API key provided", "invalid_api_key")
                 else:
                     reply = fake._next(request)
+                self._send(reply)
+
+            def _send(self, reply: Reply) -> None:
                 time.sleep(reply.delay)
                 body = reply.body if isinstance(reply.body, str | bytes) else json.dumps(reply.body)
                 data = body if isinstance(body, bytes) else body.encode()

@@ -79,3 +79,46 @@ def test_missing_classnames_file_is_refused_before_work(prefect_server, tmp_path
     config = tmp_path / "c.yaml"
     config.write_text(f"dataset:\n  source: {image_folder}\n  kind: folder\n  classnames_file: {tmp_path}/none.txt\n")
     _refused(["ingest", "--config", str(config)], tmp_path / "w", "dataset.classnames_file", "none.txt", "not found")
+
+
+@pytest.mark.parametrize(
+    ("yaml", "needles"),
+    [
+        ("dataset:\n  name: [pets\n", ["is not valid YAML at line 3, column 1", "fix the syntax"]),
+        ("dataset:\n  name: pets\n   split: val\n", ["is not valid YAML at line 3, column 9"]),
+        ("\tdataset: {}\n", ["is not valid YAML at line 1, column 1"]),
+        ("dataset: !!python/object:os.system {}\n", ["line 1, column 10", "python/object", "remove the tag"]),
+        ("model: !!python/object/apply:os.system ['true']\n", ["python/object/apply", "remove the tag"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "ingest", "config"])
+def test_malformed_yaml_is_one_line(tmp_path: Path, command: str, yaml: str, needles: list[str]):
+    """A syntax error, or a tag that safe_load never builds, names the file and the place: no traceback."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml)
+    _refused([command, "-c", str(config)], tmp_path / "w", str(config), *needles)
+
+
+def _long_path(tmp_path: Path, kind: str) -> Path:
+    if kind == "one long name":
+        return tmp_path / ("w" * 6000)
+    return tmp_path.joinpath(*["abcde"] * 1000)  # 6,000 characters in short names
+
+
+@pytest.mark.parametrize("command", [["run"], ["ingest"], ["embed"], ["runs"], ["query", "SELECT 1"]])
+def test_a_workdir_that_is_a_file_or_too_long_is_one_line(tmp_path: Path, command: list[str]):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a folder\n")
+    cases = {
+        afile: "is a file, not a folder",
+        afile / "w": f"is inside {afile}, which is a file",
+        _long_path(tmp_path, "one long name"): "is too long",
+        _long_path(tmp_path, "short names"): "is too long",
+    }
+    for workdir, needle in cases.items():
+        result = run_cli([*command, "--workdir", str(workdir)])
+        assert result.exit_code == 2, result.output
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith("error: work directory ") and needle in last and "--workdir" in last, last
+        assert len(last) < 400, last  # a 6,000-character path is shortened in the message
+    assert afile.read_text() == "not a folder\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

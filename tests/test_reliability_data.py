@@ -12,6 +12,11 @@ Decisions this file pins down:
   a later one becomes `<key>_dup1`, with a warning and a count in the ingest marker; nothing is dropped.
 - A class list with an empty name (a blank line inside classnames.txt) or a duplicated name is refused before any
   shard is written, with a one-line error naming the file and the line.
+- Class and template files are read on '\n' only (CRLF too), without a UTF-8 BOM, NFC-normalised: a line holding
+  another line separator or a control character is refused (file and line), and so are names equal after NFC.
+- A `{split}` folder source whose splits have different class folders is refused before ingest: one class list.
+- nshards.txt must match the shards that exist; a damaged ingest marker is named, and re-ingesting rebuilds it.
+- An image over model.max_image_bytes or model.max_image_pixels (read from its header) is an error row, not decoded.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from PIL import Image
 from coderflow.storage.db import query
 from coderflow.storage.layout import Layout
 from coderflow.storage.shards import SHARD_ERROR, ingest_info, iter_samples, list_shards, write_split
-from coderflow.tasks.ingest.sources import check_samples, folder_source, wds_source
+from coderflow.tasks.ingest.sources import check_samples, folder_source, wds_shard_urls, wds_source
 
 
 # images and shards ----------------------------------------------------------------------------------------
@@ -319,3 +324,209 @@ def test_ingested_split_has_unique_keys(tmp_path: Path):
     shards = write_split(check_samples(iter(samples), 1, report), tmp_path / "s", "p-%06d.tar", 2, {})
     keys = [s["__key__"] for sh in list_shards(tmp_path / "s") for s in iter_samples(sh)]
     assert len(shards) == 3 and keys == ["k", "k_dup1", "k_dup2", "k_dup3", "k_dup4"]
+
+
+# class and template files: one reader ----------------------------------------------------------------------
+SEPARATORS = ["\u2028", "\u2029", "\x0c", "\x0b", "\x1c", "\x1d", "\x1e", "\x85", "\t", "\r", "\u202e"]
+
+
+def _class_sources(tmp_path: Path, names: str) -> tuple[Path, Path, Path]:
+    """A CLIP_benchmark root and an image folder (2 classes) with `names` as their class file."""
+    root = write_tar(tmp_path / "cb" / "test" / "0.tar", [{"__key__": "a", "png": good(0), "cls": 0}]).parents[1]
+    (root / "classnames.txt").write_bytes(names.encode())
+    folder = tmp_path / "folder"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        (folder / c / "0.png").write_bytes(good(0))
+    (tmp_path / "names.txt").write_bytes(names.encode())
+    return root, folder, tmp_path / "names.txt"
+
+
+@pytest.mark.parametrize("sep", SEPARATORS)
+def test_a_class_line_with_another_line_separator_is_refused(tmp_path: Path, sep: str):
+    """`str.splitlines` would make two classes of 'big<sep>cat': refused, naming the file and line."""
+    root, folder, names = _class_sources(tmp_path, f"dog\nbig{sep}cat\n")
+    message = f"line 2: {'big' + sep + 'cat'!r} holds the character U+{ord(sep):04X}"
+    with pytest.raises(ValueError, match=re.escape(f"{root / 'classnames.txt'} {message}")):
+        wds_source(str(root), "test")
+    with pytest.raises(ValueError, match=re.escape(f"{names} {message}")):
+        folder_source(folder, names)
+    (root / "classnames.txt").write_text("dog\ncat\n")
+    (root / "zeroshot_classification_templates.txt").write_bytes(f"a photo of a {{c}}.\na{sep}{{c}}\n".encode())
+    with pytest.raises(ValueError, match=re.escape("zeroshot_classification_templates.txt line 2")):
+        wds_source(str(root), "test")
+
+
+def test_class_files_lose_a_bom_and_crlf_and_are_nfc(tmp_path: Path):
+    root, folder, names = _class_sources(tmp_path, "\ufeffcafe\u0301\r\ndog\r\n")
+    assert wds_source(str(root), "test").classnames == ["caf\u00e9", "dog"]
+    assert folder_source(folder, names).classnames == ["caf\u00e9", "dog"]
+    (root / "zeroshot_classification_templates.txt").write_bytes("\ufeffa photo of a {c}.\r\n\r\n".encode())
+    assert wds_source(str(root), "test").templates == ["a photo of a {c}."]
+
+
+def test_class_names_equal_after_nfc_are_one_name_twice(tmp_path: Path):
+    root, folder, names = _class_sources(tmp_path, "caf\u00e9\ncafe\u0301\n")
+    with pytest.raises(ValueError, match="'caf\u00e9' appears twice \\(lines 1 and 2\\)"):
+        wds_source(str(root), "test")
+    with pytest.raises(ValueError, match="appears twice"):
+        folder_source(folder, names)
+
+
+def test_a_bad_class_file_stops_ingest_in_one_line(tmp_path: Path):
+    root, _, _ = _class_sources(tmp_path, "dog\u2028cat\nbird\n")
+    workdir = tmp_path / "w"
+    result = run_cli(["ingest", "--workdir", workdir, "--dataset.name", "cb", "--source", root, "--kind", "wds"])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"{root / 'classnames.txt'} line 1" in last and "U+2028" in last, last
+    assert not workdir.exists()
+
+
+# splits of one dataset share one class list ---------------------------------------------------------------
+def test_fewshot_on_splits_with_other_class_folders_is_refused_before_ingest(tmp_path: Path):
+    """train has an extra class, val lacks one: each split's labels would index another list than classnames.txt."""
+    folders = {"train": ("cat", "dog", "emu", "zebra"), "val": ("cat", "emu"), "test": ("cat", "dog", "emu")}
+    for split, classes in folders.items():
+        for ci, name in enumerate(classes):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            (tmp_path / "pets" / split / name / "0.png").write_bytes(good(ci))
+    workdir = tmp_path / "w"
+    source = str(tmp_path / "pets" / "{split}")
+    result = run_cli(["fewshot", "--workdir", workdir, "--source", source, "--kind", "folder", "--shots", "1"])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "different class folders" in last, last
+    assert "val lacks 'dog', 'zebra'" in last and "test lacks 'zebra'" in last and "train lacks" not in last, last
+    assert "same class folders" in last, last
+    assert not workdir.exists()
+
+
+# nshards.txt -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [
+        ("50000000", "says 50,000,000 shards, but"),
+        ("3", "says 3 shards, but"),
+        ("lots", "holds 'lots', not a number of shards"),
+    ],
+)
+def test_an_nshards_count_that_does_not_match_the_shards_is_refused(tmp_path: Path, count: str, message: str):
+    from conftest import write_clip_benchmark
+
+    root = write_clip_benchmark(tmp_path / "cb")  # 2 shards
+    (root / "test" / "nshards.txt").write_text(count + "\n")
+    workdir = tmp_path / "w"
+    result = run_cli(["ingest", "--workdir", workdir, "--dataset.name", "cb", "--source", root, "--kind", "wds"])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(root / "test" / "nshards.txt") in last and message in last, last
+    assert not workdir.exists()
+
+
+def test_a_matching_nshards_count_is_used(tmp_path: Path):
+    from conftest import write_clip_benchmark
+
+    root = write_clip_benchmark(tmp_path / "cb", n_shards=3)
+    assert [Path(u).name for u in wds_shard_urls(str(root), "test")] == ["0.tar", "1.tar", "2.tar"]
+
+
+# damaged ingest files ----------------------------------------------------------------------------------------
+@pytest.mark.flow
+def test_a_damaged_ingest_marker_is_named_and_reingest_rebuilds_it(prefect_server, tmp_path: Path):
+    workdir = tmp_path / "w"
+    base = ["--workdir", workdir, "--dataset.demo-images-per-class", "2"]
+    assert run_cli(["ingest", *base]).exit_code == 0
+    shard_dir = Layout.at(workdir).shard_dir("demo", "test")
+    marker = shard_dir / "_ingest.json"
+    marker.write_text(marker.read_text()[:60])  # cut mid-value, as a crash of the disk would
+    for command in (["embed", *base], ["texts", *base], ["classify", *base]):
+        out = run_cli(command)
+        last = out.output.strip().splitlines()[-1]
+        assert out.exit_code == 2 and last.startswith("error: "), out.output
+        assert f"ingest marker {marker} is damaged (" in last and "--reingest rebuilds it" in last, last
+    (shard_dir / "_source.json").write_text("{")
+    out = run_cli(["ingest", *base])  # no --reingest needed: a damaged marker is a split not ingested
+    assert out.exit_code == 0, out.output
+    assert ingest_info(shard_dir)["samples"] == 20
+    assert run_cli(["ingest", *base]).output.strip().endswith("(up to date)")
+
+
+@pytest.mark.parametrize("damaged", ["_ingest.json", "_source.json"])
+def test_a_damaged_ingest_file_means_ingest_again_with_a_warning(tmp_path: Path, damaged: str):
+    from coderflow.config import DatasetConfig
+    from coderflow.tasks.ingest.task import reingest_reason
+
+    cfg = DatasetConfig(demo_images_per_class=1)
+    layout = Layout.at(tmp_path)
+    shard_dir = layout.shard_dir("demo", "test")
+    write_split(
+        iter([{"__key__": "a", "png": good(0), "cls": 0}]), shard_dir, "d-%06d.tar", 5, {}, {"_source.json": "{}"}
+    )
+    (shard_dir / damaged).write_bytes(b'{\n  "config": {\n    "name": "de')
+    warnings: list[str] = []
+    assert reingest_reason(cfg, layout, {}, warnings.append) == "a damaged ingest file"
+    what = {"_ingest.json": "ingest marker", "_source.json": "source listing"}[damaged]
+    assert warnings == [
+        f"{what} {shard_dir / damaged} is damaged (Unterminated string starting at: line 3 column 13): "
+        "ingesting the split again"
+    ]
+
+
+# images too large to decode ----------------------------------------------------------------------------------
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header says width x height (the pixel data stays that of a 16x16 image)."""
+    import struct
+    import zlib
+
+    data = bytearray(good(1))
+    ihdr = 8  # the IHDR chunk follows the 8-byte signature: length, type, 13 bytes of data, crc
+    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 21]))
+    data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_images_over_the_size_limits_are_error_rows_never_decoded(monkeypatch):
+    from PIL import ImageFile
+
+    from coderflow.tasks.embed.encode import DecodeLimits, embed_samples
+    from coderflow.tasks.embed.model import load_model
+
+    assert Image.open(io.BytesIO(_png_claiming(10_000, 9_000))).size == (10_000, 9_000)
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):  # a decode of the 90-megapixel image would take 270 MB here (12 GB for a real big one)
+        assert self.size[0] * self.size[1] <= 1_000_000, f"decoded a {self.size} image"
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    noise = _png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    samples = [
+        {"__key__": "huge", "png": _png_claiming(10_000, 9_000), "cls": 0},
+        {"__key__": "heavy", "png": noise, "cls": 0},
+        {"__key__": "fine", "png": good(2), "cls": 0},
+    ]
+    limits = DecodeLimits(max_bytes=len(noise) - 1)
+    meta = {"dataset": "d", "split": "s", "shard": "x"}
+    rows = embed_samples(samples, load_model("ViT-S-32-alt"), 2, meta, n_classes=1, limits=limits).to_pylist()
+    assert [(r["sample_key"], r["status"]) for r in rows] == [("huge", "error"), ("heavy", "error"), ("fine", "ok")]
+    assert "image is 10000x9000 pixels (90.0 MP), over model.max_image_pixels (89.5 MP)" in rows[0]["error"]
+    assert "over model.max_image_bytes" in rows[1]["error"] and rows[1]["embedding"] is None
+
+
+@pytest.mark.flow
+def test_image_size_limits_are_settings_of_the_embed_command(prefect_server, tmp_path: Path):
+    folder = tmp_path / "photos"
+    for ci, name in enumerate(("a", "b")):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "small.png").write_bytes(good(ci))
+    (folder / "b" / "wide.png").write_bytes(_png(Image.new("RGB", (2000, 600), (9, 9, 9))))
+    base = ["--workdir", tmp_path / "w", "--source", folder, "--kind", "folder"]
+    assert run_cli(["ingest", *base]).exit_code == 0
+    out = run_cli(["embed", *base, "--model.max-image-pixels", "1000000", "--max-failure-rate", "0.5"])
+    assert out.exit_code == 0, out.output
+    rows = query(Layout.at(tmp_path / "w"), "SELECT status, error FROM image_embeddings ORDER BY status").to_pylist()
+    assert [r["status"] for r in rows] == ["error", "ok", "ok"]
+    assert "2000x600 pixels (1.2 MP), over model.max_image_pixels (1.0 MP)" in rows[0]["error"]

@@ -26,6 +26,7 @@ from fake_openai import API_KEY, FakeOpenAI, structured
 
 from coderflow.storage import db, parquet_io
 from coderflow.storage.arrays import load_images
+from coderflow.storage.integrity import problem
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table, write_stream, write_table, write_text
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, METRICS
@@ -57,7 +58,8 @@ def test_disk_full_in_parquet_write_leaves_no_partial_file(tmp_path: Path, monke
         write_table(pa.table({"a": [2]}), target)
     assert info.value.errno == errno.ENOSPC
     monkeypatch.undo()
-    assert _only(tmp_path) == ["t.parquet"] and read_table(target)["a"].to_pylist() == [1]
+    assert _only(tmp_path) == ["t.parquet", "t.parquet.sha256"] and read_table(target)["a"].to_pylist() == [1]
+    assert problem(target) is None  # the recorded hash is still the old file's
 
 
 def test_disk_full_on_rename_leaves_no_partial_file(tmp_path: Path, monkeypatch):
@@ -272,6 +274,55 @@ def test_disk_full_is_one_line_naming_the_file_and_the_space(tiny_disk: Path):
     out = run_cli(["ingest", "--workdir", str(tiny_disk / "w"), "--dataset.demo-images-per-class", "400"])
     lines = out.output.strip().splitlines()
     assert out.exit_code == 2 and lines[-1].startswith("error: ") and "No space left" in lines[-1], out.output
+
+
+def test_disk_full_while_writing_shards_names_the_shard_and_the_space(tiny_disk: Path):
+    """The shard writer's full disk is the same one line as every other writer's: the file, written and free MiB."""
+    shard_dir = tiny_disk / "shards" / "d" / "test"
+    noise = os.urandom(300_000)  # incompressible: four of them overflow the 1 MiB disk
+    samples = ({"__key__": f"k{i}", "png": noise + bytes([i]), "cls": 0} for i in range(6))
+    with pytest.raises(OSError) as err:
+        write_split(samples, shard_dir, "d-%06d.tar", 2, {})
+    message = str(err.value)
+    assert err.value.errno == errno.ENOSPC
+    assert re.search(
+        rf"could not write {re.escape(str(shard_dir))}/d-00000\d\.tar: No space left on device \(", message
+    )
+    assert "MiB written before it ran out" in message and "MiB free" in message, message
+    assert _only(shard_dir.parent) == []  # no staging folder left behind
+
+
+def test_disk_full_while_refreshing_the_views_is_one_line(tiny_disk: Path):
+    layout = Layout.at(tiny_disk / "w")
+    layout.root.mkdir()
+    with pytest.raises(OSError), open(tiny_disk / "filler", "wb", buffering=0) as f:  # fill it to its last block
+        while True:
+            f.write(b"\0" * 4096)
+    with pytest.raises(OSError) as err:
+        db.refresh_views(layout)
+    message = str(err.value)
+    assert err.value.errno == errno.ENOSPC and f"could not write {layout.database}: No space left" in message
+    assert "MiB free" in message and _only(layout.root) == []
+
+
+@pytest.mark.flow
+def test_disk_full_in_a_run_is_the_first_error_even_when_the_view_refresh_fails(prefect_server, tiny_disk: Path):
+    out = run_cli(["run", "--workdir", tiny_disk / "w", "--dataset.demo-images-per-class", "400", "--methods", "clip"])
+    last = out.output.strip().splitlines()[-1]
+    assert out.exit_code == 2, out.output
+    assert last.startswith("error: could not write ") and ".tar: No space left on device (" in last, last
+    assert "MiB free" in last and "IOException" not in last, last
+
+
+def test_a_failing_clean_up_never_replaces_the_error_that_stopped_the_flow(tmp_path: Path, monkeypatch):
+    from coderflow.flows import pipeline
+
+    def refresh_fails(workdir: str) -> str:
+        raise OSError(errno.ENOSPC, "could not write coderflow.duckdb: No space left on device")
+
+    monkeypatch.setattr(pipeline.refresh_database, "fn", refresh_fails)
+    with pytest.raises(OSError, match=r"could not write shard\.tar"), pipeline.refreshed_on_error(str(tmp_path)):
+        raise OSError(errno.ENOSPC, "could not write shard.tar: No space left on device")
 
 
 @pytest.mark.flow

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error, make_generator
 
 from coderflow.tasks.texts.llm import LLMConfigError, LLMGenerator, synonym_request
@@ -178,3 +182,136 @@ def test_a_server_trickling_bytes_hits_the_total_deadline(tmp_path):
         assert gen.synonyms(["cat"], 3) == [[]]
         assert time.monotonic() - start < 4 and len(server.requests) == 2
         assert "timeout" in gen.failures[0]["problem"].lower() or "Timeout" in gen.failures[0]["problem"]
+
+
+def _finishes(fn, seconds: float):
+    """fn() run in a thread: its result, or a test failure (not a hung test) when it runs past `seconds`."""
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    return out[0]
+
+
+def test_a_trickling_props_probe_hits_the_total_deadline(tmp_path):
+    """llama.cpp's GET /props asked for the server's slots: a server trickling its body (one byte every 0.05 s, for
+    over an hour) costs one request deadline (0.5 s), then the default concurrency is used."""
+    with FakeOpenAI() as server:
+        server.props = Reply(200, b" " * 100_000, trickle=0.05)
+        start = time.monotonic()
+        gen = _finishes(lambda: make_generator(server, tmp_path, timeout=0.5, max_workers=None), 10)
+        assert time.monotonic() - start < 3 and gen.max_workers == 4
+
+
+DEEP = "[" * 100_000  # json.loads raises RecursionError on it, not a JSONDecodeError
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        [Reply(200, DEEP)] * 3,  # the HTTP body
+        [completion(DEEP)] * 4,  # the message content: structured, then plain
+        [completion('{"synonyms": ' + "[" * 100_000 + '"kitty"' + "]" * 100_000 + "}")] * 4,
+    ],
+    ids=["body", "content", "content-closed"],
+)
+def test_a_deeply_nested_reply_is_a_failed_request(tmp_path, replies):
+    with FakeOpenAI() as server:
+        server.push(*replies)
+        gen = make_generator(server, tmp_path, max_retries=2, content_retries=1, max_workers=1)
+        assert gen.synonyms(["cat"], 3) == [[]]  # recorded as a failed request, the stage goes on
+        assert gen.usage.failed == 1 and len(server.requests) == len(replies)
+        assert gen.synonyms(["dog"], 3)[0]  # the next request is answered
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_refused_in_one_line_before_any_retry(tmp_path, status):
+    """Following a redirect could send the API key to another host: it is refused at once, naming both addresses."""
+    with FakeOpenAI() as server:
+        elsewhere = "http://attacker.example:9/v1/chat/completions?token=abc"
+        server.responder = lambda req: Reply(status, "", {"location": elsewhere})
+        gen = make_generator(server, tmp_path, max_retries=3)
+        with pytest.raises(LLMConfigError) as info:
+            gen.synonyms(["cat", "dog", "cow", "emu", "yak", "owl"], 3)
+    message = str(info.value)
+    assert f"HTTP {status}" in message and server.base_url in message and "attacker.example:9" in message
+    assert "token=abc" not in message and "set --texts.llm.base_url to the final address" in message
+    subjects = [r["messages"][-1]["content"] for r in server.requests]
+    # no request asked twice; at most one per worker (2) was in flight when the first refusal came
+    assert len(subjects) == len(set(subjects)) <= 2 * 2
+
+
+# the same faults met through `coderflow texts` ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_workdir(prefect_server, tmp_path_factory) -> Path:
+    """An ingested demo dataset (10 classes, one image each): `coderflow texts` asks one request per class."""
+    from coderflow.config import DatasetConfig
+    from coderflow.flows.pipeline import ingest_dataset
+
+    workdir = tmp_path_factory.mktemp("llm-cli") / "w"
+    ingest_dataset(DatasetConfig(demo_images_per_class=1, samples_per_shard=10), str(workdir))
+    return workdir
+
+
+def _texts_args(workdir: Path, server: FakeOpenAI, *extra: str) -> list[str]:
+    args = ["texts", "--workdir", str(workdir), "--generator", "llm", "--texts.types", "name,att"]
+    return [*args, "--texts.llm.model", "fake-model", "--texts.llm.base-url", server.base_url, *extra]
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_cli_a_trickling_props_endpoint_cannot_hang_the_texts_stage(demo_workdir, tmp_path):
+    """`coderflow texts --texts.llm.timeout 3` against a server whose GET /props sends a byte every second, forever."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    with FakeOpenAI() as server:
+        server.props = Reply(200, b" " * 100_000, trickle=1.0)
+        workdir = tmp_path / "w"
+        shutil.copytree(demo_workdir, workdir)
+        cli = str(Path(sys.executable).with_name("coderflow"))
+        env = {**os.environ, "OPENAI_API_KEY": API_KEY, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        args = _texts_args(workdir, server, "--texts.llm.timeout", "3")
+        try:
+            done = subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"coderflow texts still running after 240 s: {(exc.stderr or b'')[-2000:]!r}")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert len(server.requests) == 10  # the stage went on with the default concurrency
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_cli_deeply_nested_replies_are_failed_requests(demo_workdir, tmp_path):
+    """Replies nested 100,000 deep (in the body or the message content) are failed requests: the stage finishes,
+    the bank keeps its name prompts, and the report lists the failures."""
+    with FakeOpenAI() as server:
+        server.responder = lambda req: Reply(200, DEEP) if "response_format" in req else completion(DEEP)
+        workdir = tmp_path / "w"
+        shutil.copytree(demo_workdir, workdir)
+        args = _texts_args(workdir, server, "--texts.llm.max-retries", "1", "--texts.llm.max-concurrency", "2")
+        done = run_cli(args, env={"OPENAI_API_KEY": API_KEY})
+        assert done.exit_code == 0, done.output
+        assert "RecursionError" not in done.output and "Traceback" not in done.output
+    (report,) = (workdir / "texts").glob("*.report.json")
+    failures = json.loads(report.read_text())["generator"]["failures"]
+    assert len(failures) == 10 and all(f["kind"] == "att" for f in failures)
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_cli_a_redirect_is_one_line_before_any_retry(demo_workdir, tmp_path):
+    with FakeOpenAI() as server:
+        server.responder = lambda req: Reply(307, "", {"location": "https://other.example/v1/chat/completions"})
+        workdir = tmp_path / "w"
+        shutil.copytree(demo_workdir, workdir)
+        done = run_cli(_texts_args(workdir, server), env={"OPENAI_API_KEY": API_KEY})
+    lines = done.output.strip().splitlines()
+    assert done.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.output
+    assert server.base_url in lines[0] and "https://other.example/v1/chat/completions" in lines[0]
+    assert "set --texts.llm.base_url to the final address" in lines[0]
+    subjects = [r["messages"][-1]["content"] for r in server.requests]
+    assert len(subjects) == len(set(subjects)) < 10  # none asked twice, the stage stopped at the first refusal

@@ -16,7 +16,7 @@ from conftest import tiny_demo_config
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.uptodate import check_inputs
-from coderflow.storage import db, parquet_io, shards
+from coderflow.storage import db, integrity, parquet_io, shards
 from coderflow.storage.layout import Layout, is_local, resolve_workdir, storage_path
 from coderflow.storage.schemas import VIEWS
 
@@ -57,7 +57,9 @@ def test_parquet_and_text_files_round_trip_at_a_url(memory_layout):
     assert parquet_io.read_table(str(target), ["value"]).column("value").to_pylist() == [0.75]
     parquet_io.write_text("bank-1", memory_layout.textbank_alias("d"))
     assert memory_layout.textbank_alias("d").read_text() == "bank-1"
-    assert sorted(p.name for p in memory_layout.run_dir("r1").iterdir()) == ["metrics.parquet"]  # no temp left
+    names = sorted(p.name for p in memory_layout.run_dir("r1").iterdir())
+    assert names == ["metrics.parquet", "metrics.parquet.sha256"]  # no temp left; the hash of the last version
+    assert integrity.problem(target) is None
 
 
 def test_a_failed_write_at_a_url_leaves_the_old_file(memory_layout):
@@ -132,6 +134,7 @@ def s3_bucket(tmp_path_factory):
                     time.sleep(0.2)
             import s3fs
 
+            s3fs.S3FileSystem.clear_instance_cache()  # no client of another test's server
             bucket = f"coderflow-{uuid.uuid4().hex[:8]}"
             fs = s3fs.S3FileSystem(skip_instance_cache=True)
             fs.mkdir(bucket)
@@ -139,6 +142,9 @@ def s3_bucket(tmp_path_factory):
         finally:
             server.terminate()
             server.wait(timeout=30)
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()  # cached clients would call this stopped server
 
 
 def _metrics(workdir: str) -> list[dict]:

@@ -11,6 +11,7 @@ from prefect import task
 
 from coderflow.config import CoderConfig
 from coderflow.storage.arrays import TextSet, list_matrix, load_texts
+from coderflow.storage.integrity import intact
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table, write_stream
 from coderflow.storage.schemas import CODER
@@ -32,7 +33,7 @@ def build_coder_shard(
     texts = _texts(str(layout.root), textbank_id, model_id)
     top_k = min(cfg.top_k, len(texts.text_ids)) if cfg.format == "sparse" else None
     out = layout.coder_part(model_id, textbank_id, dataset, split, image_part, f"top{top_k}" if top_k else "dense")
-    if out.exists():
+    if intact(out):  # a damaged file is moved aside and built again
         return {"path": str(out), "rows": read_table(out, ["sample_key"]).num_rows, "skipped": True}
     table = read_table(image_part, ["sample_key", "label", "embedding", "status", "shard_hash"])
     shard_hash = table["shard_hash"][0].as_py() if table.num_rows else None

@@ -19,14 +19,42 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from coderflow.config import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, list_array, repeated
 from coderflow.storage.shards import image_entry, label_problem, sample_error, sample_label
 from coderflow.tasks.embed.model import LoadedModel
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes to RGB (palette/alpha, CMYK and 16-bit images included)."""
-    img = Image.open(io.BytesIO(data))
+@dataclass(frozen=True)
+class DecodeLimits:
+    """The largest image decoded (model.max_image_bytes, model.max_image_pixels): a larger one is an error row."""
+
+    max_bytes: int = MAX_IMAGE_BYTES
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+
+def too_large(size: int, limits: DecodeLimits) -> str | None:
+    """Why an image file of `size` bytes is not decoded, else None."""
+    if size <= limits.max_bytes:
+        return None
+    return (
+        f"image file is {size / 2**20:.1f} MiB, over model.max_image_bytes ({limits.max_bytes / 2**20:.1f} MiB): "
+        "not decoded; shrink it or raise the limit"
+    )
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Decode image bytes to RGB (palette/alpha, CMYK and 16-bit images included). A file or an image (width x
+    height, read from its header) over `limits` raises ValueError before any pixel is decoded."""
+    if (reason := too_large(len(data), limits)) is not None:
+        raise ValueError(reason)
+    img = Image.open(io.BytesIO(data))  # reads the header only
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ValueError(
+            f"image is {width}x{height} pixels ({width * height / 1e6:.1f} MP), over model.max_image_pixels "
+            f"({limits.max_pixels / 1e6:.1f} MP): not decoded; shrink it or raise the limit"
+        )
     img.load()
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)
@@ -39,12 +67,15 @@ def decode_image(data: bytes) -> Image.Image:
     return img.convert("RGB")
 
 
+NOT_DECODED = "__not_decoded__"  # why a sample's image was left out before decoding (it is then an error row)
+
+
 def _prepare(
-    sample: dict[str, Any], preprocess: Any, n_classes: int | None = None
+    sample: dict[str, Any], preprocess: Any, n_classes: int | None = None, limits: DecodeLimits = DecodeLimits()
 ) -> tuple[dict[str, Any], torch.Tensor | None]:
     row = {"sample_key": sample.get("__key__"), "label": sample_label(sample), "status": "ok", "error": None}
-    problem = sample_error(sample) or label_problem(sample, n_classes)
-    if problem is not None:  # a damaged shard, or a label no class matches: recorded, not embedded
+    problem = sample_error(sample) or label_problem(sample, n_classes) or sample.get(NOT_DECODED)
+    if problem is not None:  # a damaged shard, a label no class matches, an over-size file: recorded, not embedded
         row.update(status="error", error=problem[:500])
         return row, None
     entry = image_entry(sample)
@@ -52,10 +83,20 @@ def _prepare(
         row.update(status="error", error="sample has no image entry")
         return row, None
     try:
-        return row, preprocess(decode_image(entry[1]))
+        return row, preprocess(decode_image(entry[1], limits))
     except Exception as exc:  # any decoder failure is a per-row error, the shard goes on
         row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
         return row, None
+
+
+def _screened(samples: Iterable[dict[str, Any]], limits: DecodeLimits) -> Iterator[dict[str, Any]]:
+    """Samples whose image file is over the byte limit lose their bytes for the reason, so that the bytes never
+    travel to a decode worker."""
+    for sample in samples:
+        entry = image_entry(sample)
+        if entry is not None and (reason := too_large(len(entry[1]), limits)) is not None:
+            sample = {k: v for k, v in sample.items() if k != entry[0]} | {NOT_DECODED: reason}
+        yield sample
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -93,8 +134,10 @@ def _init_worker(preprocess: Any) -> None:
     _WORKER_PREPROCESS = preprocess
 
 
-def _prepare_in_worker(sample: dict[str, Any], n_classes: int | None) -> tuple[dict[str, Any], np.ndarray | None]:
-    row, tensor = _prepare(sample, _WORKER_PREPROCESS, n_classes)
+def _prepare_in_worker(
+    sample: dict[str, Any], n_classes: int | None, limits: DecodeLimits
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    row, tensor = _prepare(sample, _WORKER_PREPROCESS, n_classes, limits)
     return row, None if tensor is None else tensor.numpy()  # by value: no shared-memory handles to run out of
 
 
@@ -149,6 +192,7 @@ def embed_samples(
     n_classes: int | None = None,
     workers: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> pa.Table:
     """Embed raw WebDataset samples; rows keep input order and carry status/error for undecodable images.
 
@@ -158,19 +202,20 @@ def embed_samples(
     integer) makes the row status 'error' ("label 12 out of range for 10 classes"), so classification and metrics
     never see it; a sample without a label stays 'ok' (predicted, left out of the metrics). A shard-error sample
     (see storage.shards.SHARD_ERROR) becomes an error row keyed `<shard>#shard`. `on_batch` is called with the
-    number of samples of each finished batch (progress reports).
+    number of samples of each finished batch (progress reports). An image over `limits` (file bytes, or pixels in
+    its header) becomes an error row without being decoded.
     """
     rows: list[dict[str, Any]] = []
     vectors: list[np.ndarray] = []
     if workers > 0:  # worker processes (shared by the shards of this process), batches split among them
         pool: Executor = decode_pool(lm.preprocess, workers)
-        prepare: Any = partial(_prepare_in_worker, n_classes=n_classes)
+        prepare: Any = partial(_prepare_in_worker, n_classes=n_classes, limits=limits)
         chunksize = max(1, batch_size // (2 * workers))
     else:
         pool = ThreadPoolExecutor(max_workers=max(1, decode_threads))
-        prepare, chunksize = partial(_prepare, preprocess=lm.preprocess, n_classes=n_classes), 1
+        prepare, chunksize = partial(_prepare, preprocess=lm.preprocess, n_classes=n_classes, limits=limits), 1
     try:
-        for prepared in _decoded_batches(samples, prepare, batch_size, pool, chunksize):
+        for prepared in _decoded_batches(_screened(samples, limits), prepare, batch_size, pool, chunksize):
             ok = [torch.as_tensor(tensor) for _, tensor in prepared if tensor is not None]
             if ok:
                 vectors.append(encode_images(torch.stack(ok), lm))

@@ -13,12 +13,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from coderflow.config import ModelConfig
 from coderflow.storage.arrays import image_parts
+from coderflow.storage.integrity import intact
 from coderflow.storage.layout import Layout, file_sha256, text_model_id
 from coderflow.storage.parquet_io import read_table, write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS
-from coderflow.storage.shards import iter_samples, read_lines, split_shards
+from coderflow.storage.shards import iter_samples, read_class_file, split_shards
 from coderflow.tasks import named_after_shard, retry_transient, shard_name
-from coderflow.tasks.embed.encode import decode_workers, embed_samples
+from coderflow.tasks.embed.encode import DecodeLimits, decode_workers, embed_samples
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.embed.text_store import TextStore
 
@@ -84,7 +85,7 @@ def embed_shard(
     layout = Layout.at(workdir)
     mid = configured_model_id(model, workdir)
     out = layout.image_embedding_part(mid, dataset, split, shard, shard_hash)
-    if out.exists():
+    if intact(out):  # a damaged file is moved aside and embedded again
         status = read_table(out, ["status"])["status"]
         n_err = pc.sum(pc.equal(status, "error")).as_py() or 0
         return {"path": str(out), "rows": len(status), "errors": n_err, "skipped": True}
@@ -95,13 +96,15 @@ def embed_shard(
             f"re-run `coderflow ingest --dataset {dataset} --split {split} --reingest`"
         )
     lm = load_configured(model, workdir)
-    names_file = layout.classnames_file(dataset)
-    n_classes = len(read_lines(names_file)) if names_file.exists() else None
+    names = read_class_file(layout.classnames_file(dataset))
+    n_classes = len(names) if names is not None else None
     meta = {"dataset": dataset, "split": split, "shard": Path(shard).stem, "shard_hash": shard_hash}
     workers = decode_workers(model.decode_workers)
     progress = BatchProgress(f"embed {shard_name(shard)}", samples)
+    limits = DecodeLimits(model.max_image_bytes, model.max_image_pixels)
     table = embed_samples(
-        iter_samples(shard), lm, model.batch_size, meta, n_classes=n_classes, workers=workers, on_batch=progress
+        iter_samples(shard), lm, model.batch_size, meta, n_classes=n_classes, workers=workers, on_batch=progress,
+        limits=limits,
     )  # fmt: skip
     progress.finish()
     write_table(table, out, IMAGE_EMBEDDINGS)

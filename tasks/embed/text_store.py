@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from coderflow.storage.integrity import intact
 from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import read_table, write_rows
 from coderflow.storage.schemas import TEXT_EMBEDDINGS
@@ -31,7 +32,8 @@ class TextStore:
         self.encoded = 0
 
     def _parts(self) -> list:
-        return sorted(self.layout.text_embedding_dir(self.text_model_id).glob("part-*.parquet"))
+        parts = sorted(self.layout.text_embedding_dir(self.text_model_id).glob("part-*.parquet"))
+        return [p for p in parts if intact(p)]  # a damaged part is moved aside: its texts are embedded again
 
     def stored_ids(self) -> set[str]:
         """Ids of every text embedded with this model so far (stored or pending)."""

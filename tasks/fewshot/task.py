@@ -18,6 +18,7 @@ from coderflow.storage.layout import Layout, content_id
 from coderflow.storage.parquet_io import atomic_path, read_table, write_table, write_text
 from coderflow.storage.schemas import FEWSHOT_SUPPORT, PREDICTIONS
 from coderflow.storage.shards import (
+    DamagedFile,
     ingest_info,
     iter_samples,
     list_shards,
@@ -30,13 +31,15 @@ from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.scorers import SCORERS, Cell
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
-from coderflow.tasks.ingest.sources import check_distinct_splits
+from coderflow.tasks.ingest.sources import check_distinct_splits, check_same_classes
+from coderflow.tasks.report.tables import markdown_escape
 
 
 @task(name="check-splits")
 def refuse_shared_splits(dataset: DatasetConfig, splits: list[str], workdir: str) -> None:
-    """Before any work: the splits must not resolve to the same source folder."""
+    """Before any work: the splits must not resolve to the same source folder, and must have the same classes."""
     check_distinct_splits(dataset, splits)
+    check_same_classes(dataset, splits)
 
 
 @task(name="check-split-overlap")
@@ -83,7 +86,11 @@ def write_augmented_split(
     # keyed by the train split's content too: a re-ingested train split never matches old augmented views
     split = f"{train_split}-aug-{content_id(train_id, str(views), str(seed), *pool, length=10)}"
     out = layout.shard_dir(dataset, split)
-    if ingest_info(out) is None:
+    try:
+        done = ingest_info(out)
+    except DamagedFile:  # written again below
+        done = None
+    if done is None:
         wanted = set(pool)
         raw = (
             s for shard in list_shards(layout.shard_dir(dataset, train_split)) for s in iter_samples(shard)
@@ -270,7 +277,8 @@ def accuracy_table(run_id: str, workdir: str) -> list[dict[str, Any]]:
     sql = sql_file("fewshot_summary").rstrip().rstrip(";")
     rows = query(layout, sql, {"run_id": run_id}).to_pylist()
     lines = ["| method | shots | seeds | top-1 mean | std |", "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['shots']} | {r['seeds']} | {r['top1_mean']} | {r['top1_std']} |" for r in rows]
+    cells = [(r["method"], r["shots"], r["seeds"], r["top1_mean"], r["top1_std"]) for r in rows]
+    lines += ["| " + " | ".join(map(markdown_escape, c)) + " |" for c in cells]
     plot = layout.run_file(run_id, "accuracy_vs_shots.png")
     lines.append(f"\nAccuracy vs shots plot: `{plot}`")
     create_markdown_artifact("\n".join(lines), key="few-shot-accuracy", description=f"few-shot run {run_id}")

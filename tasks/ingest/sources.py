@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import posixpath
 import zlib
@@ -20,8 +19,10 @@ from coderflow.config import DatasetConfig
 from coderflow.storage.layout import Layout
 from coderflow.storage.shards import (
     IMAGE_EXTENSIONS,
-    class_lines,
+    DamagedFile,
     label_problem,
+    read_class_file,
+    read_json,
     read_tar_samples,
     sample_error,
     shard_error_sample,
@@ -129,15 +130,19 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
 
 
-def folder_images(root: str | Path) -> dict[Path, list[Path]]:
-    """Class sub-folders of an image folder (sorted, hidden ones skipped) and the image files under each."""
+def class_folders(root: str | Path) -> list[Path]:
+    """The class sub-folders of an image folder, sorted by name (hidden ones skipped); no image is listed."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset.source: dataset folder {str(root)!r} does not exist: pass a folder with one sub-folder per class"
         )
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {f: sorted(p for p in f.rglob("*") if _is_image(p)) for f in folders}
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def folder_images(root: str | Path) -> dict[Path, list[Path]]:
+    """Class sub-folders of an image folder (sorted, hidden ones skipped) and the image files under each."""
+    return {f: sorted(p for p in f.rglob("*") if _is_image(p)) for f in class_folders(root)}
 
 
 def ratio_slice(n: int, ratios: dict[str, float], split: str, seed: int, class_index: int) -> list[int]:
@@ -186,7 +191,7 @@ def folder_source(
             raise FileNotFoundError(
                 f"dataset.classnames_file: {str(classnames_file)!r} not found: pass a file with one class name per line"
             )
-        names = validate_classnames(class_lines(Path(classnames_file).read_text("utf-8")), str(classnames_file))
+        names = read_class_file(str(classnames_file)) or []
         if len(names) != len(folders):
             raise ValueError(
                 f"classnames file {str(classnames_file)!r} has {len(names)} names for {len(folders)} class folders: "
@@ -221,20 +226,30 @@ def folder_source(
 
 # CLIP_benchmark WebDataset layout ------------------------------------------------------------------------
 def wds_shard_urls(root: str, split: str) -> list[str]:
-    """Shard URLs of a CLIP_benchmark-style dataset: `<root>/<split>/nshards.txt` or a listing of `*.tar`."""
+    """Shard URLs of a CLIP_benchmark-style dataset: `<root>/<split>/nshards.txt` or a listing of `*.tar`.
+
+    A count in nshards.txt must match the shards that exist (0.tar ... N-1.tar in the listing; over HTTP, where
+    there is none, the last one must exist): a wrong count is refused before any shard is read.
+    """
     fs, base = fsspec.core.url_to_fs(root)
     split_dir = posixpath.join(base, split)
     nshards = posixpath.join(split_dir, "nshards.txt")
-    if fs.exists(nshards):
-        n = int(fs.cat_file(nshards).decode().strip())
-        names = [posixpath.join(split_dir, f"{i}.tar") for i in range(n)]
-    else:
+    counted = fs.exists(nshards)
+    web = {"http", "https"} & _protocols(fs)
+    listed: list[str] | None = None
+    if not (counted and web):  # a web page's links are no reliable listing: nshards.txt is what a web root has
         try:
-            names = sorted(p for p in fs.ls(split_dir, detail=False) if p.endswith(".tar"))
-        except (FileNotFoundError, NotImplementedError) as exc:
-            raise FileNotFoundError(
-                f"no shards under {root!r} for split {split!r}: expected {split}/nshards.txt or {split}/*.tar"
-            ) from exc
+            listed = sorted(p for p in fs.ls(split_dir, detail=False) if p.endswith(".tar"))
+        except (FileNotFoundError, NotImplementedError):
+            listed = None
+    if counted:
+        names = _counted_shards(fs, nshards, split_dir, listed)
+    elif listed is None:
+        raise FileNotFoundError(
+            f"no shards under {root!r} for split {split!r}: expected {split}/nshards.txt or {split}/*.tar"
+        )
+    else:
+        names = listed
     if not names:
         raise FileNotFoundError(
             f"no .tar shards in {root}/{split}: expected CLIP_benchmark's layout <root>/<split>/N.tar"
@@ -242,27 +257,43 @@ def wds_shard_urls(root: str, split: str) -> list[str]:
     return [fs.unstrip_protocol(n) for n in names]
 
 
-def read_remote_lines(url: str, classes: bool = False) -> list[str] | None:
-    """Stripped lines of a small local or remote text file (None if it is missing); blank lines are dropped, except
-    inside a class list (`classes=True`), where they are kept so that validation can refuse them."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        return None
-    text = fs.cat_file(path).decode("utf-8")
-    return class_lines(text) if classes else [line.strip() for line in text.splitlines() if line.strip()]
+def _protocols(fs: Any) -> set[str]:
+    return set(fs.protocol if isinstance(fs.protocol, tuple | list) else [fs.protocol])
+
+
+def _counted_shards(fs: Any, nshards: str, split_dir: str, listed: list[str] | None) -> list[str]:
+    """The shards nshards.txt counts, refused (naming the file) when the count is no number or does not match the
+    shards that exist."""
+    shown = (lambda p: p) if "file" in _protocols(fs) else fs.unstrip_protocol  # a local path as the user gave it
+    url = shown(nshards)
+    text = fs.cat_file(nshards).decode("utf-8", "replace").strip()
+    if not text.isdecimal():
+        raise ValueError(f"{url} holds {text[:40]!r}, not a number of shards: write the count, or delete it")
+    n = int(text)
+    if listed is not None:
+        have = {posixpath.basename(p) for p in listed}
+        if len(have) != n or have != {f"{i}.tar" for i in range(n)}:  # the count first: it may be huge
+            named = "" if len(have) != n else f", not named 0.tar ... {n - 1}.tar"
+            raise ValueError(
+                f"{url} says {n:,} shards, but {shown(split_dir)} holds {len(have):,} .tar files{named}: "
+                "correct the count (or the shard names), or delete nshards.txt to use the folder's listing"
+            )
+    elif n and not fs.exists(last := posixpath.join(split_dir, f"{n - 1}.tar")):
+        raise ValueError(f"{url} says {n:,} shards, but shard {shown(last)} does not exist: correct it")
+    return [posixpath.join(split_dir, f"{i}.tar") for i in range(n)]
 
 
 def wds_source(root: str, split: str, classnames_file: str | None = None, templates_file: str | None = None) -> Source:
     """A CLIP_benchmark WebDataset dataset (local path or any fsspec/http URL): samples re-keyed per shard order."""
     root = root.rstrip("/")
-    names = read_remote_lines(classnames_file or f"{root}/classnames.txt", classes=True)
+    names = read_class_file(classnames_file or f"{root}/classnames.txt")
     if names is None:
         raise FileNotFoundError(
             f"dataset.source: {classnames_file or root + '/classnames.txt'} not found: "
             "pass dataset.classnames_file with one class name per line"
         )
-    names = validate_classnames(names, classnames_file or f"{root}/classnames.txt")
-    templates = read_remote_lines(templates_file or f"{root}/zeroshot_classification_templates.txt") or []
+    templates = read_class_file(templates_file or f"{root}/zeroshot_classification_templates.txt", templates=True)
+    templates = templates or []
     urls = wds_shard_urls(root, split)
 
     def samples() -> Iterator[dict[str, Any]]:
@@ -373,15 +404,22 @@ def identity_conflict(stored: dict[str, Any] | None, cfg: DatasetConfig) -> str 
 
 
 def stored_identity(layout: Layout, dataset: str) -> dict[str, Any] | None:
-    """The identity recorded by the dataset's last ingest (None for a new name)."""
-    path = layout.dataset_identity(dataset)
-    return json.loads(path.read_text()) if path.exists() else None
+    """The identity recorded by the dataset's last ingest (None for a new name; DamagedFile when it is damaged)."""
+    return read_json(layout.dataset_identity(dataset), "dataset identity")
 
 
-def check_identity(cfg: DatasetConfig, workdir: str | None) -> dict[str, Any] | None:
+def check_identity(
+    cfg: DatasetConfig, workdir: str | None, warn: Callable[[str], None] | None = None
+) -> dict[str, Any] | None:
     """Refuse a config that would ingest another source, kind or name into an existing dataset folder (unless
-    `replace`); returns the stored identity when `cfg` replaces it, else None."""
-    stored = stored_identity(Layout.at(workdir), cfg.name)
+    `replace`); returns the stored identity when `cfg` replaces it, else None. A damaged identity file counts as
+    none (`warn` is told; the ingest writes it again)."""
+    try:
+        stored = stored_identity(Layout.at(workdir), cfg.name)
+    except DamagedFile as exc:
+        if warn is not None:
+            warn(f"{exc.damage}: it is written again by this ingest")
+        stored = None
     conflict = identity_conflict(stored, cfg)
     if conflict and not cfg.replace:
         raise ValueError(conflict)
@@ -397,6 +435,32 @@ def check_distinct_splits(cfg: DatasetConfig, splits: list[str]) -> None:
         f"dataset.source {cfg.source!r} has no {{split}} part, so splits {', '.join(splits)} would all be the same "
         "images (test images in the support set and the search): pass a source with {split} (e.g. "
         f"'/data/pets/{{split}}'), or --split-ratio 0.5,0.2,0.3 to split this one folder"
+    )
+
+
+def check_same_classes(cfg: DatasetConfig, splits: list[str]) -> None:
+    """Refuse `{split}` folder sources whose splits have different class folders: a label indexes its own split's
+    folder list, but the dataset has one class list (classnames.txt), so a label would name another class."""
+    if cfg.kind != "folder" or "{split}" not in str(cfg.source) or len(set(splits)) < 2:
+        return
+    folders: dict[str, list[str]] = {}
+    for split in dict.fromkeys(splits):
+        root = Path(str(cfg.source).replace("{split}", split)).expanduser()
+        if root.is_dir():  # a missing folder is refused on its own (check_source)
+            folders[split] = [f.name for f in class_folders(root)]
+    if len({tuple(names) for names in folders.values()}) < 2:
+        return
+    every = sorted(set().union(*folders.values()))
+    differences = []
+    for split, names in folders.items():
+        missing = [c for c in every if c not in names]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            differences.append(f"{split} lacks {', '.join(map(repr, missing[:5]))}{more}")
+    raise ValueError(
+        f"dataset.source {cfg.source!r}: the splits have different class folders ({'; '.join(differences)}), so a "
+        "label would name another class in each split: give every split the same class folders (each with at least "
+        "one image), or put the images in one folder and split it with --split-ratio 0.5,0.2,0.3"
     )
 
 

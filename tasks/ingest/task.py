@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -13,8 +14,10 @@ from coderflow.storage.layout import HASH_CHARS, Layout, is_local, part_hash, sa
 from coderflow.storage.parquet_io import write_text_if_changed
 from coderflow.storage.shards import (
     SOURCE_LISTING,
+    DamagedFile,
     classes_id,
     ingest_info,
+    read_json,
     split_shards,
     stored_classes_id,
     write_split,
@@ -29,10 +32,20 @@ from coderflow.tasks.ingest.sources import (
 )
 
 
-def reingest_reason(cfg: DatasetConfig, layout: Layout, listing: dict[str, list[Any]]) -> str | None:
-    """Why the split must be ingested (again), or None when its shards still match the source and config."""
+def reingest_reason(
+    cfg: DatasetConfig, layout: Layout, listing: dict[str, list[Any]], warn: Callable[[str], None] | None = None
+) -> str | None:
+    """Why the split must be ingested (again), or None when its shards still match the source and config.
+
+    A damaged ingest marker or source listing counts as a split not ingested (`warn` is told which file)."""
     shard_dir = layout.shard_dir(cfg.name, cfg.split)
-    done = ingest_info(shard_dir)
+    try:
+        done = ingest_info(shard_dir)
+        old_listing = read_json(shard_dir / SOURCE_LISTING, "source listing") or {}
+    except DamagedFile as exc:
+        if warn is not None:
+            warn(f"{exc.damage}: ingesting the split again")
+        return "a damaged ingest file"
     if done is None:
         return "not ingested yet"
     if cfg.reingest:
@@ -43,8 +56,6 @@ def reingest_reason(cfg: DatasetConfig, layout: Layout, listing: dict[str, list[
         old = done.get("config") or {}
         keys = sorted(k for k, v in cfg.fingerprint().items() if old.get(k) != v)
         return f"dataset settings changed ({', '.join(keys) or 'format'})"
-    old_listing_file = shard_dir / SOURCE_LISTING
-    old_listing = json.loads(old_listing_file.read_text()) if old_listing_file.exists() else {}
     if old_listing != listing:
         return f"source changed: {listing_changes(old_listing, listing)}"
     if stored_classes_id(layout, cfg.name) != done.get("classes_id"):
@@ -70,7 +81,7 @@ def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
     log = get_run_logger()
     layout = Layout.at(workdir)
     identity = source_identity(cfg)
-    previous = check_identity(cfg, workdir)  # the replaced dataset's identity, or None
+    previous = check_identity(cfg, workdir, log.warning)  # the replaced dataset's identity, or None
     if previous is not None:
         stale = layout.derived_files(cfg.name)
         for path in stale:
@@ -83,7 +94,7 @@ def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
     shard_dir = layout.shard_dir(cfg.name, cfg.split)
     source = make_source(cfg)  # reads the class list and finds the images or shards (samples are read lazily)
     listing = source_listing(cfg)
-    reason = reingest_reason(cfg, layout, listing)
+    reason = reingest_reason(cfg, layout, listing, log.warning)
     if reason is None:
         shards = split_shards(layout, cfg.name, cfg.split)
         samples = sum(s.samples for s in shards)

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from coderflow.console import printable
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
 from coderflow.tasks.evaluate.compare import compare_runs
 from coderflow.tasks.evaluate.metrics import expected_calibration_error, reliability
 from coderflow.tasks.evaluate.reference import reference_warnings, stored_against_reference
 from coderflow.tasks.report import plots
-from coderflow.tasks.report.tables import markdown_table
+from coderflow.tasks.report.tables import markdown_escape, markdown_table
 
 MAX_RECALL_CLASSES = 30  # per-class recall bars: all classes up to this many, else the worst and best halves
 MAX_CONFUSED_CLASSES = 12  # confusion heatmap: the classes of the most frequent confusions
@@ -248,12 +249,13 @@ def _shots_section(layout: Layout, run_id: str, dataset: str) -> Section:
 
 def to_markdown(title: str, sections: Sequence[Section], warnings: Sequence[str]) -> str:
     """The report as GitHub-flavoured Markdown; figures as inline SVG data URLs (one file)."""
-    lines = [f"# {title}", "", f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by coderflow.", ""]
-    lines += [f"> **Warning:** {w}" for w in warnings] + ([""] if warnings else [])
+    e = markdown_escape  # run names, class and method names are text, never Markdown or HTML
+    lines = [f"# {e(title)}", "", f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by coderflow.", ""]
+    lines += [f"> **Warning:** {e(w)}" for w in warnings] + ([""] if warnings else [])
     for s in sections:
-        lines += [f"## {s.title}", ""]
+        lines += [f"## {e(s.title)}", ""]
         for p in s.text:
-            lines += [p, ""]
+            lines += [e(p), ""]
         for rows, columns in s.tables:
             cells = [{c: _fmt(r.get(c)) for c in columns} for r in rows]
             lines += [markdown_table(cells, columns), ""]
@@ -273,7 +275,10 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 
 def to_html(title: str, sections: Sequence[Section], warnings: Sequence[str]) -> str:
     """The report as one HTML file: inline CSS and SVG figures, no scripts and no external resources."""
-    e = html.escape
+
+    def e(text: str) -> str:
+        return html.escape(printable(text))
+
     out = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",

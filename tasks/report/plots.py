@@ -8,12 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from coderflow.console import printable
+
 
 def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller, searchable, selectable
+    matplotlib.rcParams["text.parse_math"] = False  # labels are plain text: a class named 'a$\\foo{$b' is no formula
+    matplotlib.rcParams["text.usetex"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -48,7 +52,7 @@ def recall_bars(names: Sequence[str], recalls: Mapping[str, Sequence[float]], ti
     y = np.arange(n)
     for i, method in enumerate(methods):
         ax.barh(y + (i - (len(methods) - 1) / 2) * height, recalls[method], height=height, label=method)
-    ax.set_yticks(y, [str(s)[:40] for s in names])
+    ax.set_yticks(y, [printable(str(s))[:40] for s in names])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("recall")
@@ -64,7 +68,7 @@ def confusion_heatmap(names: Sequence[str], counts: np.ndarray, title: str) -> A
     k = len(names)
     fig, ax = plt.subplots(figsize=(2 + 0.45 * k, 1.5 + 0.45 * k), dpi=100)
     im = ax.imshow(counts, cmap="Blues")
-    labels = [str(s)[:24] for s in names]
+    labels = [printable(str(s))[:24] for s in names]
     ax.set_xticks(range(k), labels, rotation=60, ha="right")
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")

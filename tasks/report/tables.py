@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from coderflow.console import printable
 
 METRIC_COLUMNS = ("method", "shots", "top1", "top5", "mean_per_class_recall", "n_samples")
 CONFUSED_COLUMNS = ("method", "true_class", "predicted_class", "n")
@@ -28,11 +31,22 @@ def select_columns(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) ->
     return [{c: _cell(row.get(c)) for c in columns} for row in rows]
 
 
+_MARKDOWN_SPECIAL = re.compile(r"[\\`\[\]|$]")  # escapes, code, links and images, table cells, math
+
+
+def markdown_escape(value: Any) -> str:
+    """Outside text (class names, LLM texts, run names) as literal Markdown on one line: HTML is escaped as in the HTML
+    report (`<img onerror=...>` shows as text), link, code, table and math characters get a backslash, and control
+    characters are shown as escapes (console.printable)."""
+    text = html.escape(printable(" ".join(str(value).split())), quote=False)
+    return _MARKDOWN_SPECIAL.sub(r"\\\g<0>", text)
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """A GitHub-flavoured markdown table; '|' in values is escaped, None is blank."""
+    """A GitHub-flavoured markdown table; values are escaped (markdown_escape), None is blank."""
 
     def fmt(v: Any) -> str:
-        return "" if v is None else str(_cell(v)).replace("|", "\\|").replace("\n", " ")
+        return "" if v is None else markdown_escape(_cell(v))
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]

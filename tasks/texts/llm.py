@@ -24,6 +24,7 @@ import openai
 import tenacity
 from pydantic import BaseModel, ValidationError
 
+from coderflow.console import printable
 from coderflow.progress import stage_progress
 from coderflow.storage.layout import storage_path
 from coderflow.storage.parquet_io import write_text
@@ -144,7 +145,7 @@ def parse_items(text: str | None, key: str = "items") -> list[str]:
     for span in _json_spans(text):
         try:
             items = _items_from_json(json.loads(span), key)
-        except (json.JSONDecodeError, ValueError):
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             continue
         if items is not None:
             return items
@@ -174,6 +175,8 @@ def item_problem(text: str, subject: str = "") -> str | None:
     subjects = {" ".join(s.lower().split()) for s in subject.split("|") if s.strip()}
     if not text:
         return "empty"
+    if printable(text) != text:  # ESC, C1 or bidi controls: a terminal showing the text later would act on them
+        return "control characters"
     if text.startswith("<") and text.endswith(">"):
         return "placeholder"
     if low in PROMPT_EXAMPLES:
@@ -296,6 +299,11 @@ class DeadlineTransport(httpx.HTTPTransport):
         return response
 
 
+def deadline_client(seconds: float) -> httpx.Client:
+    """An HTTP client whose every request has a total deadline of `seconds` (see DeadlineTransport); no redirects."""
+    return httpx.Client(transport=DeadlineTransport(seconds), timeout=seconds, follow_redirects=False)
+
+
 class LLMGenerator:
     """Texts from an LLM behind an OpenAI-compatible chat-completions endpoint, cached on disk per request."""
 
@@ -325,7 +333,7 @@ class LLMGenerator:
         self._secret = key
         self.client = openai.OpenAI(
             base_url=base_url, api_key=key, max_retries=0, timeout=timeout,
-            http_client=httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout),
+            http_client=deadline_client(timeout),
         )  # fmt: skip
         self.base_url = _display_url(str(self.client.base_url))  # for messages: no user:password@, no ?query
         self.model = model
@@ -343,6 +351,7 @@ class LLMGenerator:
         self.by_kind: dict[str, dict[str, int]] = {}  # text type -> requests asked (not cached), tokens spent
         self._structured: bool | None = None  # None: not known yet; False: endpoint lacks structured outputs
         self._lock = threading.Lock()
+        self._fatal: LLMConfigError | None = None  # a bad key or a redirect: no thread sends anything more
         self.concurrency = self.max_workers  # halved on a timeout: a slow server gets fewer requests at once
         self._in_flight = 0
         self._slots = threading.Condition()
@@ -385,7 +394,8 @@ class LLMGenerator:
         try:
             with stage_progress(f"LLM {kind}", len(requests), "requests", "tokens") as bar:
                 futures = [pool.submit(self.ask, r) for r in requests]
-                for _ in as_completed(futures):
+                for done in as_completed(futures):
+                    done.result()  # a bad key or a redirect ends the stage now: the queued requests are not sent
                     tokens = self.usage.prompt_tokens + self.usage.completion_tokens
                     spent = tokens - before["prompt_tokens"] - before["completion_tokens"]
                     bar.advance(1, items=spent - bar.items, failed=self.usage.failed - before["failed"] - bar.failed)
@@ -467,7 +477,7 @@ class LLMGenerator:
             record = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(record.get("items"), list) and isinstance(record.get("problem", ""), str):
                 return record
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass
         log.warning("LLM cache file %s is unreadable: asking the endpoint again", path.name)
         return None
@@ -476,7 +486,7 @@ class LLMGenerator:
         with self._lock:
             self.usage.failed += 1
             self.failures.append({"kind": request.kind, "subject": request.subject, "problem": problem})
-        log.warning("LLM gave nothing for %s %r: %s", request.kind, request.subject, problem)
+        log.warning("LLM gave nothing for %s %r: %s", request.kind, request.subject, printable(problem))
 
     def _complete(self, request: Request) -> _Reply:
         """One answer: structured outputs first, a plain completion with tolerant parsing when they fail."""
@@ -565,6 +575,8 @@ class LLMGenerator:
         last: dict[str, str] = {}
 
         def attempt() -> T:
+            if self._fatal is not None:
+                raise self._fatal
             with self._lock:
                 self.usage.calls += 1
             try:
@@ -582,12 +594,21 @@ class LLMGenerator:
                 ) from None
             except TRANSIENT as exc:
                 what = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
-                if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | TypeError | AttributeError):
+                if isinstance(exc, ValueError | TypeError | AttributeError | RecursionError):  # bad body
                     what = "a response body that is not a chat completion"
                 if isinstance(exc, openai.APITimeoutError):
                     self._back_off()
                 last["what"] = what
                 raise
+            except openai.APIStatusError as exc:
+                if not 300 <= exc.status_code < 400:
+                    raise
+                target = urllib.parse.urljoin(str(exc.request.url), exc.response.headers.get("location", ""))
+                raise LLMConfigError(
+                    f"the LLM endpoint {self.base_url} redirects (HTTP {exc.status_code}) to {_display_url(target)}, "
+                    "which is not followed (the API key goes to the configured host only): "
+                    "set --texts.llm.base_url to the final address"
+                ) from None
 
         def wait(state: tenacity.RetryCallState) -> float:
             delay = min(self.backoff * 2 ** (state.attempt_number - 1), self.max_backoff)
@@ -611,6 +632,9 @@ class LLMGenerator:
         )
         try:
             return retrying(attempt)
+        except LLMConfigError as exc:
+            self._fatal = exc
+            raise
         except TRANSIENT:
             raise _Unavailable(f"{last.get('what')} after {self.max_retries + 1} attempts at {self.base_url}") from None
 
@@ -645,6 +669,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     openai.APIConnectionError,
     json.JSONDecodeError,
     UnicodeDecodeError,  # a body that is not UTF-8: bad server output, like malformed JSON
+    RecursionError,  # JSON nested deeper than the parser goes ('[' * 100000)
     TypeError,
     AttributeError,
 )
@@ -657,9 +682,10 @@ def server_slots(base_url: str, timeout: float = 5.0) -> int | None:
     """
     root = base_url.rstrip("/").removesuffix("/v1")
     try:
-        reply = httpx.get(f"{root}/props", timeout=timeout)
-        slots = reply.json().get("total_slots") if reply.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
+        with deadline_client(timeout) as client:  # a server trickling its reply cannot hold the run
+            reply = client.get(f"{root}/props")
+            slots = reply.json().get("total_slots") if reply.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError, RecursionError):
         return None
     return int(slots) if isinstance(slots, int) and slots > 0 else None
 

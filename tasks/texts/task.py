@@ -10,14 +10,16 @@ from prefect import get_run_logger, task
 
 from coderflow.config import ClassifyConfig, ModelConfig, TextsConfig
 from coderflow.storage.arrays import image_parts, load_images
+from coderflow.storage.integrity import intact
 from coderflow.storage.layout import Layout, content_id, file_sha256, text_model_id
 from coderflow.storage.parquet_io import write_table, write_text, write_text_if_changed
 from coderflow.storage.schemas import TEXTS
-from coderflow.storage.shards import ingest_info, read_lines, validate_classnames
+from coderflow.storage.shards import ingest_info, read_class_file
 from coderflow.tasks import retry_transient
 from coderflow.tasks.embed.encode import token_counts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.embed.text_store import TextStore
+from coderflow.tasks.report.tables import markdown_escape
 from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, bank_summary, build_bank, name_texts, template_texts
 from coderflow.tasks.texts.imports import FORMATS, clip_benchmark_templates, imported_texts, read_json_lists
 from coderflow.tasks.texts.make import make_bank, waffle_bank
@@ -25,12 +27,10 @@ from coderflow.tasks.texts.make import make_bank, waffle_bank
 
 def dataset_classes(layout: Layout, dataset: str) -> tuple[list[str], list[str]]:
     """The class names and stored templates of an ingested dataset."""
-    path = layout.classnames_file(dataset)
-    if not path.exists():
+    names = read_class_file(layout.classnames_file(dataset))
+    if names is None:
         raise FileNotFoundError(f"dataset {dataset!r} is not ingested in {layout.root}: run `coderflow ingest` first")
-    names = validate_classnames(read_lines(path), str(path))
-    tpath = layout.templates_file(dataset)
-    return names, read_lines(tpath) if tpath.exists() else []
+    return names, read_class_file(layout.templates_file(dataset), templates=True) or []
 
 
 @task(name="build-text-bank", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
@@ -64,7 +64,7 @@ def build_text_bank(
         except FileNotFoundError:
             inputs.append("not embedded")
     marker = layout.textbank_by_inputs(content_id(*inputs))
-    if marker.exists() and layout.textbank_file(bank_id := marker.read_text().strip()).exists():
+    if marker.exists() and intact(layout.textbank_file(bank_id := marker.read_text().strip())):
         report = json.loads(layout.textbank_report(bank_id).read_text())
         write_text_if_changed(bank_id, layout.textbank_alias(dataset))
         log.info("text bank %s is up to date for these inputs: reused", bank_id)
@@ -85,7 +85,7 @@ def build_text_bank(
     report["summary"] = bank_summary(bank, report, texts.llm.price_per_1k)
     bank_id = bank["textbank_id"][0].as_py()
     path = layout.textbank_file(bank_id)
-    if not path.exists():
+    if not intact(path):
         write_table(bank, path, TEXTS)
     write_text(json.dumps(report, indent=2, default=str), layout.textbank_report(bank_id))
     generator = report.get("generator")
@@ -127,11 +127,12 @@ def summary_markdown(bank_id: str, bank: Any, summary: dict[str, Any], sample: i
         lines.append(f"| {t} | " + " | ".join(map(str, cells)) + " |")
     for t, missing in summary["classes_without"].items():
         if missing:
-            lines.append(f"\nClasses without {t} texts ({len(missing)}): {', '.join(missing[:30])}")
+            names = ", ".join(map(markdown_escape, missing[:30]))  # class names and texts are text, not Markdown
+            lines.append(f"\nClasses without {t} texts ({len(missing)}): {names}")
     rows = bank.select(["text_type", "text"]).to_pylist()
     lines.append("\n## Sample")
     for t in summary["types"]:
-        lines += [f"- {t}: {r['text']}" for r in [x for x in rows if x["text_type"] == t][:sample]]
+        lines += [f"- {t}: {markdown_escape(r['text'])}" for r in [x for x in rows if x["text_type"] == t][:sample]]
     return "\n".join(lines)
 
 
@@ -152,7 +153,7 @@ def build_waffle_bank(dataset: str, model: ModelConfig, params: ClassifyConfig, 
     lm = load_configured(model, workdir)
     bank = waffle_bank(classnames, params, lm, seed)
     bank_id = bank["textbank_id"][0].as_py()
-    if not layout.textbank_file(bank_id).exists():
+    if not intact(layout.textbank_file(bank_id)):
         write_table(bank, layout.textbank_file(bank_id), TEXTS)
     return bank_id
 
@@ -193,7 +194,7 @@ def import_text_bank(
     lm = load_configured(model, workdir)
     bank = build_bank(rows, classnames, token_counts([t.text for t in rows], lm), lm.context_length)
     bank_id = bank["textbank_id"][0].as_py()
-    if not layout.textbank_file(bank_id).exists():
+    if not intact(layout.textbank_file(bank_id)):
         write_table(bank, layout.textbank_file(bank_id), TEXTS)
     report |= {"source": source, "file": str(path), "n_texts": bank.num_rows, "generator": fmt}
     report["truncated"] = sum(bool(v) for v in bank["truncated"].to_pylist())
