@@ -128,6 +128,7 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
                     **const,
                     "label": pa.array(labels[sl], i32),
                     "textbank_id": [bank] * k,
+                    "format": ["dense" if args.coder_format == "dense" else f"top{args.top_k}"] * k,
                     "vector": vec,
                     "indices": idx,
                     "values": val,
@@ -161,6 +162,8 @@ def write_synthetic(layout: Layout, args: argparse.Namespace) -> dict[str, int]:
                         "pred": pa.array(pred, i32),
                         "top5": list_array(top5, i32),
                         "margin": pa.array(rng.random(n).astype(np.float32), f32),
+                        "confidence": pa.array(rng.random(n).astype(np.float32), f32),
+                        "image_hash": [f"{i:016x}" for i in range(n)],  # one image per sample key
                     }
                 )
             )

@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from coderflow.config import ClassifyConfig
 from coderflow.storage.arrays import ImageSet, TextSet, load_images, load_texts
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table
 from coderflow.storage.schemas import TEXT_TYPES
+from coderflow.storage.shards import ingest_info
 from coderflow.tasks.classify.methods import top_k
 from coderflow.tasks.classify.zeroshot import OWN_BANKS, SCORERS, run_methods
 
@@ -64,6 +66,15 @@ class Run:
     params: ClassifyConfig = field(default_factory=ClassifyConfig)
     waffles: list[TextSet] = field(default_factory=list)  # WaffleCLIP's banks, one per rep
     method_banks: dict[str, TextSet] = field(default_factory=dict)  # methods that read another bank (classify.banks)
+
+    def __repr__(self) -> str:
+        """One line for a notebook: what the run is, never its arrays."""
+        n, d = self.images.x.shape
+        return (
+            f"Run({self.run_id!r}, dataset={self.dataset!r}, split={self.split!r}, model={self.model_id!r}, "
+            f"textbank={self.textbank_id!r}: {n} images x {d} dims, {len(self.bank.text_ids)} texts, "
+            f"{len(self.class_names)} classes, methods={list(self.config.get('methods') or [])})"
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -182,14 +193,49 @@ def load_run(run_id: str, workdir: str | None = None) -> Run:
     config = manifest.get("config") or {}
     split = _run_split(layout, run_id, config)
     dataset = manifest["dataset"]
+    _check_split_id(layout, run_id, manifest, dataset, split)
     params = ClassifyConfig.model_validate(config.get("classify") or {})
     texts = read_table(layout.textbank_file(textbank_id))
     waffles = [load_texts(layout, w, model_id) for w in manifest.get("waffle_textbank_ids") or []]
     banks = {m: load_texts(layout, b, model_id) for m, b in (params.banks or {}).items()}
+    images = load_images(layout, model_id, dataset, split)
+    if not manifest.get("split_id"):  # a run from before split ids were recorded: its predictions name its images
+        _check_predicted_images(layout, run_id, dataset, split, images)
     return Run(
-        run_id, dataset, split, model_id, textbank_id, config, load_images(layout, model_id, dataset, split),
+        run_id, dataset, split, model_id, textbank_id, config, images,
         load_texts(layout, textbank_id, model_id), texts, params, waffles, banks,
     )  # fmt: skip
+
+
+def _check_split_id(layout: Layout, run_id: str, manifest: dict[str, Any], dataset: str, split: str) -> None:
+    """A run is re-scored on exactly its own images: the split id its manifest records (the ingest marker's
+    `split_id` when it ran) must be the split's id now."""
+    recorded = manifest.get("split_id")
+    if not recorded:
+        return
+    now = (ingest_info(layout.shard_dir(dataset, split)) or {}).get("split_id")
+    if now != recorded:
+        raise ValueError(
+            f"run {run_id} was computed on split {split} {recorded} of dataset {dataset}; the split is now "
+            f"{now or 'not ingested'} (re-ingested or re-split): re-run it"
+        )
+
+
+def _check_predicted_images(layout: Layout, run_id: str, dataset: str, split: str, images: ImageSet) -> None:
+    """For a run without a recorded split id: its predicted samples (keys, labels, image hashes where stored) must
+    be the split's images now."""
+    path = layout.run_file(run_id, "predictions.parquet")
+    if not path.exists():
+        return
+    table = read_table(path)
+    first = table.filter(pc.equal(table["method"], table["method"][0])) if table.num_rows else table
+    labels = [-1 if v is None else v for v in first["label"].to_pylist()]
+    stored = set(zip(first["sample_key"].to_pylist(), labels, strict=True))
+    if stored != set(zip(images.keys, images.labels.tolist(), strict=True)):
+        raise ValueError(
+            f"run {run_id} was computed on other images than split {split} of dataset {dataset} holds now "
+            "(re-ingested or re-split): re-run it"
+        )
 
 
 def _run_split(layout: Layout, run_id: str, config: dict[str, Any]) -> str:

@@ -34,6 +34,8 @@ from coderflow.config import (
 from coderflow.console import metrics_table, print_rows, printable, printable_table
 from coderflow.storage.db import QueryError, canned_queries, check_workdir, csv_ready, query, sql_file
 from coderflow.storage.layout import Layout
+from coderflow.tasks.evaluate.compare import BOOTSTRAP_RESAMPLES
+from coderflow.tasks.report.tables import without_trivial_top5
 
 UNIONS = (Union, types.UnionType)
 console = Console()
@@ -41,7 +43,8 @@ err_console = Console(stderr=True)
 
 RANDOM_WEIGHTS_NOTE = (
     "Note: model {model} has RANDOM weights (no pretrained weights are reachable offline), so accuracies are at "
-    "chance level. For real results pass --pretrained openai (or a hub id, or a checkpoint file)."
+    "chance level. For real results pass a model with published weights, e.g. --model.name ViT-B-32 --pretrained "
+    "openai (or --pretrained with a hub id or a checkpoint file)."
 )
 
 # The config sections (fields of PipelineConfig) each command reads; its flags are exactly these sections' settings.
@@ -111,17 +114,20 @@ def _leaf(dotted: str, field: Any) -> tuple[Any, Any]:
     annotation = _choices(dotted) or field.annotation
     inner = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in UNIONS else []
     base = inner[0] if len(inner) == 1 else annotation
-    names = [flag_name(dotted), *([FLAG_ALIASES[dotted]] if dotted in FLAG_ALIASES else [])]
+    alias = FLAG_ALIASES.get(dotted, ())
+    names = [flag_name(dotted), *([alias] if isinstance(alias, str) else alias)]
     help_text = re.sub(r"<(\w+)>", r"\1", field.description or "")
-    if field.default is not None and not isinstance(field.default, dict):
-        help_text += f" [default: {_default_text(field.default)}]"
+    default = field.get_default(call_default_factory=True)  # a default_factory's value (methods), not its marker
+    if default is not None and not isinstance(default, dict):
+        help_text += f" [default: {_default_text(default)}]"
     kwargs: dict[str, Any] = {"name": names, "help": help_text.strip(), "show_default": False, "show_env_var": True}
     if get_origin(base) is dict:
         base = str  # `k=v,k=v` or JSON, parsed by the config model
         kwargs["help"] += " (e.g. a=1,b=2)"
     elif get_origin(base) is tuple:
         fixed = Ellipsis not in get_args(base)  # (beta, alpha) pairs: one comma-separated value
-        kwargs |= {"n_tokens": 1} if fixed else {"consume_multiple": True, "negative_iterable": ""}
+        kwargs |= {"n_tokens": 1} if fixed else {"consume_multiple": True}
+        kwargs["negative_iterable"] = ""  # no --empty-<flag>: an empty tuple is never a valid setting
         kwargs["help"] += " (comma-separated)"
         return Annotated[Optional[base], BeforeValidator(_split_commas), Parameter(**kwargs)], None  # noqa: UP045
     elif base is bool:
@@ -143,7 +149,7 @@ def options_model(model: type[BaseModel], fields: tuple[str, ...] | None = None,
         dotted = prefix + name
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             sub = options_model(field.annotation, None, dotted + ".")
-            spec[name] = (Annotated[Optional[sub], Parameter(name=name)], None)  # noqa: UP045
+            spec[name] = (Annotated[Optional[sub], Parameter(name="*")], None)  # noqa: UP045
         else:
             spec[name] = _leaf(dotted, field)
     title = "Options" + "".join(p.title() for p in (prefix.strip(".") or model.__name__).split("."))
@@ -177,6 +183,8 @@ def _print_run(
     """The run's metrics (sorted by top-1, difference to clip), the time per stage and its Prefect UI link."""
     layout = Layout.at(cfg.workdir)
     rows = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}).to_pylist()
+    n_classes = query(layout, "SELECT count(*) AS n FROM classes WHERE dataset = ?", params=[cfg.dataset.name])
+    rows = without_trivial_top5(rows, n_classes["n"][0].as_py())  # 5 classes or fewer: top-5 is always 1
     console.print(metrics_table(rows, title=f"run {run_id}"))
     if stages:
         console.print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()), highlight=False)
@@ -357,9 +365,13 @@ def texts_export(
     *,
     fmt: Format,
     output: Annotated[Path, Parameter(name=["--output", "-o"], help="JSON file to write")],
+    key: Annotated[
+        Optional[str],  # noqa: UP045
+        Parameter(help="clip-benchmark: the dataset key (default: the dataset whose runs or texts used the bank)"),
+    ] = None,
     workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
 ) -> None:
-    """Write a text bank in a published format (dclip / cupl: class -> texts; clip-benchmark: templates)."""
+    """Write a text bank in a published format (dclip / cupl: class -> texts; clip-benchmark: dataset -> templates)."""
     from coderflow.storage.parquet_io import read_table, write_text
     from coderflow.tasks.texts.imports import export_bank
 
@@ -370,9 +382,25 @@ def texts_export(
             f"no text bank {textbank!r} in {layout.root}: list them with "
             '`coderflow query "SELECT DISTINCT textbank_id FROM texts"`'
         )
-    data = export_bank(read_table(path).to_pylist(), fmt)  # type: ignore[arg-type]
+    if fmt == "clip-benchmark" and not key:
+        key = _bank_dataset(layout, textbank)
+    data = export_bank(read_table(path).to_pylist(), fmt, key)  # type: ignore[arg-type]
     write_text(json.dumps(data, indent=2, ensure_ascii=False), output)
     console.print(f"{sum(map(len, data.values()))} texts of {len(data)} entries written to {output}")
+
+
+def _bank_dataset(layout: Layout, textbank: str) -> str | None:
+    """The dataset a text bank was made or used for: the newest run's with it, else the dataset it is the newest
+    bank of (texts/latest-<dataset>.txt)."""
+    if (layout.root / "runs").exists():
+        sql = "SELECT dataset FROM runs WHERE textbank_id = ? ORDER BY started_at DESC LIMIT 1"
+        rows = query(layout, sql, params=[textbank]).to_pylist()
+        if rows and rows[0]["dataset"]:
+            return rows[0]["dataset"]
+    for alias in sorted((layout.root / "texts").glob("latest-*.txt")):
+        if alias.read_text().strip() == textbank:
+            return alias.name.removeprefix("latest-").removesuffix(".txt")
+    return None
 
 
 def _newest_bank(cfg: PipelineConfig) -> str:
@@ -418,7 +446,8 @@ def fewshot(*, options: Options = None) -> None:
     from coderflow.preflight import preflight
 
     cfg = load_config(options)
-    cfg = preflight(cfg, ingests=[cfg.fewshot.train_split, cfg.fewshot.val_split, cfg.fewshot.test_split], embeds=True)
+    splits = [cfg.fewshot.train_split, cfg.fewshot.val_split, cfg.fewshot.test_split]
+    cfg = preflight(cfg, ingests=splits, embeds=True, shots=cfg.fewshot.shots)
     from coderflow.flows.fewshot import fewshot as fewshot_flow
 
     start = time.perf_counter()
@@ -492,7 +521,11 @@ SELECT r.run_id, r.flow, r.dataset, r.model_id, r.textbank_id, r.started_at,
        coalesce(r.flow_run_id, json_extract_string(r.config, '$.flow_run_id')) AS flow_run_id
 FROM runs r
 LEFT JOIN metrics m ON m.run_id = r.run_id AND m.metric = 'top1' AND m.class_index IS NULL AND m.shots IS NULL
+WHERE ($dataset IS NULL OR r.dataset = $dataset) AND ($flow IS NULL OR r.flow = $flow)
+  AND ($model IS NULL OR r.model_id = $model OR starts_with(r.model_id, $model || '__')
+       OR json_extract_string(r.config, '$.model.name') = $model)
 GROUP BY ALL
+ORDER BY r.started_at DESC
 """
 
 
@@ -508,13 +541,19 @@ def runs_cmd(
     *,
     workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
     dataset: Annotated[Optional[str], Parameter(help="only runs on this dataset")] = None,  # noqa: UP045
-    model: Annotated[Optional[str], Parameter(help="only runs of this model id")] = None,  # noqa: UP045
-    flow: Annotated[Optional[str], Parameter(help="only runs of this flow (classify, few-shot, ...)")] = None,  # noqa: UP045
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        Parameter(help="only runs of this model: its id (ViT-B-32__openai) or architecture (ViT-B-32)"),
+    ] = None,
+    flow: Annotated[
+        Optional[str],  # noqa: UP045
+        Parameter(help="only runs of this flow (pipeline, classify, few-shot, train-adapter, adapter-overlap)"),
+    ] = None,
     fmt: Annotated[Literal["table", "json"], Parameter(name="--format")] = "table",
 ) -> None:
     """One line per run: id, flow, dataset, model, text bank, start, seconds, status, zero-shot top-1 per method."""
-    where = {k: v for k, v in {"dataset": dataset, "model_id": model, "flow": flow}.items() if v}
-    rows = query(Layout.at(workdir), RUNS_SQL, where, "q.started_at DESC").to_pylist()
+    given = {"dataset": dataset or None, "flow": flow or None, "model": model or None}
+    rows = query(Layout.at(workdir), RUNS_SQL, params=given).to_pylist()
     base = _ui_base()
     for r in rows:
         r["flow_run"] = f"{base}/runs/flow-run/{r['flow_run_id']}" if base and r["flow_run_id"] else r["flow_run_id"]
@@ -539,7 +578,7 @@ def compare_cmd(
         ),
     ] = None,
     per_class: Annotated[bool, Parameter(negative="", help="also one row per class")] = False,
-    resamples: Annotated[int, Parameter(help="bootstrap resamples of the 95% interval")] = 2000,
+    resamples: Annotated[int, Parameter(help="bootstrap resamples of the 95% interval")] = BOOTSTRAP_RESAMPLES,
     seed: Annotated[int, Parameter(help="bootstrap seed")] = 0,
     workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
     fmt: Annotated[Literal["table", "json"], Parameter(name="--format")] = "table",
@@ -576,7 +615,10 @@ def compare_cmd(
         missing = sorted(set(ms) - set(present[run]))
         if missing:
             raise ValueError(f"run {run} has no method {missing}: it has {', '.join(present[run])}")
-    rows = compare_runs(layout, run_a, a_methods, run_b, b_methods, resamples, seed, per_class)
+    notes: list[str] = []
+    rows = compare_runs(layout, run_a, a_methods, run_b, b_methods, resamples, seed, per_class, notes)
+    for note in notes:  # a partial overlap of two runs' images: said, on stderr (JSON stays parseable)
+        err_console.print(f"[bold]note:[/] {markup_escape(printable(note))}", highlight=False, soft_wrap=True)
     if fmt == "json":
         console.print_json(json.dumps(rows))
         return
@@ -609,16 +651,21 @@ def report_cmd(
     run_id: Annotated[str, Parameter(help="a run id (see `coderflow runs`)")],
     /,
     *,
-    fmt: Annotated[Literal["md", "html"], Parameter(name="--format")] = "md",
+    fmt: Annotated[
+        Literal["md", "html", "latex", "csv"],
+        Parameter(name="--format", help="md (figures as files beside it), html (one file), latex or csv (the table)"),
+    ] = "md",
     output: Annotated[
         Optional[Path],  # noqa: UP045
         Parameter(
             name=["--output", "-o"],
             allow_leading_hyphen=True,
-            help="the file to write (default report-RUN.FORMAT; - for stdout)",
+            help="the file to write (default report-RUN.md|html|tex|csv; - for stdout, Markdown figures as data URLs)",
         ),
     ] = None,
-    resamples: Annotated[int, Parameter(help="bootstrap resamples of the intervals against clip")] = 1000,
+    resamples: Annotated[
+        int, Parameter(help="bootstrap resamples of the intervals against clip")
+    ] = BOOTSTRAP_RESAMPLES,
     workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
 ) -> None:
     """A self-contained report of a run to share: configuration, metrics against clip with 95% intervals, reference
@@ -626,15 +673,22 @@ def report_cmd(
     from coderflow.storage.parquet_io import atomic_path
     from coderflow.tasks.report.document import build_report
 
-    text, warnings = build_report(Layout.at(workdir), run_id, fmt, resamples)
-    if str(output) == "-":
-        sys.stdout.write(printable(text))
+    to_stdout = str(output) == "-"
+    path = output or Path(f"report-{run_id}.{'tex' if fmt == 'latex' else fmt}")
+    figures = None if to_stdout else f"{path.stem}_files"  # Markdown figures as files: sites render no data URLs
+    report = build_report(Layout.at(workdir), run_id, fmt, resamples, figures)
+    if to_stdout:
+        sys.stdout.write(printable(report.text))
     else:
-        path = output or Path(f"report-{run_id}.{fmt}")
+        for name, data in report.files.items():
+            (path.parent / name).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path.parent / name) as tmp:
+                Path(tmp).write_bytes(data)
         with atomic_path(path) as tmp:
-            Path(tmp).write_text(text, encoding="utf-8")
-        console.print(f"report of run {run_id}: {path}", highlight=False)
-    for warning in map(printable, warnings):
+            Path(tmp).write_text(report.text, encoding="utf-8")
+        extra = f" (figures in {path.parent / figures})" if report.files else ""
+        console.print(f"report of run {run_id}: {path}{extra}", highlight=False)
+    for warning in map(printable, report.warnings):
         err_console.print(f"[bold yellow]warning:[/] {markup_escape(warning)}", highlight=False, soft_wrap=True)
 
 
@@ -738,7 +792,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: bad values, missing files, refused queries and settings."""
     from coderflow.tasks import ConfigError
 
-    return (ValueError, FileNotFoundError, QueryError, ConfigError)
+    return (ValueError, FileNotFoundError, QueryError, ConfigError, TimeoutError)  # a lock wait that ran out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -755,6 +809,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    from coderflow.interrupt import request_stop
+
+    request_stop()  # threads still sending LLM requests send nothing more (no new request, no retry)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -776,6 +833,9 @@ def _main(tokens: list[str]) -> int:
             tokens, print_error=False, exit_on_error=False, help_on_error=False, result_action="return_value"
         )
     except KeyboardInterrupt:
+        from coderflow.interrupt import request_stop
+
+        request_stop()  # Ctrl-C: the threads still at work end before the process exits
         err_console.print("[bold red]interrupted[/]: finished files are kept, the rest is redone on the next run")
         return 130
     except CycloptsError as exc:

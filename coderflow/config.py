@@ -28,11 +28,12 @@ CODER_OVO_TEMPLATES: tuple[str, ...] = (
 )
 
 
-# Short names of the most used flags (each setting's own flag is its dotted key: --dataset.source).
-FLAG_ALIASES = {
-    "dataset.source": "--source", "dataset.kind": "--kind", "dataset.split": "--split",
+# Short names of the most used flags (each setting's own flag is its dotted key: --dataset.source); CLIP_benchmark's
+# and open_clip's own spellings too (--model NAME, --dataset NAME, --dataset_root DIR).
+FLAG_ALIASES: dict[str, str | tuple[str, ...]] = {
+    "dataset.source": ("--source", "--dataset-root", "--dataset_root"), "dataset.kind": "--kind", "dataset.split": "--split",
     "dataset.split_ratio": "--split-ratio", "dataset.reingest": "--reingest", "dataset.replace": "--replace-dataset",
-    "model.pretrained": "--pretrained", "model.device": "--device", "model.adapter": "--adapter",
+    "model.name": "--model", "dataset.name": "--dataset", "model.pretrained": "--pretrained", "model.device": "--device", "model.adapter": "--adapter",
     "texts.generator": "--generator", "fewshot.shots": "--shots", "fewshot.seeds": "--seeds",
 }  # fmt: skip
 
@@ -96,13 +97,15 @@ class DatasetConfig(_Strict):
 
     name: str = Field("demo", description="name in paths and tables; default: the source folder's name, else 'demo'")
     source: str | None = Field(None, description="image folder, CLIP_benchmark root (path or URL); None for the demo")
-    kind: Literal["demo", "folder", "wds"] = "demo"
-    split: str = "test"
-    classnames_file: str | None = None
-    templates_file: str | None = None
-    samples_per_shard: int = Field(100, ge=1)
-    demo_images_per_class: int = Field(20, ge=1)
-    demo_image_size: int = Field(64, ge=16)
+    kind: Literal["demo", "folder", "wds"] = Field(
+        "demo", description="folder: one sub-folder per class; wds: a CLIP_benchmark root; inferred from the source"
+    )
+    split: str = Field("test", description="the split to read ({split} in the source, or <root>/<split>/)")
+    classnames_file: str | None = Field(None, description="class names, one a line (default: the folder names)")
+    templates_file: str | None = Field(None, description="prompt templates with {c}, one a line")
+    samples_per_shard: int = Field(100, ge=1, description="images per WebDataset shard written by ingest")
+    demo_images_per_class: int = Field(20, ge=1, description="demo dataset: images drawn per class")
+    demo_image_size: int = Field(64, ge=16, description="demo dataset: image side in pixels")
     seed: int = Field(0, description="demo images and split_ratio draws")
     split_ratio: dict[str, float] | None = Field(
         None,
@@ -131,6 +134,11 @@ class DatasetConfig(_Strict):
     def _shares(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         if v is not None and (len(v) < 2 or min(v.values()) <= 0):
             raise ValueError("give a positive share for at least two splits, e.g. {train: 0.5, val: 0.2, test: 0.3}")
+        if v is not None and abs(sum(v.values()) - 1) > 1e-6:
+            shares = ",".join(f"{k}={x:g}" for k, x in v.items())
+            raise ValueError(
+                f"the shares {shares} sum to {sum(v.values()):g}, not 1: give shares that sum to 1, e.g. 0.5,0.2,0.3"
+            )
         return v
 
     def fingerprint(self) -> dict[str, Any]:
@@ -147,15 +155,23 @@ class DatasetConfig(_Strict):
     def model_post_init(self, _ctx: object) -> None:
         if self.kind != "demo" and not self.source:
             raise ValueError(f"dataset.kind={self.kind!r} needs dataset.source (a folder path or URL)")
+        if self.split_ratio and self.kind != "folder":
+            what = "a CLIP_benchmark root has its own splits" if self.kind == "wds" else "the demo has one split"
+            raise ValueError(
+                f"--split-ratio splits an image folder, but dataset {self.name!r} is kind {self.kind!r} ({what}): "
+                "drop --split-ratio and pick the split with --split"
+            )
 
 
 class ModelConfig(_Strict):
     """An open_clip model: architecture name plus a pretrained tag, hub id or checkpoint file (None = random)."""
 
-    name: str = DEFAULT_MODEL
-    pretrained: str | None = None
-    device: str = "cpu"
-    batch_size: int = Field(64, ge=1)
+    name: str = Field(DEFAULT_MODEL, description="open_clip architecture (open_clip.list_models())")
+    pretrained: str | None = Field(
+        None, description="open_clip pretrained tag (openai), hub id or checkpoint file; None: random weights"
+    )
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or mps")
+    batch_size: int = Field(64, ge=1, description="images per forward pass")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="fp32 weights; bf16/fp16 encode under torch.autocast (a model id of its own: __bf16)"
     )
@@ -186,8 +202,8 @@ class LLMConfig(_Strict):
         None, ge=1, description="requests in flight; None: the server's slots (llama.cpp /props), else 4"
     )
     timeout: float = Field(120.0, gt=0, description="seconds per request (a small local model on 2 cores is slow)")
-    max_retries: int = Field(4, ge=0)
-    temperature: float = Field(0.0, ge=0)
+    max_retries: int = Field(4, ge=0, description="retries of a failed request (timeouts, 429, 5xx)")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature (0: the most likely reply)")
     max_tokens: int = Field(160, ge=16, description="reply length cap: a short phrase list needs about 160 tokens")
     price_per_1k: float | None = Field(None, ge=0, description="price per 1,000 tokens: the summary shows the cost")
 
@@ -205,8 +221,12 @@ class LLMConfig(_Strict):
 class TextsConfig(_Strict):
     """How the text bank is generated: which generator, which text types, how many of each."""
 
-    generator: Literal["offline", "llm"] = "offline"
-    types: tuple[Literal["name", "template", "att", "ana", "syno", "ovo"], ...] = TEXT_TYPES
+    generator: Literal["offline", "llm"] = Field(
+        "offline", description="offline: WordNet and templates, no network; llm: an OpenAI-compatible endpoint"
+    )
+    types: tuple[Literal["name", "template", "att", "ana", "syno", "ovo"], ...] = Field(
+        TEXT_TYPES, description="text types in the bank (name and template always)"
+    )
     name_template: str = Field(
         "a photo of {c}",
         description="CODER's one class-name prompt per class (text_type 'name'; synonyms use it too); the ensemble "
@@ -223,12 +243,12 @@ class TextsConfig(_Strict):
         "coderflow's generated texts (att, ana, syno, ovo), also in the template ensemble (all; CLIP's templates are "
         "then no longer verbatim), or nowhere",
     )
-    n_att: int = Field(5, ge=1)
-    n_ana: int = Field(5, ge=1)
-    n_syno: int = Field(3, ge=1)
-    n_ovo: int = Field(3, ge=1)
+    n_att: int = Field(5, ge=1, description="attribute texts per class")
+    n_ana: int = Field(5, ge=1, description="look-alike texts per class")
+    n_syno: int = Field(3, ge=1, description="synonym texts per class")
+    n_ovo: int = Field(3, ge=1, description="one-vs-one texts per class pair")
     ana_max_cosine: float = Field(0.9, description="drop look-alikes this close to a class-name prompt")
-    ana_retries: int = Field(2, ge=0)
+    ana_retries: int = Field(2, ge=0, description="look-alike rounds to replace the ones dropped as too close")
     ovo_pairs: Literal["consulted", "nearest", "confused"] = Field(
         "consulted",
         description="consulted: the candidate pairs CODER* will re-rank (top rerank_k classes of images under the "
@@ -278,7 +298,7 @@ class ClassifyConfig(_Strict):
     )
     rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
     waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
-    waffle_seed: int = 0
+    waffle_seed: int = Field(0, description="WaffleCLIP: seed of the random words and characters")
     banks: dict[str, str] | None = Field(
         None,
         description="method -> text bank id for methods that score on another bank than the run's (e.g. dclip on an "
@@ -323,15 +343,15 @@ class FewShotConfig(_Strict):
     per-dataset values (`--preset`).
     """
 
-    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
-    seeds: tuple[int, ...] = (1, 2, 3)
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
+    shots: tuple[int, ...] = Field((1, 2, 4, 8, 16), description="support images per class (K), one run each")
+    seeds: tuple[int, ...] = Field((1, 2, 3), description="seeds of the support-set draws, one run each")
+    train_split: str = Field("train", description="split the support sets are drawn from")
+    val_split: str = Field("val", description="split the hyper-parameters are searched on")
+    test_split: str = Field("test", description="split the reported accuracies are measured on")
     augment_views: int = Field(
         10, ge=0, description="random crop+flip views averaged per support image; 0: the stored train embeddings"
     )
-    augment_seed: int = 0
+    augment_seed: int = Field(0, description="seed of the augmented views")
     methods: tuple[str, ...] = Field(
         default_factory=lambda: default_fewshot_methods(), description="few-shot methods (tasks/fewshot/scorers.py)"
     )
@@ -369,25 +389,32 @@ class FewShotConfig(_Strict):
             raise ValueError("give at least one non-negative value")
         return tuple(dict.fromkeys(v))
 
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if 0 in v:
+            raise ValueError("0 support images per class is not few-shot: give K >= 1, e.g. --shots 1,2,4,8,16")
+        return v
+
 
 class AdapterConfig(_Strict):
     """IMO adapter training (Kravets & Namboodiri 2024): bottleneck adapters in the image encoder, cross-entropy."""
 
-    train_split: str = "train"
-    epochs: int = Field(1, ge=1)
-    lr: float = Field(8e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    batch_size: int = Field(128, ge=1)
-    bottleneck: int = Field(64, ge=1)
+    train_split: str = Field("train", description="labeled split the adapters are trained on")
+    epochs: int = Field(1, ge=1, description="passes over the training split")
+    lr: float = Field(8e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(128, ge=1, description="images per training step")
+    bottleneck: int = Field(64, ge=1, description="adapter hidden width (down-projection size)")
     scale: float = Field(0.03, description="s in x + MLP(LN(x)) + s * up(relu(down(x)))")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside the adapters")
     head_input: Literal["raw", "normalized"] = Field(
         "raw",
         description="the training head reads the raw projected embedding (IMO adapter_utils.py:8-31) or its L2 norm",
     )
-    seed: int = 0
-    overlap_bins: int = Field(100, ge=2)
-    overlap_max_pairs: int = Field(2_000_000, ge=1)
+    seed: int = Field(0, description="seed of initialisation and batch order")
+    overlap_bins: int = Field(100, ge=2, description="histogram bins of the cosine distributions")
+    overlap_max_pairs: int = Field(2_000_000, ge=1, description="image pairs sampled for the overlap at most")
 
 
 def default_methods() -> tuple[str, ...]:
@@ -403,7 +430,9 @@ class PipelineConfig(_Strict):
     preset: str | None = Field(
         None, description="per-dataset protocol settings (coderflow/presets/<name>.yaml); explicit settings win"
     )
-    workdir: str | None = None
+    workdir: str | None = Field(
+        None, description="work directory (a path or fsspec URL); default $CODERFLOW_HOME, else ./coderflow-data"
+    )
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
     texts: TextsConfig = TextsConfig()
@@ -418,7 +447,7 @@ class PipelineConfig(_Strict):
         None, description="class-name templates with {c}; overrides the dataset's"
     )
     max_failure_rate: float = Field(0.1, ge=0.0, le=1.0, description="a stage fails above this share of bad rows")
-    run_name: str | None = None
+    run_name: str | None = Field(None, description="the run's name in `coderflow runs` and the Prefect UI")
     runner: Literal["threads", "dask", "ray"] = Field("threads", description="task runner (flows/runners.py)")
     runner_address: str | None = Field(
         None, description="dask scheduler (tcp://host:8786) or ray address (ray://host:10001); None: a local cluster"

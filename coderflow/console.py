@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -50,22 +51,71 @@ def _cell(value: Any) -> Text:
     return Text(printable(str(value)))  # Text: a '[' in a class name is not rich markup
 
 
+def is_id_column(name: str) -> bool:
+    """Columns of identifiers (run_id, model_id, flow_run, adapter): shown whole, never cut to `20261…`."""
+    return name in ("id", "flow_run", "adapter", "checkpoint") or name.endswith(("_id", "_ids"))
+
+
 def rows_table(rows: Sequence[dict[str, Any]], title: str | None = None, columns: Sequence[str] | None = None) -> Table:
-    """A rich table of dict rows (floats rounded, None blank, control characters escaped, no markup)."""
+    """A rich table of dict rows (floats rounded, None blank, control characters escaped, no markup). No cell is cut
+    with an ellipsis: long cells fold onto more lines, id columns never wrap (print_rows shows a table too wide for
+    the terminal as records)."""
     columns = list(columns or (rows[0].keys() if rows else ()))
     table = Table(title=None if title is None else Text(printable(title), style="table.title"))
     for name in columns:
-        table.add_column(Text(printable(str(name))))
+        whole = {"no_wrap": True} if is_id_column(str(name)) else {}
+        table.add_column(Text(printable(str(name))), overflow="fold", **whole)
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     return table
 
 
+def rows_records(
+    rows: Sequence[dict[str, Any]], title: str | None = None, columns: Sequence[str] | None = None
+) -> Group:
+    """Rows too wide for the terminal as records: one `column  value` line per cell, a blank line between rows; a
+    value longer than the line folds onto the next, never cut."""
+    columns = list(columns or (rows[0].keys() if rows else ()))
+    parts: list[Any] = [Text(printable(title), style="table.title")] if title is not None else []
+    for row in rows:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for name in columns:
+            grid.add_row(Text(printable(str(name))), _cell(row.get(name)))
+        parts += [Text(""), grid]
+    return Group(*parts)
+
+
+def _tsv_cell(value: Any) -> str:
+    text = _cell(value).plain
+    return text.replace("\t", "\\t").replace("\n", "\\n")  # printable() escaped the other controls
+
+
+def rows_tsv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Dict rows as tab-separated lines under a header line: whole values (tab and newline written as \\t and \\n,
+    control characters escaped), floats rounded as in the table, None empty."""
+    columns = list(columns or (rows[0].keys() if rows else ()))
+    lines = ["\t".join(_tsv_cell(str(c)) for c in columns)]
+    lines += ["\t".join(_tsv_cell(r.get(c)) for c in columns) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def print_rows(rows: Sequence[dict[str, Any]], title: str | None = None, columns: Sequence[str] | None = None) -> None:
-    """Print dict rows as a table on standard output."""
+    """Print dict rows on standard output: a table on a terminal; piped or redirected, tab-separated lines with a
+    header (cut, sort, awk read them; nothing is cut to the width) and the title on standard error."""
     from rich.console import Console
 
-    Console().print(rows_table(rows, title, columns))
+    out = Console()
+    if out.is_terminal:
+        table = rows_table(rows, title, columns)
+        fits = out.measure(table, options=out.options.update_width(10**6)).minimum <= out.width  # ids whole
+        out.print(table if fits else rows_records(rows, title, columns))
+        return
+    if title is not None:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(Text(printable(title)))
+    sys.stdout.write(rows_tsv(rows, columns))
+    sys.stdout.flush()
 
 
 def sort_metrics(rows: Sequence[dict[str, Any]], baseline: str = "clip") -> list[dict[str, Any]]:
@@ -84,8 +134,9 @@ def metrics_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> T
     columns = ["method", "top1", "vs_clip", "top5", "mean_per_class_recall", "n_samples"]
     if any(r.get("shots") is not None for r in rows):
         columns.insert(1, "shots")
-    if not any(r.get("vs_clip") is not None for r in rows):
-        columns.remove("vs_clip")
+    for optional in ("vs_clip", "top5"):  # top5 is blank where the dataset has 5 classes or fewer
+        if not any(r.get(optional) is not None for r in rows):
+            columns.remove(optional)
     return rows_table(rows, title, columns)
 
 

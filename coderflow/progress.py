@@ -23,12 +23,14 @@ class StageProgress:
     done: int = 0
     items: int = 0
     failed: int = 0
+    cached: int = 0  # steps found done already (nothing computed)
     start: float = field(default_factory=time.perf_counter)
     _bar: Progress | None = None
     _task: int | None = None
 
-    def advance(self, steps: int = 1, items: int = 0, failed: int = 0) -> None:
+    def advance(self, steps: int = 1, items: int = 0, failed: int = 0, cached: int = 0) -> None:
         self.done, self.items, self.failed = self.done + steps, self.items + items, self.failed + failed
+        self.cached += cached
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, advance=steps, detail=self.detail())
 
@@ -36,8 +38,11 @@ class StageProgress:
         return self.items / max(time.perf_counter() - self.start, 1e-9)
 
     def detail(self) -> str:
+        if self.done and self.cached == self.done:  # nothing computed: no "0 images, 0.0 images/s"
+            return "cached" + (f", {self.failed} failed" if self.failed else "")
         text = f"{self.items} {self.item_unit}, {self.rate():.1f} {self.item_unit}/s" if self.item_unit else ""
-        return text + (f", {self.failed} failed" if self.failed else "")
+        text += f", {self.cached} cached" if self.cached else ""
+        return text.removeprefix(", ") + (f", {self.failed} failed" if self.failed else "")
 
     def summary(self) -> str:
         seconds = time.perf_counter() - self.start

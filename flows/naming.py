@@ -76,14 +76,19 @@ def run_namer(with_model: bool = True, with_methods: bool = False, what: str | N
     return name
 
 
+RUN_TAG_PREFIXES = ("dataset:", "model:", "adapter:")  # the tags `run_tags` derives from a run's configuration
+
+
 def tag_flow_run(flow: Any, flow_run: Any, state: Any) -> None:
-    """An `on_running` hook: adds dataset/model tags to the run (keeping deployment tags)."""
+    """An `on_running` hook: tags the run with the dataset, model and adapter of the configuration it runs with;
+    such tags it got elsewhere (a deployment's, naming its default parameters) are replaced, other tags kept."""
     from prefect.client.orchestration import get_client
 
     ctx = FlowRunContext.get()
     params = ctx.parameters if ctx and ctx.parameters else (flow_run.parameters or {})
-    tags = sorted({*(flow_run.tags or []), *run_tags(params)})
-    if set(tags) != set(flow_run.tags or []):
+    kept = [t for t in flow_run.tags or [] if not t.startswith(RUN_TAG_PREFIXES)]
+    tags = sorted({*kept, *run_tags(params)})
+    if tags != sorted(flow_run.tags or []):
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, tags=tags)
         flow_run.tags = tags

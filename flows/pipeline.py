@@ -41,7 +41,7 @@ from coderflow.tasks.embed.task import (
 from coderflow.tasks.evaluate.task import evaluate_run
 from coderflow.tasks.ingest.task import ingest_split
 from coderflow.tasks.report.task import publish_metrics, report_run, results_with_progress
-from coderflow.tasks.runs import record_run, refresh_database
+from coderflow.tasks.runs import record_parent_run, record_run, refresh_database
 from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank, import_text_bank
 
 
@@ -279,6 +279,7 @@ def classify(
         ]
         metrics = evaluate_run(run_id, mid, result["n_classes"], root, counters)
         extra["counts"] = result
+        extra["split_id"] = result["split_id"]  # the images it scored: re-scoring (`load_run`) checks it
     report_run(run_id, dataset.name, root)
     return ClassifyResult(
         run_id,
@@ -304,6 +305,7 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
 def _stages(config: PipelineConfig, root: str) -> PipelineResult:
     ds, model = config.dataset, config.model
     stages: dict[str, float] = {}
+    started = datetime.now(UTC)
     with timed(stages, "ingest"):
         ingest_dataset(ds, root)
 
@@ -330,6 +332,8 @@ def _stages(config: PipelineConfig, root: str) -> PipelineResult:
             ds, model, texts.textbank_id, list(config.methods), workdir=root, run_name=config.run_name,
             params=config.classify, config=config.model_dump(mode="json"),
         )  # fmt: skip
+        # the run is the pipeline's: its flow, whole duration and flow run (classify's is kept in the record)
+        record_parent_run(run.run_id, root, flow="pipeline", started_at=started, flow_run_id=flow_run_id())
         record_inputs(run.run_id, config)
     publish_metrics(run.run_id, ds.name, root)  # the parent run shows the metrics too, not only its classify sub-flow
     return PipelineResult(run.run_id, run.top1, images, texts, coder, run, stages, flow_run_id())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from coderflow.config import PipelineConfig
-from coderflow.flows.naming import run_tags
 
 DEFAULT_CRON = "0 2 * * *"  # nightly, 02:00
 SECTION_OF = {"params": "classify"}  # flow parameter -> config section, where the names differ
@@ -46,7 +45,7 @@ def deployments(cfg: PipelineConfig, name: str = "laptop", cron: str | None = DE
 
     flows = _flows()  # the pipeline's task runner comes from config.runner
     params = stage_parameters(cfg)
-    tags = ["coderflow", *run_tags(params["pipeline"])]
+    tags = ["coderflow"]  # a run is tagged from the configuration it runs with (`tag_flow_run`), not the default
     return [
         flow.to_deployment(
             name=name,

@@ -2,7 +2,8 @@
 
 A completed `pipeline` run stores the fingerprint of its inputs in its manifest.json (key `inputs`). Before the CLI
 starts the pipeline again it computes the fingerprint of the same config over the work directory as it is now; when
-the newest run that stored one has the same, that run's results are still valid and nothing needs to run.
+the newest run of the same dataset, split and model that stored one has the same, that run's results are still valid
+and nothing needs to run (runs of other datasets in the same work directory are not compared with).
 
 The fingerprint covers: the pipeline config (all of it except `workdir` and one-off actions such as
 `dataset.reingest`), the versions of coderflow and its main dependencies and the git commit, the model id (a
@@ -10,7 +11,8 @@ checkpoint file is hashed into it; an adapter file is listed), the dataset's sou
 sizes, mtimes; CLIP_benchmark root: shard sizes and ETags/mtimes), the split's content (shard hashes and class list
 recorded at ingest, the class files' content now), the shard files, the image-embedding parts, the text bank (id,
 file, report), the text-embedding parts of the text model and the CODER parts. Derived files count by relative name,
-size and mtime_ns, so touching or rewriting one changes it; class files count by content.
+size and mtime_ns, so touching or rewriting one changes it; class files count by content. Text-embedding parts added
+since a run (another dataset's texts: parts are only ever added) leave that run up to date.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from coderflow.storage.shards import DamagedFile, ingest_info, stored_classes_id
 from coderflow.tasks.ingest.sources import source_listing
 
 MANIFEST = "manifest.json"
-INPUTS_KEY = "inputs"  # manifest key holding {"fingerprint": sha256, "parts": {name: sha256}}
+INPUTS_KEY = "inputs"  # manifest key holding {"fingerprint": sha256, "parts": {name: sha256}, TEXT_FILES_KEY: [...]}
+# The text-embedding parts of a model are shared by every dataset and only ever added to (a text embedded once is
+# never embedded again): parts added since a run (another dataset's texts) leave its texts' embeddings as they were.
+TEXT_FILES_KEY = "text_embedding_files"
 
 
 def _digest(value: Any) -> str:
@@ -115,7 +120,11 @@ def inputs_fingerprint(cfg: PipelineConfig) -> dict[str, Any] | None:
     parts = input_parts(cfg)
     if parts is None:
         return None
-    return {"fingerprint": _digest(parts), "parts": {name: _digest(value) for name, value in parts.items()}}
+    return {
+        "fingerprint": _digest(parts),
+        "parts": {name: _digest(value) for name, value in parts.items()},
+        TEXT_FILES_KEY: parts["text_embeddings"],
+    }
 
 
 def record_inputs(run_id: str, cfg: PipelineConfig) -> str | None:
@@ -151,8 +160,16 @@ def _when(manifest: dict[str, Any]) -> datetime | None:
         return None
 
 
-def newest_recorded_run(layout: Layout) -> dict[str, Any] | None:
-    """The manifest of the newest completed run that stored an inputs fingerprint (pipeline runs), or None."""
+def run_key(manifest: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(dataset name, split, model id) of a recorded run: only a run with the same key can have the same inputs."""
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    return dataset.get("name", manifest.get("dataset")), dataset.get("split"), manifest.get("model_id")
+
+
+def newest_recorded_run(layout: Layout, key: tuple[Any, Any, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of the newest completed run that stored an inputs fingerprint (pipeline runs), or None; with
+    `key` (dataset name, split, model id) only among the runs of that dataset, split and model."""
     runs_dir = layout.runs_dir
     if not runs_dir.is_dir():
         return None
@@ -166,15 +183,24 @@ def newest_recorded_run(layout: Layout) -> dict[str, Any] | None:
         inputs = manifest.get(INPUTS_KEY)
         if manifest.get("status") != "completed" or not isinstance(inputs, dict) or when is None:
             continue
+        if key is not None and run_key(manifest) != key:
+            continue
         if best is None or when > best[0]:
             best = (when, manifest)
     return best[1] if best else None
 
 
 def check_inputs(cfg: PipelineConfig) -> Verdict:
-    """Whether the newest recorded run has the inputs `cfg` would have now (its results would not change)."""
+    """Whether the newest recorded run of the same dataset, split and model has the inputs `cfg` would have now (its
+    results would not change); runs of other datasets in the work directory are not compared with."""
+    from coderflow.tasks.embed.model import configured_model_id  # torch-free until a model loads
+
     layout = Layout.at(cfg.workdir)
-    manifest = newest_recorded_run(layout)
+    try:
+        mid = configured_model_id(cfg.model, str(layout.root))
+    except FileNotFoundError:
+        return Verdict()
+    manifest = newest_recorded_run(layout, (cfg.dataset.name, cfg.dataset.split, mid))
     if manifest is None:
         return Verdict()
     run_id, when = str(manifest["run_id"]), _when(manifest)
@@ -188,4 +214,9 @@ def check_inputs(cfg: PipelineConfig) -> Verdict:
         return Verdict(run_id, when)
     old = stored.get("parts") or {}
     changed = tuple(name for name, digest in now["parts"].items() if old.get(name) != digest)
+    recorded = stored.get(TEXT_FILES_KEY)
+    if changed == ("text_embeddings",) and isinstance(recorded, list):
+        current = {tuple(f) for f in now[TEXT_FILES_KEY]}
+        if all(isinstance(f, list) and tuple(f) in current for f in recorded):  # only parts were added
+            return Verdict(run_id, when)
     return Verdict(run_id, when, changed or ("(fingerprint)",))

@@ -12,7 +12,7 @@ from coderflow.storage.integrity import intact, require_intact
 from coderflow.storage.layout import Layout, StoragePath, text_model_id
 from coderflow.storage.parquet_io import read_table, read_tables
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
-from coderflow.storage.shards import split_shards
+from coderflow.storage.shards import SHARD_ERROR_SUFFIX, DamagedFile, split_image_hashes, split_shards
 
 
 def list_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -32,6 +32,7 @@ class ImageSet:
     labels: np.ndarray
     x: np.ndarray
     n_errors: int
+    hashes: list[str] | None = None  # each image's content hash (the split's _images.json); None when unknown
 
 
 def image_parts(layout: Layout, model_id: str, dataset: str, split: str) -> list[StoragePath]:
@@ -57,9 +58,25 @@ def load_images(layout: Layout, model_id: str, dataset: str, split: str) -> Imag
     """The split's successfully embedded images (see image_parts: only its current shards)."""
     parts = image_parts(layout, model_id, dataset, split)
     table = read_tables(parts, IMAGE_EMBEDDINGS, ["sample_key", "label", "embedding", "status"])
-    ok = table.filter(pc.equal(table["status"], "ok"))
+    is_ok = pc.equal(table["status"], "ok")
+    ok = table.filter(is_ok)
     labels = ok["label"].fill_null(-1).to_numpy().astype(np.int64)
-    return ImageSet(ok["sample_key"].to_pylist(), labels, list_matrix(ok["embedding"]), table.num_rows - ok.num_rows)
+    hashes = _image_hashes(layout, dataset, split, table["sample_key"].to_pylist(), is_ok)
+    x = list_matrix(ok["embedding"])
+    return ImageSet(ok["sample_key"].to_pylist(), labels, x, table.num_rows - ok.num_rows, hashes)
+
+
+def _image_hashes(layout: Layout, dataset: str, split: str, keys: list[str], ok: pa.ChunkedArray) -> list[str] | None:
+    """The content hash of each ok row's image: `_images.json` lists one per sample in sample order, and the
+    embedding rows are the samples in that order; None when they cannot be aligned (a damaged shard or hash list,
+    a sample without an image, a split ingested before the list existed)."""
+    try:
+        hashes = split_image_hashes(layout, dataset, split)
+    except DamagedFile:
+        return None
+    if len(hashes) != len(keys) or any(k.endswith(SHARD_ERROR_SUFFIX) for k in keys):
+        return None
+    return [h for h, keep in zip(hashes, ok.to_pylist(), strict=True) if keep]
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def query(
     order_by: str | None = None,
     limit: int | None = None,
     timeout: float | None = None,
-    params: list[Any] | None = None,
+    params: list[Any] | dict[str, Any] | None = None,
 ) -> pa.Table:
     """Run read-only SQL over the views; the last statement's result is returned, its rows filtered by `where`
     (column -> value, bound as parameters: a value is never pasted into SQL), then ordered and limited. `timeout`

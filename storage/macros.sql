@@ -7,18 +7,22 @@ CREATE OR REPLACE MACRO mcnemar_p(b, c) AS least(1.0, 2 * list_sum(list_transfor
     lambda i: exp(lgamma(b + c + 1) - lgamma(i + 1) - lgamma(b + c - i + 1) - (b + c) * ln(2))
 )));
 
--- The labelled samples two (run, method) pairs both classified, paired by sample key and shots (-1: zero-shot);
--- of several seeds, the first.
+-- The labelled samples two (run, method) pairs both classified, paired by shots (-1: zero-shot) and image: the same
+-- dataset, split, sample key and image content hash (a null hash, from an older coderflow, matches by the rest);
+-- of several seeds, the first. tasks/evaluate/compare.py pairs through this macro.
 CREATE OR REPLACE MACRO paired_predictions(run_a, method_a, run_b, method_b) AS TABLE
 WITH a AS (
-    SELECT sample_key, coalesce(shots, -1) AS shots, any_value(label) AS label, arg_min(pred, coalesce(seed, -1)) AS pred
+    SELECT dataset, split, sample_key, coalesce(shots, -1) AS shots, any_value(image_hash) AS image_hash,
+           any_value(label) AS label, arg_min(pred, coalesce(seed, -1)) AS pred
     FROM predictions WHERE run_id = run_a AND method = method_a AND label IS NOT NULL GROUP BY ALL
 ), b AS (
-    SELECT sample_key, coalesce(shots, -1) AS shots, arg_min(pred, coalesce(seed, -1)) AS pred
+    SELECT dataset, split, sample_key, coalesce(shots, -1) AS shots, any_value(image_hash) AS image_hash,
+           arg_min(pred, coalesce(seed, -1)) AS pred
     FROM predictions WHERE run_id = run_b AND method = method_b AND label IS NOT NULL GROUP BY ALL
 )
 SELECT a.shots, a.sample_key, a.label, a.pred AS pred_a, b.pred AS pred_b
-FROM a JOIN b USING (sample_key, shots)
+FROM a JOIN b USING (dataset, split, sample_key, shots)
+WHERE coalesce(a.image_hash = b.image_hash, true)
 ORDER BY a.shots, a.sample_key;
 
 -- Per shots: n, both accuracies, their difference with a percentile bootstrap 95% interval (`resamples` resamples of

@@ -123,16 +123,33 @@ def write_stream(
             raise
 
     frames = register_io_source(source, schema=pl.from_arrow(schema.empty_table()).schema)
-    with atomic_path(target) as tmp:
+    with _unrecorded_on_failure(target), atomic_path(target) as tmp:
         try:
             frames.sink_parquet(tmp, compression=compression, statistics=False, row_group_size=ROW_GROUP_ROWS)
         except Exception:
             if failure:
                 raise failure[0] from None
             raise
-        digest = file_sha256(tmp)  # read back from the page cache: what the file holds, not what was meant
-    record_checksum(target, digest)
+        # read back from the page cache: what the file holds, not what was meant; recorded before the file is
+        # published, so a file that is visible has its hash (a kill between the two leaves a hash without its file,
+        # or the old file with the new hash: taken as damaged and computed again)
+        record_checksum(target, file_sha256(tmp))
     return rows
+
+
+@contextlib.contextmanager
+def _unrecorded_on_failure(target: str | os.PathLike[str] | StoragePath) -> Iterator[None]:
+    """Drop the hash recorded for a file whose write or publication then failed (the old file, if any, is then
+    unverified and recomputed, never taken for the new one)."""
+    sidecar = checksum_path(target)
+    before = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
+    try:
+        yield
+    except BaseException:
+        after = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
+        if after != before:
+            sidecar.unlink()
+        raise
 
 
 CHECKSUM_SUFFIX = ".sha256"  # `<file>.sha256` beside every Parquet file, in `sha256sum -c` format
@@ -145,8 +162,7 @@ def checksum_path(path: str | os.PathLike[str] | StoragePath) -> StoragePath:
 
 
 def record_checksum(path: str | os.PathLike[str] | StoragePath, digest: str) -> None:
-    """Record the sha256 of a file just written (after the file itself: a kill between the two leaves a file whose
-    recorded hash is missing or another's, which readers take as damaged and recompute)."""
+    """Record the sha256 of a file about to be published as `path` (`<name>.sha256` beside it)."""
     path = storage_path(path)
     write_text(f"{digest}  {path.name}\n", checksum_path(path))
 

@@ -60,6 +60,7 @@ PREDICTIONS = pa.schema(
         ("top5", pa.list_(pa.int32())),
         ("margin", pa.float32()),
         ("confidence", pa.float32()),  # softmax probability of `pred` (cosine scores scaled by 100): calibration
+        ("image_hash", pa.string()),  # sha256[:16] of the sample's image bytes (_images.json): what compare pairs on
     ]
 )
 

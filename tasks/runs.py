@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,42 @@ def record_run(
     path = write_run(
         layout, run_id, flow=flow, status=status, started_at=started_at, config=config,
         dataset=dataset, model_id=model_id, textbank_id=textbank_id, extra=extra, finished_at=finished,
+    )  # fmt: skip
+    return str(path)
+
+
+MANIFEST_FIELDS = frozenset(
+    {
+        "run_id",
+        "flow",
+        "status",
+        "started_at",
+        "finished_at",
+        "dataset",
+        "model_id",
+        "textbank_id",
+        "config",
+        "versions",
+    }
+)
+
+
+@task(name="record-parent-run")
+def record_parent_run(
+    run_id: str, workdir: str, *, flow: str, started_at: datetime, flow_run_id: str | None = None
+) -> str:
+    """Record a finished sub-flow's run (a pipeline's classify) as its parent's: the parent's flow name, start and
+    flow run, so `coderflow runs` shows the whole duration; the sub-flow's own flow run id stays in the record
+    (`<sub-flow>_flow_run_id`)."""
+    layout = Layout.at(workdir)
+    manifest = json.loads(layout.run_file(run_id, "manifest.json").read_text())
+    extra = {k: v for k, v in manifest.items() if k not in MANIFEST_FIELDS}
+    extra[f"{manifest['flow']}_flow_run_id"] = extra.get("flow_run_id")
+    extra["flow_run_id"] = flow_run_id
+    path = write_run(
+        layout, run_id, flow=flow, status=manifest["status"], started_at=started_at, config=manifest["config"],
+        dataset=manifest.get("dataset"), model_id=manifest.get("model_id"), textbank_id=manifest.get("textbank_id"),
+        extra=extra, finished_at=datetime.now(UTC),
     )  # fmt: skip
     return str(path)
 

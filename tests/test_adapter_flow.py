@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 from coderflow.config import AdapterConfig, DatasetConfig, FewShotConfig, ModelConfig, PipelineConfig, TextsConfig
 from coderflow.storage.db import query
@@ -109,17 +111,26 @@ def test_train_resume_embed_and_overlap(prefect_server, tmp_path):
     )
     by = {r["method"]: r["p"] for r in preds.to_pylist()}
     for method in ("tip_adapter", "coder_adapter", "tip_x"):
-        assert by[method] == by[f"{method}_adapted"], method
-    assert set(by) == {"clip", "prototype", "tip_adapter", "coder_adapter", "tip_x"} | {
+        assert by[method.replace("tip_adapter", "tip_adapter_imo")] == by[f"{method}_adapted"], method
+    assert set(by) == {"clip", "prototype", "tip_adapter_imo", "coder_adapter", "tip_x"} | {
         f"{m}_adapted" for m in ("tip_adapter", "coder_adapter", "tip_x")
-    }  # clip: the zero-shot baseline
+    }  # clip: the zero-shot baseline; Tip-Adapter on IMO's grid says so in its name
     # searched: with an adapter both Tip-Adapter variants use IMO's grid (run.py:42-47)
     grid = fs.model_copy(update={"search": "grid"})
     searched = fewshot(cfg.model_copy(update={"model": adapted, "fewshot": grid})).run_id
     sql = f"SELECT method, value FROM metrics WHERE run_id = '{searched}' AND metric = 'alpha' AND method LIKE 'tip_a%'"
     alphas = {r["method"]: r["value"] for r in query(layout, sql).to_pylist()}
-    assert set(alphas) == {"tip_adapter", "tip_adapter_adapted"}
+    assert set(alphas) == {"tip_adapter_imo", "tip_adapter_adapted"}
     assert all(any(abs(a - g) < 1e-9 for g in IMO_ALPHAS) for a in alphas.values())
+    # adapter_effect: adapted results next to the adapted encoder's overlap, the others next to the original's
+    done = run_cli(["query", "--canned", "adapter_effect", "--workdir", str(tmp_path), "--format", "json"])
+    assert done.exit_code == 0, done.output
+    effect = {(r["model_id"], r["method"]) for r in json.loads(done.stdout) if r["method"]}
+    base = text_model_id(mid)
+    assert {(mid, f"{m}_adapted") for m in ("tip_adapter", "coder_adapter", "tip_x")} <= effect
+    assert {(base, m) for m in ("prototype", "tip_adapter_imo", "coder_adapter", "tip_x")} <= effect
+    assert not {m for model, m in effect if model == base and m.endswith("_adapted")}
+    assert not {m for model, m in effect if model == mid and not m.endswith("_adapted")}
 
 
 def _named(flow_run_id) -> tuple[str, set[str], set[str]]:

@@ -83,6 +83,7 @@ def _write_predictions(
                     "sample_key": [f"k{i:04d}" for i in range(n)], "label": labels.astype(np.int32),
                     "pred": pred.astype(np.int32), "top5": top5.astype(np.int32).tolist(),
                     "margin": np.zeros(n, np.float32), "confidence": conf,
+                    "image_hash": [f"h{i:04d}" for i in range(n)],
                 }).cast(PREDICTIONS))  # fmt: skip
                 for metric, ci, value in classification_metrics(labels, top5, len(CLASSES)):
                     metrics.append({"run_id": run_id, "dataset": dataset, "split": "test", "model_id": "m",
@@ -235,7 +236,14 @@ def test_markdown_report_of_a_zero_shot_run(synthetic, tmp_path):
     assert "mlfoundations/open_clip docs/openclip_results.csv" in text
     assert "points below the reference" in done.output
     assert re.search(r"> \*\*Warning:\*\* clip top-1 0\.\d{4} is \d+\.\d points below the reference", text)
-    assert text.count("data:image/svg+xml;base64,") == 3  # recall bars, confusion heatmap, reliability diagram
+    # recall bars, confusion heatmap, reliability diagram: SVG files beside the .md (sites render no data URLs)
+    assert "data:image" not in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links == [f"r_files/fig-{i}.svg" for i in (1, 2, 3)]
+    assert all((tmp_path / link).read_bytes().lstrip().startswith(b"<?xml") for link in links)
+    assert f"figures in {tmp_path / 'r_files'}" in done.output
+    stdout = run_cli(["report", "zs", "--workdir", str(synthetic.root), "-o", "-", "--resamples", "200"]).stdout
+    assert stdout.count("data:image/svg+xml;base64,") == 3  # on stdout there is no folder: the figures are inline
 
 
 def test_report_refuses_an_unknown_run(synthetic):
@@ -298,6 +306,8 @@ def test_api_rescoring_reproduces_the_stored_predictions(demo_run):
         run.score("coder", texts=["atributes"])
     with pytest.raises(ValueError, match="reads a bank of its own"):
         run.score("waffle", texts=["name"])
+    shown = repr(run)  # what a notebook prints: one short line, never the arrays
+    assert len(shown) < 400 and "\n" not in shown and run_id in shown and "images x" in shown, shown
 
 
 @pytest.mark.flow
@@ -349,3 +359,88 @@ def test_report_of_a_run_without_predictions(synthetic, tmp_path):
     assert done.exit_code == 0, done.output
     headings = re.findall(r"^## (.+)$", done.stdout, flags=re.M)
     assert headings == ["Configuration", "Metrics", "Reference numbers"]
+
+
+# --- one statistic, one definition (CLI, canned SQL, report) ------------------------------------------------------
+
+
+def _markdown_rows(text: str, section: str) -> list[dict[str, str]]:
+    """The first table of a report section as dicts of its cells."""
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in body.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+
+
+def test_seed_std_bootstrap_and_top5_mean_the_same_everywhere(synthetic):
+    """std over seeds is the sample std (ddof 1) in the fewshot_summary query and the report; compare and report
+    resample alike by default; the metrics are unrounded (exact differences); top-5 of 4 classes is not shown."""
+    canned = run_cli(["query", "--canned", "fewshot_summary", "--workdir", str(synthetic.root), "--format", "json"])
+    assert canned.exit_code == 0, canned.output
+    summary = {(r["method"], r["shots"]): r for r in json.loads(canned.stdout) if r["run_id"] == "fs"}
+    raw = query(synthetic, "SELECT method, shots, list(value) AS v FROM metrics WHERE run_id = 'fs' AND metric = 'top1' "
+                "AND class_index IS NULL AND shots IS NOT NULL GROUP BY ALL").to_pylist()  # fmt: skip
+    report = run_cli(["report", "fs", "--workdir", str(synthetic.root), "-o", "-"])
+    assert report.exit_code == 0, report.output
+    shown = {(r["method"], int(r["shots"])): r for r in _markdown_rows(report.stdout, "Accuracy against shots")}
+    assert len(raw) == len(summary) == len(shown) == 6
+    for r in raw:
+        std = float(np.std(r["v"], ddof=1))
+        assert summary[(r["method"], r["shots"])]["top1_std"] == pytest.approx(std, abs=1e-4)
+        assert float(shown[(r["method"], r["shots"])]["top1 std"]) == pytest.approx(std, abs=1e-4)
+
+    zs = run_cli(["report", "zs", "--workdir", str(synthetic.root), "-o", "-"])
+    compare_help = run_cli(["compare", "--help"])
+    assert "(2000 resamples)" in zs.stdout and re.search(r"resamples.*\[default: 2000\]", compare_help.output, re.S)
+    metrics = _markdown_rows(zs.stdout, "Metrics")
+    assert "top5" not in metrics[0] and "Top-5 not shown: with 4 classes" in zs.stdout
+    exact = query(synthetic, "SELECT method, value FROM metrics WHERE run_id = 'zs' AND metric = 'ece'").to_pylist()
+    stored = query(synthetic, f"SELECT method, ece FROM ({open_sql('accuracy_per_method')}) WHERE run_id = 'zs'")
+    assert {r["method"]: r["ece"] for r in stored.to_pylist()} == {r["method"]: r["value"] for r in exact}
+
+
+def test_report_configuration_of_a_few_shot_run_with_an_adapter(synthetic, tmp_path):
+    """A few-shot run's report shows its shots, seeds, views and adapter, not the zero-shot split and methods."""
+    config = {**_config("imagenet", "ViT-S-32-alt", None), "fewshot": {
+        "shots": [1, 2, 4], "seeds": [1, 2], "augment_views": 10, "methods": ["prototype", "tip_adapter"],
+        "search": "grid", "train_split": "train", "val_split": "val", "test_split": "test"}}  # fmt: skip
+    config["model"]["adapter"] = "adapter-0123456789abcdef"
+    _write_run(synthetic, "fsa", "few-shot", config)
+    done = run_cli(["report", "fsa", "--workdir", str(synthetic.root), "-o", "-"])
+    assert done.exit_code == 0, done.output
+    settings = {r["setting"]: r["value"] for r in _markdown_rows(done.stdout, "Configuration")}
+    assert settings["shots"] == "1, 2, 4" and settings["seeds"] == "1, 2" and settings["augment views"] == "10"
+    assert (
+        settings["adapter"] == "adapter-0123456789abcdef" and settings["few-shot methods"] == "prototype, tip_adapter"
+    )
+    assert settings["splits (support / val / test)"] == "train / val / test"
+    assert "methods" not in settings and "split" not in settings  # the zero-shot defaults a few-shot run carries
+
+
+def test_report_as_latex_and_csv_tables_for_a_paper(synthetic, tmp_path):
+    """`report --format latex|csv`: the metrics table a paper needs (percent with mean +- std over seeds in LaTeX,
+    unrounded fractions in CSV), difference from clip with its interval; no top-5 for 4 classes."""
+    done = run_cli(["report", "fs", "--workdir", str(synthetic.root), "--format", "latex", "-o", tmp_path / "fs.tex"])
+    assert done.exit_code == 0, done.output
+    tex = (tmp_path / "fs.tex").read_text()
+    assert "\\begin{tabular}" in tex and "\\toprule" in tex and "\\end{table}" in tex
+    assert re.search(r"^tip\\_adapter & 4 & \d+\.\d\d \$\\pm\$ \d+\.\d\d", tex, re.M)  # escaped, mean +- std
+    assert "Top-5" not in tex
+    zs = run_cli(
+        ["report", "zs", "--workdir", str(synthetic.root), "--format", "latex", "-o", "-", "--resamples", "200"]
+    )
+    row = next(line for line in zs.stdout.splitlines() if line.startswith("coder &"))
+    assert re.fullmatch(r"coder & \d+\.\d\d & .* & \+\d+\.\d\d & \[\+\d+\.\d\d, \+\d+\.\d\d\] & .* \\\\", row)
+
+    done = run_cli(["report", "fs", "--workdir", str(synthetic.root), "--format", "csv", "-o", tmp_path / "fs.csv"])
+    assert done.exit_code == 0, done.output
+    table = pacsv.read_csv(tmp_path / "fs.csv").to_pylist()
+    raw = query(synthetic, "SELECT method, shots, avg(value) AS top1, stddev_samp(value) AS std FROM metrics "
+                "WHERE run_id = 'fs' AND metric = 'top1' AND class_index IS NULL GROUP BY ALL").to_pylist()  # fmt: skip
+    by = {(r["method"], r["shots"]): r for r in table}
+    assert len(by) == len(raw) == 7  # clip zero-shot and 2 methods x 3 shots
+    for r in raw:
+        assert by[(r["method"], r["shots"])]["top1"] == pytest.approx(r["top1"], abs=1e-12)
+        if r["shots"] is not None:
+            assert by[(r["method"], r["shots"])]["top1_std"] == pytest.approx(r["std"], abs=1e-12)
+    assert all(r["top5"] is None and r["run_id"] == "fs" for r in table)

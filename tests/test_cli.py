@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -98,11 +99,91 @@ def test_every_flag_reaches_the_config():
 def test_help_shows_choices_defaults_and_aliases():
     out = run_cli(["run", "--help"]).output
     assert "[choices: demo, folder, wds]" in out and "[default: 64]" in out
-    assert "clip, dclip, cupl, waffle, coder, coder_rerank" in out  # methods from the registry
-    for dotted, alias in FLAG_ALIASES.items():
+    assert "clip, dclip, cupl, waffle, coder, coder_rerank" in re.sub(r"[\s│]+", " ", out)  # methods from the registry
+    for dotted, aliases in FLAG_ALIASES.items():
         if dotted.split(".")[0] in COMMAND_SECTIONS["run"]:
-            assert alias in out, alias
+            for alias in [aliases] if isinstance(aliases, str) else aliases:
+                assert alias in out, alias
     assert run_cli(["--version"]).output.strip()[0].isdigit()
+
+
+def test_clip_benchmark_and_open_clip_flags_work_as_typed(tmp_path: Path):
+    """`--model NAME --pretrained TAG --dataset NAME --dataset_root DIR`, as CLIP_benchmark and open_clip spell them."""
+    from conftest import write_clip_benchmark
+
+    root = write_clip_benchmark(tmp_path / "cifar10-wds")
+    work = str(tmp_path / "w")
+    for root_flag in ("--dataset-root", "--dataset_root"):
+        out = run_cli(["config", "--model", "ViT-S-32-alt", "--pretrained", "openai", "--dataset", "cifar10",
+                       root_flag, str(root), "--workdir", work])  # fmt: skip
+        assert out.exit_code == 0, out.output
+        got = yaml.safe_load(out.stdout)
+        assert got["model"]["name"] == "ViT-S-32-alt" and got["model"]["pretrained"] == "openai"
+        assert (got["dataset"]["name"], got["dataset"]["source"], got["dataset"]["kind"]) == (
+            "cifar10",
+            str(root),
+            "wds",
+        )
+    no_root = ["--model", "ViT-S-32-alt", "--dataset", "cifar10", "--workdir", work]
+    refused = run_cli(["run", *no_root])  # a benchmark's name alone would be the demo data under that name
+    assert refused.exit_code == 2 and refused.output.strip().splitlines() == [
+        "error: dataset 'cifar10' has no source: give --dataset-root (a CLIP_benchmark root or folder)"
+    ]
+    assert not Path(work).exists()
+    out = run_cli(["ingest", "--dataset", "cifar10", "--dataset-root", str(root), "--workdir", work])
+    assert out.exit_code == 0 and "6 samples in" in out.output, out.output
+    assert yaml.safe_load(run_cli(["config", *no_root]).stdout)["dataset"]["name"] == "cifar10"
+    from coderflow.preflight import check_benchmark_source
+
+    check_benchmark_source(PipelineConfig(workdir=work, dataset={"name": "cifar10"}))  # ingested here: no source needed
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_SECTIONS))
+def test_help_shows_a_description_and_the_real_default_of_every_flag(command: str):
+    out = run_cli([*command.split(), "--help"], env={"COLUMNS": "400"})  # one line per flag
+    assert out.exit_code == 0 and "PydanticUndefined" not in out.output
+    if command == "run":
+        assert "[default: clip,dclip,cupl,waffle,coder,coder_rerank]" in out.output
+    rows = [re.sub(r"^[│ *]+", "", line).rstrip("│ ") for line in out.output.splitlines() if re.match(r"│[ *]+-", line)]
+    assert len(rows) > 5
+    bare = [r.split()[0] for r in rows if len(parts := re.split(r"\s{2,}", r)) < 2 or parts[1].startswith("[")]
+    assert not bare, f"flags without a description: {bare}"
+
+
+def _tsv(text: str) -> list[dict[str, str]]:
+    header, *lines = text.splitlines()
+    return [dict(zip(header.split("\t"), line.split("\t"), strict=True)) for line in lines]
+
+
+@pytest.mark.flow
+def test_runs_and_adapter_train_keep_whole_ids_in_a_pipe_and_on_80_columns(demo_run, tmp_path: Path):
+    """Piped: tab-separated lines under a header; on an 80-column terminal: nothing cut with an ellipsis. A pipeline
+    run is listed as `pipeline` with its whole duration, and `--model` matches the architecture as well as the id."""
+    work, result = str(demo_run["workdir"]), demo_run["result"]
+    piped = run_cli(["runs", "--workdir", work], env={"TTY_COMPATIBLE": "0"})
+    assert piped.exit_code == 0, piped.output
+    (row,) = [r for r in _tsv(piped.stdout) if r["run_id"] == result.run_id]
+    assert row["flow"] == "pipeline" and row["model_id"] == "ViT-S-32-alt__random"
+    assert float(row["seconds"]) >= result.stages["ingest"] + result.stages["embed"] + result.stages["classify"]
+    for args in (["--flow", "pipeline"], ["--model", "ViT-S-32-alt"], ["--model", "ViT-S-32-alt__random"]):
+        listed = run_cli(["runs", "--workdir", work, *args, "--format", "json"])
+        assert result.run_id in {r["run_id"] for r in json.loads(listed.stdout)}, args
+    for args in (["--flow", "classify"], ["--model", "ViT-S-32"]):
+        assert result.run_id not in run_cli(["runs", "--workdir", work, *args]).stdout, args
+    terminal = run_cli(["runs", "--workdir", work], env={"TTY_COMPATIBLE": "1", "COLUMNS": "80"})
+    assert result.run_id in terminal.stdout and "…" not in terminal.stdout, terminal.stdout
+
+    train = ["adapter", "train", "--workdir", str(tmp_path), "--dataset.demo-images-per-class", "2",
+             "--dataset.samples-per-shard", "8", "--adapter.batch-size", "8"]  # fmt: skip
+    out = run_cli(train, env={"TTY_COMPATIBLE": "0"})
+    assert out.exit_code == 0, out.output
+    (trained,) = _tsv(out.stdout.split("use it with")[0])
+    adapter_id = trained["adapter_id"]
+    assert Path(trained["path"]).is_file() and adapter_id in Path(trained["path"]).name
+    again = run_cli(train, env={"TTY_COMPATIBLE": "1", "COLUMNS": "80"})
+    assert again.exit_code == 0 and adapter_id in again.stdout and "…" not in again.stdout, again.stdout
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", again.stdout)  # without the terminal's styles
+    assert trained["path"] in re.sub(r"\s*\n\s*", "", plain)  # folded over lines, never cut
 
 
 def test_precedence_flags_over_environment_over_yaml_over_defaults(tmp_path: Path):

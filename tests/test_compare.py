@@ -77,7 +77,51 @@ def test_compare_and_runs_commands(demo_run):
     (view,) = query(
         Layout.at(work), "SELECT duration_s, flow_run_id FROM runs WHERE run_id = ?", params=[run_id]
     ).to_pylist()
-    assert view["duration_s"] > 0 and view["flow_run_id"] == str(
-        demo_run["result"].classify.flow_run_id
-    )  # classify's run
+    assert view["duration_s"] > 0 and view["flow_run_id"] == str(demo_run["result"].flow_run_id)  # the pipeline's
     assert json.loads(run_cli(["runs", "--workdir", work, "--flow", "few-shot", "--format", "json"]).stdout) == []
+
+
+def _add_shard(root, index: int, keys: range) -> None:
+    """One more CLIP_benchmark shard of new images (the keys continue the existing ones)."""
+    import webdataset as wds
+    from conftest import png_bytes
+
+    with wds.TarWriter(str(root / "test" / f"{index}.tar")) as w:
+        for k in keys:
+            w.write({"__key__": f"s{k:07d}", "webp": png_bytes((k * 20 % 255, 90, 30)), "cls": k % 2})
+    (root / "test" / "nshards.txt").write_text(f"{index + 1}\n")
+
+
+@pytest.mark.flow
+def test_compare_pairs_only_the_same_images(prefect_server, tmp_path):
+    from conftest import write_clip_benchmark
+
+    work = tmp_path / "w"
+    base = ["--workdir", str(work), "--kind", "wds", "--texts.types", "name", "--methods", "clip"]
+    cifar = write_clip_benchmark(tmp_path / "cifar10")  # keys s0000000..s0000005
+    stl = write_clip_benchmark(tmp_path / "stl10", n_shards=1, per_shard=4, classes=("plane", "ship"))  # same keys
+
+    def run(source) -> str:
+        out = run_cli(["run", "--source", str(source), *base])
+        assert out.exit_code == 0, out.output
+        return query(Layout.at(work), "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")["run_id"][0].as_py()
+
+    run_a, run_b = run(cifar), run(stl)
+    # two datasets whose sample keys coincide: nothing to pair, refused in one line
+    out = run_cli(["compare", run_a, run_b, "--workdir", str(work)])
+    assert out.exit_code == 2, out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert "share no image" in out.output and "cifar10/test" in out.output and "stl10/test" in out.output
+    sql = "SELECT count(*) AS n FROM paired_predictions(?, 'clip', ?, 'clip')"
+    assert query(Layout.at(work), sql, params=[run_a, run_b])["n"][0].as_py() == 0  # the SQL macro agrees
+    hashes = query(Layout.at(work), "SELECT count(image_hash) AS n FROM predictions WHERE run_id = ?", params=[run_a])
+    assert hashes["n"][0].as_py() == 6  # every prediction carries its image's content hash
+
+    # the same dataset grown by 3 images: the 6 common images are paired, and the partial overlap is said
+    _add_shard(cifar, 2, range(6, 9))
+    run_c = run(cifar)
+    out = run_cli(["compare", run_a, run_c, "--workdir", str(work), "--format", "json", "--resamples", "50"])
+    assert out.exit_code == 0, out.output
+    assert [r["n"] for r in json.loads(out.stdout)] == [6]
+    assert f"paired 6 of 9 samples ({run_a}: 6, {run_c}: 9)" in out.output
+    assert query(Layout.at(work), sql, params=[run_a, run_c])["n"][0].as_py() == 6

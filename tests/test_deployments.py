@@ -64,7 +64,7 @@ def test_serve_builds_one_deployment_per_flow_with_a_cron_on_the_pipeline():
     assert [s.schedule.cron for s in deps["pipeline"].schedules] == ["*/5 * * * *"]
     assert all(not d.schedules for name, d in deps.items() if name != "pipeline")
     assert deps["pipeline"].parameters["config"]["methods"] == ["clip"]
-    assert "dataset:demo" in deps["pipeline"].tags
+    assert deps["pipeline"].tags == ["coderflow"]  # a run's dataset and model tags come from its own parameters
     for name in ("few-shot", "train-adapter", "adapter-overlap"):  # the whole config, as the pipeline
         assert deps[name].parameters == deps["pipeline"].parameters, name
     # what the config cannot hold is left to each run: the bank of build-coder/classify, the file of import-texts
@@ -74,6 +74,29 @@ def test_serve_builds_one_deployment_per_flow_with_a_cron_on_the_pipeline():
     for name, d in deps.items():  # runs import the flow from the installed package, wherever `serve` was started
         assert re.fullmatch(r"coderflow\.flows\.\w+\.\w+", d.entrypoint), d.entrypoint
         assert load_flow_from_entrypoint(d.entrypoint, use_placeholder_flow=False).name == name
+
+
+@pytest.mark.flow
+def test_a_deployment_run_is_tagged_from_the_configuration_it_ran_with(prefect_server, tmp_path: Path):
+    """A run of a served deployment on another dataset is tagged `dataset:<that one>`, not the deployment's default
+    (`dataset:demo`); dataset and model tags it inherited are replaced, the others kept."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from coderflow.flows.pipeline import ingest_dataset
+
+    deployment_id = _serve_deployments()["ingest-dataset"].apply()
+    dataset = {"name": "shapes", "kind": "demo", "demo_images_per_class": 1, "samples_per_shard": 10}
+    with get_client(sync_client=True) as client:
+        created = client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters={"dataset": dataset, "workdir": str(tmp_path)},
+            tags=["dataset:demo", "model:ViT-S-32-alt", "mine"],  # as a deployment of the default config has them
+        )
+        run_flow(ingest_dataset, flow_run=client.read_flow_run(created.id))
+        tags = set(client.read_flow_run(created.id).tags)
+    assert "dataset:shapes" in tags and {"coderflow", "mine"} <= tags, tags
+    assert not {"dataset:demo", "model:ViT-S-32-alt"} & tags, tags  # ingest-dataset has no model
 
 
 def test_every_entrypoint_loads_from_the_installed_package_outside_the_checkout(tmp_path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +321,13 @@ def test_a_run_name_with_quotes_and_slashes_is_just_a_name(prefect_server, tmp_p
     args = ["run", "-c", str(config), "--run-name", "it's ../../mine"]
     first = run_cli(args)
     assert first.exit_code == 0, first.output
+    note = " ".join(first.output.split())  # random weights: the note suggests a model that has published weights
+    assert "RANDOM weights" in note and "--model.name ViT-B-32 --pretrained openai" in note
     runs = sorted(p.name for p in (tmp_path / "w" / "runs").iterdir())
     assert len(runs) == 1 and "mine" in runs[0] and "'" not in runs[0]  # one folder right under runs/
     again = run_cli(args)  # the up-to-date check reads that run back
     assert again.exit_code == 0 and "up to date" in again.output, again.output
+    forced = run_cli([*args, "--force"])  # every stored shard is reused: its stage says so, not "0 images/s"
+    assert forced.exit_code == 0, forced.output
+    assert re.search(r"embed \S+: \d+ of \d+ shards in [\d.]+ s \(cached\)", forced.output), forced.output
+    assert "0 images, 0.0 images/s" not in forced.output

@@ -340,3 +340,41 @@ def test_shards_are_a_function_of_their_samples_and_stale_staging_goes(tmp_path:
     assert [s["samples"] for s in second["shards"]] == [2, 2, 1] and first["split_id"] == second["split_id"]
     assert not leftover.exists()
     assert len(json.loads((split / "_images.json").read_text())) == 5
+
+
+@pytest.mark.flow
+def test_a_split_is_never_redefined_quietly_nor_an_old_run_rescored_on_new_images(prefect_server, tmp_path: Path):
+    from coderflow.api import load_run
+
+    photos = make_folder(tmp_path / "photos", per_class=10)
+    workdir = tmp_path / "w"
+    config = tiny_config(tmp_path / "run.yaml", source=str(photos))
+    out = run_cli(["run", "-c", str(config), "--workdir", str(workdir)])
+    assert out.exit_code == 0, out.output
+    old = newest_run(workdir)
+    marker = workdir / "shards" / "photos" / "test" / INGEST_MARKER
+    first = json.loads(marker.read_text())["split_id"]
+    assert json.loads((workdir / "runs" / old / "manifest.json").read_text())["split_id"] == first
+
+    # a --split-ratio under the name whose test split holds the whole folder: refused before work, in one line
+    base = ["--workdir", str(workdir), "--source", str(photos)]
+    out = run_cli(["fewshot", *base, "--split-ratio", "0.5,0.2,0.3", "--fewshot.shots", "1", "--fewshot.seeds", "1"])
+    assert out.exit_code == 2, out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert "split test holds the whole folder" in out.output
+    assert "--replace-dataset" in out.output and "--dataset.name" in out.output
+    assert json.loads(marker.read_text())["split_id"] == first and not (marker.parent.parent / "train").exists()
+
+    # said explicitly, the split is redefined; the old run is then never re-scored on the new images
+    out = run_cli(["ingest", *base, "--split-ratio", "0.5,0.2,0.3", "--replace-dataset"])
+    assert out.exit_code == 0, out.output
+    assert run_cli(["embed", "--workdir", str(workdir), "--dataset.name", "photos"]).exit_code == 0
+    now = json.loads(marker.read_text())["split_id"]
+    assert now != first
+    out = run_cli(["ablate", old, "--workdir", str(workdir)])
+    assert out.exit_code == 2, out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert f"run {old} was computed on split test {first}" in out.output
+    assert f"the split is now {now} (re-ingested or re-split): re-run it" in out.output
+    with pytest.raises(ValueError, match="re-ingested or re-split"):
+        load_run(old, str(workdir)).score("clip")

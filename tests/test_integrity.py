@@ -213,3 +213,26 @@ def test_damaged_derived_files_are_recomputed_and_a_damaged_old_result_blocks_no
         return sorted(zip(*(t[c].to_pylist() for c in t.column_names), strict=True))
 
     assert preds(new) == preds(clean)
+
+
+def test_a_write_that_fails_to_publish_leaves_the_old_file_unverified_never_misnamed(tmp_path: Path, monkeypatch):
+    """The hash is recorded before the file is published; if publishing then fails (a full disk at the rename), the
+    new hash is dropped: the old file is never checked against the new content's hash, nor trusted without one."""
+    import errno
+
+    from coderflow.storage import parquet_io
+
+    target = write_table(pa.table({"a": [1]}), tmp_path / "t.parquet")
+    real = os.replace
+
+    def full_at_publish(src, dst):
+        if str(dst) == str(target):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(parquet_io.os, "replace", full_at_publish)
+    with pytest.raises(OSError, match="No space left"):
+        write_table(pa.table({"a": [2]}), target)
+    monkeypatch.undo()
+    assert read_table(target)["a"].to_pylist() == [1]
+    assert "no recorded content hash" in problem(target)

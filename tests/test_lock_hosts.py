@@ -27,11 +27,18 @@ CLI = str(Path(sys.executable).with_name("coderflow"))
 HOLD = """
 import json, sys, time
 from coderflow.storage.lock import workdir_lock
-url, what, seconds, record = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+from pathlib import Path
+url, what, hold, record = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 with workdir_lock(url, what):
     entered = time.time()
     print("held", flush=True)
-    time.sleep(seconds)
+    if hold.replace(".", "").isdigit():  # seconds
+        time.sleep(float(hold))
+    else:  # until the test creates this file (at most a minute)
+        for _ in range(600):
+            if Path(hold).exists():
+                break
+            time.sleep(0.1)
     left = time.time()
 with open(record, "a") as f:
     f.write(json.dumps({"what": what, "enter": entered, "exit": left}) + "\\n")
@@ -104,9 +111,10 @@ def _host_env(tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
     return env | {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), **extra}
 
 
-def _hold(url: str, what: str, seconds: float, record: Path, env: dict[str, str]) -> subprocess.Popen:
+def _hold(url: str, what: str, hold: float | Path, record: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A process on its own 'host' that holds the lock for `hold` seconds, or until the file `hold` exists."""
     return subprocess.Popen(
-        [sys.executable, "-c", HOLD, url, what, str(seconds), str(record)],
+        [sys.executable, "-c", HOLD, url, what, str(hold), str(record)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -125,11 +133,15 @@ def _lease_key(url: str) -> str:
 def test_two_hosts_never_hold_one_s3_workdir_at_once(s3_workdir, tmp_path: Path):
     url, fs = s3_workdir
     record = tmp_path / "holds.jsonl"
-    first = _hold(url, "host A", 2.0, record, _host_env(tmp_path, "a"))
+    release = tmp_path / "release-a"
+    first = _hold(url, "host A", release, record, _host_env(tmp_path, "a"))
     try:
         assert first.stdout.readline().strip() == "held", first.stderr.read()
         second = _hold(url, "host B", 0.2, record, _host_env(tmp_path, "b"))
+        waiting = second.stderr.readline()  # B says it waits (or ends without holding: the test fails below)
+        release.touch()  # A lets go only now: however slowly B started, it had to wait
         _, err_b = second.communicate(timeout=60)
+        err_b = waiting + err_b
         _, err_a = first.communicate(timeout=60)
     finally:
         first.kill()

@@ -122,3 +122,97 @@ def test_a_workdir_that_is_a_file_or_too_long_is_one_line(tmp_path: Path, comman
         assert last.startswith("error: work directory ") and needle in last and "--workdir" in last, last
         assert len(last) < 400, last  # a 6,000-character path is shortened in the message
     assert afile.read_text() == "not a folder\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+# --- mistakes that used to surface after work (the dataset re-split by then): one line, exit 2, before any work ---
+
+
+@pytest.fixture
+def small_class_folder(tmp_path: Path) -> Path:
+    """An image folder whose class 'blue_sky' has 2 images (the others 6): too small for a 3-way split or 2 shots."""
+    from conftest import png_bytes
+
+    root = tmp_path / "small"
+    for name, n in [("red_apple", 6), ("green_leaf", 6), ("blue_sky", 2)]:
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            (root / name / f"{i}.png").write_bytes(png_bytes((i * 30, 90, 30)))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["ingest", "--split-ratio", "0.5,0.5,0.5"], ["sum to 1.5, not 1", "give shares that sum to 1"]),
+        (["fewshot", "--shots", "0"], ["fewshot.shots", "give K >= 1"]),
+    ],
+)
+def test_split_ratio_not_summing_to_one_and_zero_shots_are_refused(
+    tmp_path: Path, small_class_folder: Path, flags: list[str], needles: list[str]
+):
+    _refused([*flags, "--source", str(small_class_folder)], tmp_path / "w", *needles)
+
+
+def test_split_ratio_on_a_clip_benchmark_root_is_refused(tmp_path: Path, clip_benchmark_dir: Path):
+    args = ["ingest", "--source", str(clip_benchmark_dir), "--split-ratio", "0.5,0.2,0.3"]
+    _refused(args, tmp_path / "w", "--split-ratio splits an image folder", "'wds'", "drop --split-ratio")
+
+
+@pytest.mark.flow
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["ingest", "--split", "val"], ["'blue_sky' (0)", "split 'val'", "larger share"]),
+        (["fewshot", "--shots", "2,4", "--seeds", "1"], ["'blue_sky' (1)", "fewer than 2", "lower --shots 2"]),
+    ],
+)
+def test_a_class_too_small_for_the_ratio_or_the_shots_is_named(
+    prefect_server, tmp_path: Path, small_class_folder: Path, flags: list[str], needles: list[str]
+):
+    args = [*flags, "--source", str(small_class_folder), "--split-ratio", "0.5,0.2,0.3"]
+    last = _refused(args, tmp_path / "w", *needles)
+    assert "red_apple" not in last and "[1]" not in last  # the class by its name, only the one too small
+
+
+def test_pretrained_weights_not_cached_and_offline_are_refused_at_once(tmp_path: Path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache: the weights must be downloaded
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # open_clip's URL cache ~/.cache/clip, empty too
+    start = time.monotonic()
+    args = ["run", "--model.name", "ViT-B-32", "--pretrained", "openai"]
+    result = run_cli([*args, "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "--pretrained 'openai'" in last and "not in the cache" in last and "HF_HUB_OFFLINE" in last, last
+    assert "checkpoint file" in last and len(result.output.strip().splitlines()) == 1, result.output
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.flow
+def test_a_lock_wait_that_times_out_is_one_line(prefect_server, tmp_path: Path):
+    import threading
+
+    from coderflow.storage.lock import ENV_TIMEOUT, workdir_lock
+
+    workdir = tmp_path / "w"
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with workdir_lock(workdir, "another run"):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        result = run_cli(["ingest", "--workdir", str(workdir)], env={ENV_TIMEOUT: "1"})
+    finally:
+        release.set()
+        holder.join(30)
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: work directory") and "still in use by" in last and ENV_TIMEOUT in last, last
+    assert "Traceback" not in result.output, result.output

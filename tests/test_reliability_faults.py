@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from cli_runner import run_cli
-from fake_openai import API_KEY, FakeOpenAI, structured
+from fake_openai import API_KEY, FakeOpenAI, error, structured
 
 from coderflow.storage import db, parquet_io
 from coderflow.storage.arrays import load_images
@@ -350,3 +350,38 @@ def test_sigterm_ends_text_generation_promptly(prefect_server, tmp_path: Path):
         said = log.read_text()
         assert proc.returncode == 130 and ("interrupted" in said or "termination signal" in said), said[-2000:]
         assert len(server.requests) < 10  # the queued requests were never sent
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_sigterm_during_retries_sends_nothing_more(prefect_server, tmp_path: Path):
+    """A failing endpoint (HTTP 503, retried after 1, 2, 4, ... s): SIGTERM during a back-off ends `coderflow texts`
+    within about one request timeout (2 s here); no request and no retry reaches the server after the signal."""
+    workdir = tmp_path / "w"
+    _ingest_demo(workdir, images_per_class=1, per_shard=10)  # 10 classes -> 10 attribute requests
+    received: list[float] = []
+
+    def failing(req: dict) -> object:
+        received.append(time.monotonic())
+        return error(503, "overloaded")
+
+    with FakeOpenAI() as server:
+        server.responder = failing
+        args = ["texts", "--workdir", str(workdir), "--generator", "llm", "--texts.types", "name,att"]
+        args += ["--texts.llm.model", "fake-model", "--texts.llm.base-url", server.base_url]
+        args += ["--texts.llm.timeout", "2", "--texts.llm.max-concurrency", "2", "--texts.llm.max-retries", "6"]
+        log = tmp_path / "texts.log"
+        proc = _start(args, log, _env(OPENAI_API_KEY=API_KEY))
+        deadline = time.monotonic() + 240
+        while len(received) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)  # a first retry was sent: the threads are now in their 2 s back-off
+        assert len(received) >= 3, log.read_text()[-2000:]
+        time.sleep(0.3)
+        start = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(120)
+        took = time.monotonic() - start
+        said = log.read_text()
+        assert [t - start for t in received if t > start] == [], said[-3000:]  # no new request, no retry after it
+        assert proc.returncode == 130, said[-3000:]
+        assert took < 15, f"{took:.1f} s\n{said[-3000:]}"  # the retries alone would take 1+2+4+8+16+30 s

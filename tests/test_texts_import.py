@@ -53,7 +53,34 @@ def test_dclip_and_cupl_rows_and_export_round_trip():
              "text": t.text} for t in texts]  # fmt: skip
     assert export_bank(rows, "dclip") == data
     templates = [{"text_type": "template", "class_index": 0, "class_name": "cat", "text": "a photo of a cat."}]
-    assert export_bank(templates, "clip-benchmark") == {"templates": ["a photo of a {c}."]}
+    assert export_bank(templates, "clip-benchmark", "cats") == {"cats": ["a photo of a {c}."]}
+
+
+def test_clip_benchmark_export_keys_templates_by_dataset(tmp_path):
+    """`texts export --format clip-benchmark` writes CLIP_benchmark's layout, {dataset: [templates]}, which
+    `texts import --format clip-benchmark --key` reads back."""
+    import pyarrow as pa
+
+    from coderflow.storage.parquet_io import write_table
+    from coderflow.storage.schemas import TEXTS
+
+    layout = Layout.at(tmp_path / "w")
+    rows = [{"text_id": f"t{i}", "textbank_id": "bank1", "text_index": i, "class_index": c, "class_name": name,
+             "text_type": "template", "other_class_index": None, "text": t.format(c=name), "source": "template",
+             "n_tokens": 8, "truncated": False}
+            for i, (c, name, t) in enumerate([(0, "cat", "a photo of a {c}."), (0, "cat", "a sketch of a {c}."),
+                                              (1, "dog", "a photo of a {c}.")])]  # fmt: skip
+    write_table(pa.Table.from_pylist(rows, TEXTS), layout.textbank_file("bank1"), TEXTS)
+    (layout.root / "texts" / "latest-pets.txt").write_text("bank1\n")
+    out = tmp_path / "templates.json"
+    done = run_cli(["texts", "export", "bank1", "--format", "clip-benchmark", "-o", out, "--workdir", layout.root])
+    assert done.exit_code == 0, done.output
+    exported = json.loads(out.read_text())
+    assert exported == {"pets": ["a photo of a {c}.", "a sketch of a {c}."]}
+    assert clip_benchmark_templates(exported, "pets") == exported["pets"]
+    done = run_cli(["texts", "export", "bank1", "--format", "clip-benchmark", "-o", out, "--key", "oxford_pets",
+                    "--workdir", layout.root])  # fmt: skip
+    assert done.exit_code == 0 and list(json.loads(out.read_text())) == ["oxford_pets"]
 
 
 def test_clip_benchmark_templates_and_bad_files(tmp_path):

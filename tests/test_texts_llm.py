@@ -263,8 +263,15 @@ def test_clean_items_dedupes_and_limits():
 @pytest.mark.parametrize(
     ("item", "reason"),
     [
-        ("circle which has a long curved beak", None),  # a real phrase may mention the example's words
+        ("a long curved tail", None),  # a real phrase may share words with the example
+        ("a wolf-like snout", None),
         ("a long curved beak", "copies the prompt's example"),
+        ("solar panel which has solar panel which has a long curved beak", "copies the prompt's example"),
+        ("pointed ears and a shorter tail", "copies the prompt's example"),
+        ("circle which has four corners", "restates the class"),  # the reply echoes "{c} which has"
+        ("the circle's round edge", None),
+        ("circle of stones", "restates the class"),
+        ("square which has four corners", "restates the class"),
         ("a shorter tail", "copies the prompt's example"),
         ("https://example.org/cross", "url"),
         ("see www.example.com", "url"),
@@ -327,3 +334,26 @@ def test_each_batch_of_requests_logs_a_summary_line(server, tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LLM att:")]
     assert lines[0].startswith("LLM att: 2 requests, 0 from the cache, 0 failed,")
     assert lines[1].startswith("LLM att: 2 requests, 2 from the cache, 0 failed, 0 tokens")
+
+
+def test_classes_without_look_alikes_are_told_why(tmp_path):
+    """The warning for classes left without `ana` texts names, per class, what the filter dropped and why."""
+    from fake_openai import FakeOpenAI
+
+    from coderflow.tasks.texts.bank import bank_summary, why_without
+
+    def responder(request):
+        prompt = request["messages"][-1]["content"]
+        if "look similar to a circle" in prompt:
+            return structured(request, ["square", "triangle"])  # other classes: never look-alikes
+        return structured(request, [] if "look similar to" in prompt else None)
+
+    classes = ["circle", "square", "triangle"]
+    with FakeOpenAI(responder) as server:
+        gen = make(server, tmp_path)
+        texts, report = generate_texts(classes, ["a photo of a {c}."], gen, types=("ana",), n_ana=2, ana_retries=0)
+    full = {"dropped": report.dropped, "generator": report.generator}
+    missing = bank_summary(build_bank(texts, classes), full)["classes_without"]["ana"]
+    assert missing == classes
+    why = why_without("ana", missing, classes, full)
+    assert why.startswith("circle: 2 dropped as is a class of the dataset; square: no candidate came back"), why

@@ -111,8 +111,7 @@ def test_another_model_or_missing_results_are_not_up_to_date(work):
     cfg = work["config"]
     assert check_inputs(cfg).up_to_date
     other = check_inputs(cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "RN50"})}))
-    assert not other.up_to_date
-    assert {"config", "model", "image_embeddings", "text_embeddings", "coder"} <= set(other.changed)
+    assert not other.up_to_date and other.run_id is None  # no run of that model to compare with
     newest = _newest(_completed_runs(work["workdir"]))
     (work["workdir"] / "runs" / newest / "metrics.parquet").unlink()
     verdict = check_inputs(cfg)
@@ -165,3 +164,26 @@ def test_a_changed_source_is_a_changed_input(work):
     assert not verdict.up_to_date and {"config", "source"} <= set(verdict.changed)
     reingest = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"reingest": True})})
     assert check_inputs(reingest).up_to_date  # an action, not a setting: not part of the fingerprint
+
+
+def test_another_dataset_in_the_work_directory_keeps_a_run_up_to_date(work, clip_benchmark_dir, tmp_path):
+    """Run A (demo), run B (a CLIP_benchmark root) in the same work directory, then A again: A is up to date."""
+    workdir = work["workdir"]
+    args = ["--workdir", str(workdir)]
+    first = _newest(_completed_runs(workdir))
+    other = _write_config(
+        work["config"], tmp_path / "cb.yaml", dataset={"name": "cb", "kind": "wds", "source": str(clip_benchmark_dir)}
+    )
+    out = run_cli(["run", "-c", str(other), *args])
+    assert out.exit_code == 0, out.output
+    assert "up to date" not in out.output and "inputs changed" not in out.output  # nothing of dataset cb to compare
+    before = _completed_runs(workdir)
+    assert _newest(before) != first
+
+    out = run_cli(["run", "-c", str(work["yaml"]), *args])
+    assert out.exit_code == 0, out.output
+    assert f"up to date: run {first} (" in out.output
+    out = run_cli(["run", "-c", str(other), *args])
+    assert out.exit_code == 0, out.output
+    assert f"up to date: run {_newest(before)} (" in out.output
+    assert _completed_runs(workdir).keys() == before.keys()  # no duplicate run of either

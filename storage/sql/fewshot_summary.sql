@@ -1,4 +1,5 @@
--- Few-shot accuracy per method and shots: mean and standard deviation of test top-1 over seeds, per run.
+-- Few-shot accuracy per method and shots: mean and sample standard deviation (ddof 1, as the report and plots:
+-- tasks/evaluate/metrics.py SEED_STD_DDOF) of test top-1 over seeds, per run.
 SELECT run_id, dataset, model_id, method, shots,
        count(*)                      AS seeds,
        round(avg(value), 4)          AS top1_mean,

@@ -25,11 +25,13 @@ def prediction_table(
     seed: int | None = None,
     pred: np.ndarray | None = None,
     top5: np.ndarray | None = None,
+    image_hash: Sequence[str] | None = None,
 ) -> pa.Table:
     """Predictions of one method; `logits=False` means cosine-valued scores (scaled by 100 for the softmax of the
     margin and the confidence, as CLIP scales its cosines).
 
-    `pred` and `top5` override the score order (used by re-ranking methods).
+    `pred` and `top5` override the score order (used by re-ranking methods). `image_hash`: each sample's image
+    content hash (None: unknown, stored as null), what `coderflow compare` pairs samples of two runs by.
     """
     top5 = top_k(scores, 5) if top5 is None else np.asarray(top5, dtype=np.int32)
     best = top5[:, 0] if pred is None else np.asarray(pred, dtype=np.int32)
@@ -48,5 +50,6 @@ def prediction_table(
         "top5": pa.FixedSizeListArray.from_arrays(top5.reshape(-1), top5.shape[1]).cast(pa.list_(pa.int32())),
         "margin": gap,
         "confidence": confidence,
+        "image_hash": pa.nulls(n, pa.string()) if image_hash is None else list(image_hash),
     }
     return pa.table(columns).cast(PREDICTIONS)

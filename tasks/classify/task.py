@@ -13,6 +13,7 @@ from coderflow.storage.arrays import load_images, load_texts
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import write_stream
 from coderflow.storage.schemas import PREDICTIONS
+from coderflow.storage.shards import ingest_info
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.classify.zeroshot import check_methods, run_methods
 
@@ -58,6 +59,7 @@ def classify_zero_shot(
                 yield prediction_table(
                     r.scores, images.keys[start:stop], images.labels[start:stop], run_id=run_id, method=r.method,
                     dataset=dataset, split=split, logits=r.logits, pred=r.pred, top5=r.top5, seed=r.seed,
+                    image_hash=None if images.hashes is None else images.hashes[start:stop],
                 )  # fmt: skip
 
     path = layout.run_file(run_id, "predictions.parquet")
@@ -71,6 +73,7 @@ def classify_zero_shot(
         log.info("%s: %s", name, details)
     return {
         "path": str(path),
+        "split_id": (ingest_info(layout.shard_dir(dataset, split)) or {}).get("split_id"),  # the images it scored
         "n_samples": len(images.keys),
         "n_errors": images.n_errors,
         "n_classes": bank.n_classes,

@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+# bootstrap resamples of a paired 95% interval, the default of `coderflow compare` and `coderflow report` alike
+BOOTSTRAP_RESAMPLES = 2000
+
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: b = samples only A gets right, c = only B gets right; under H0 the b + c
@@ -22,7 +25,11 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def bootstrap_ci(
-    correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of accuracy(A) - accuracy(B), resampling samples (pairs kept together)."""
     d = np.asarray(correct_a, np.float64) - np.asarray(correct_b, np.float64)
@@ -66,7 +73,7 @@ def compare(
     method_b: str,
     correct_a: np.ndarray,
     correct_b: np.ndarray,
-    resamples: int = 2000,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     class_index: int | None = None,
 ) -> Comparison:
@@ -87,6 +94,44 @@ def compare(
 
 # the macro of storage/macros.sql, so `coderflow compare` and SQL pair samples the same way
 PAIRED_SQL = "SELECT shots, label, pred_a, pred_b FROM paired_predictions(?, ?, ?, ?)"
+# what one (run, method) classified, per shots (-1: zero-shot): its data and its labelled samples
+SAMPLES_SQL = (
+    "SELECT coalesce(shots, -1) AS shots, string_agg(DISTINCT dataset || '/' || split, ', ') AS data, "
+    "count(DISTINCT sample_key) AS n FROM predictions WHERE run_id = ? AND method = ? AND label IS NOT NULL "
+    "GROUP BY ALL"
+)
+
+
+def _no_common_images(run_a: str, ma: str, held_a: dict[int, Any], run_b: str, mb: str, held_b: dict[int, Any]) -> str:
+    """Why two (run, method) pairs have no sample to pair, in one line."""
+    if not held_a or not held_b:
+        return (
+            f"no labelled samples that both {run_a}:{ma} and {run_b}:{mb} classified: check the run ids and methods "
+            "(`coderflow runs`)"
+        )
+    data_a = ", ".join(sorted({r["data"] for r in held_a.values()}))
+    data_b = ", ".join(sorted({r["data"] for r in held_b.values()}))
+    if data_a != data_b:
+        return (
+            f"runs {run_a} ({data_a}) and {run_b} ({data_b}) share no image: only the same images (same dataset, "
+            "split and image content) can be paired; compare runs of one dataset and split"
+        )
+    return (
+        f"runs {run_a} and {run_b} share no image of {data_a}: the split was re-ingested or re-split between them, so "
+        "its sample keys name other images now; compare runs computed on the same images"
+    )
+
+
+def _overlap_note(run_a: str, run_b: str, shots: int, n: int, held_a: dict[int, Any], held_b: dict[int, Any]) -> str:
+    """'paired 120 of 200 samples ...' when some samples of either run have no counterpart, else ''."""
+    n_a, n_b = held_a[shots]["n"], held_b[shots]["n"]
+    if n >= max(n_a, n_b):
+        return ""
+    at = f" at {shots} shots" if shots >= 0 else ""
+    return (
+        f"paired {n} of {max(n_a, n_b)} samples{at} ({run_a}: {n_a}, {run_b}: {n_b}); the others are not the same "
+        "image in both runs and are left out"
+    )
 
 
 def compare_runs(
@@ -95,26 +140,31 @@ def compare_runs(
     methods_a: list[str],
     run_b: str,
     methods_b: list[str],
-    resamples: int = 2000,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     per_class: bool = False,
+    notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each (method A of run A, method B of run B) pair on the labelled samples both classified (paired by sample
-    key and shots; several seeds: the first). Rows: Comparison fields plus `shots` (None for zero-shot)."""
+    """Each (method A of run A, method B of run B) pair on the labelled samples both classified, paired by image
+    (dataset, split, sample key and image content hash) and shots; several seeds: the first. Rows: Comparison
+    fields plus `shots` (None for zero-shot). Two runs without a common image are refused (ValueError); a partial
+    overlap ('paired 120 of 200 samples ...') is appended to `notes`."""
     from coderflow.storage.db import query
 
     rows = []
     for ma, mb in zip(methods_a, methods_b, strict=True):
         t = query(layout, PAIRED_SQL, params=[run_a, ma, run_b, mb])
+        held_a = {r["shots"]: r for r in query(layout, SAMPLES_SQL, params=[run_a, ma]).to_pylist()}
+        held_b = {r["shots"]: r for r in query(layout, SAMPLES_SQL, params=[run_b, mb]).to_pylist()}
         if t.num_rows == 0:
-            raise ValueError(
-                f"no labelled samples that both {run_a}:{ma} and {run_b}:{mb} classified: check the run ids and "
-                "methods (`coderflow runs`)"
-            )
+            raise ValueError(_no_common_images(run_a, ma, held_a, run_b, mb, held_b))
         shots, label = t["shots"].to_numpy(), t["label"].to_numpy()
         pa_, pb_ = t["pred_a"].to_numpy(), t["pred_b"].to_numpy()
         for s in np.unique(shots):
             m = shots == s
+            note = _overlap_note(run_a, run_b, int(s), int(m.sum()), held_a, held_b)
+            if note and notes is not None and note not in notes:
+                notes.append(note)
             groups = [(None, m)] + ([(int(c), m & (label == c)) for c in np.unique(label[m])] if per_class else [])
             for ci, mask in groups:
                 c = compare(ma, mb, pa_[mask] == label[mask], pb_[mask] == label[mask], resamples, seed, ci)

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+# the spread over seeds everywhere (CLI, the fewshot_summary query's stddev_samp, the report, the plots): the sample
+# standard deviation, what papers report as mean +- std over seeds
+SEED_STD_DDOF = 1
+
+
+def seed_std(values: Sequence[float]) -> float | None:
+    """The sample standard deviation (ddof = SEED_STD_DDOF) of one result over seeds; None for a single seed, as SQL's
+    stddev_samp gives NULL."""
+    if len(values) <= SEED_STD_DDOF:
+        return None
+    return float(np.std(np.asarray(values, dtype=np.float64), ddof=SEED_STD_DDOF))
 
 
 def classification_metrics(labels: np.ndarray, topk: np.ndarray, n_classes: int) -> list[tuple[str, int | None, float]]:

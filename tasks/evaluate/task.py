@@ -12,7 +12,7 @@ from coderflow.storage.arrays import list_matrix
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table, write_rows
 from coderflow.storage.schemas import METRICS
-from coderflow.tasks.evaluate.metrics import classification_metrics, expected_calibration_error
+from coderflow.tasks.evaluate.metrics import classification_metrics, expected_calibration_error, seed_std
 
 
 def _over_reps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -24,8 +24,9 @@ def _over_reps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for reps in by_method.values():
         values = [r["value"] for r in reps]
-        for metric, value in (("top1_mean", float(np.mean(values))), ("top1_std", float(np.std(values)))):
-            out.append({**reps[0], "seed": None, "metric": metric, "value": value})
+        for metric, value in (("top1_mean", float(np.mean(values))), ("top1_std", seed_std(values))):
+            if value is not None:  # one rep has no spread
+                out.append({**reps[0], "seed": None, "metric": metric, "value": value})
     return out
 
 

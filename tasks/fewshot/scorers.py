@@ -104,19 +104,28 @@ def tip_x(c: Cell, name: str, f: Features) -> None:
 
 @dataclass(frozen=True)
 class FewShotMethod:
-    """A scorer, and whether it reads a cache (then it also runs on adapted features, as `<name>_adapted`)."""
+    """A scorer, whether it reads a cache (then it also runs on adapted features, as `<name>_adapted`), and the name
+    it is stored under when an adapter run searches it on IMO's grid instead of its own (`imo_name`)."""
 
     score: Callable[[Cell, str, Features], None]
     cache: bool = True
+    imo_name: str | None = None
 
 
 # The few-shot methods, in the order of the default `fewshot.methods`.
 SCORERS: dict[str, FewShotMethod] = {
     "prototype": FewShotMethod(prototype, cache=False),
-    "tip_adapter": FewShotMethod(tip_adapter),
+    "tip_adapter": FewShotMethod(tip_adapter, imo_name="tip_adapter_imo"),
     "coder_adapter": FewShotMethod(coder_adapter),
     "tip_x": FewShotMethod(tip_x),
 }
+
+
+def stored_name(method: str, suffix: str, imo_grid: bool) -> str:
+    """The method name a result is stored under: what ran (`tip_adapter_imo`: Tip-Adapter on the original features
+    with IMO's grid; `<method>_adapted`: on the adapted features, always IMO's grid in an adapter run)."""
+    imo_name = SCORERS[method].imo_name
+    return (imo_name if imo_grid and imo_name and not suffix else method) + suffix
 
 
 def check_methods(names: Sequence[str]) -> None:

@@ -29,7 +29,7 @@ from coderflow.storage.shards import (
 from coderflow.tasks.classify.methods import ensemble_classifier
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
-from coderflow.tasks.fewshot.scorers import SCORERS, Cell
+from coderflow.tasks.fewshot.scorers import SCORERS, Cell, stored_name
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
 from coderflow.tasks.ingest.sources import check_distinct_splits, check_same_classes
 from coderflow.tasks.report.tables import markdown_escape
@@ -159,7 +159,8 @@ def fewshot_predict(
     The zero-shot term is always CLIP's prompt-ensemble classifier on the ORIGINAL image features; with an adapter,
     each cache method runs again as `<method>_adapted` with the cache affinity from the adapted features (IMO,
     CLIP_fewshot_imo run.py:255-420), Tip-X's KL from the original ones, and both Tip-Adapter variants are searched on
-    IMO's grid (run.py:42-47) so that they differ only in their features.
+    IMO's grid (run.py:42-47) so that they differ only in their features; the original one is stored as
+    `tip_adapter_imo` (scorers.stored_name), never mixed with `tip_adapter` on its own grid.
     """
     layout = Layout.at(workdir)
     shots, seed = (int(v) for v in cell.split("-"))
@@ -187,7 +188,7 @@ def fewshot_predict(
         tables.append(
             prediction_table(
                 scores, orig.test.keys, orig.test.labels, run_id=run_id, method=method, dataset=dataset,
-                split=cfg.test_split, logits=logits, shots=shots, seed=seed,
+                split=cfg.test_split, logits=logits, shots=shots, seed=seed, image_hash=orig.test.hashes,
             )
         )  # fmt: skip
         values = (
@@ -203,14 +204,14 @@ def fewshot_predict(
         tables.append(
             prediction_table(
                 zs_test, orig.test.keys, orig.test.labels, run_id=run_id, method="clip", dataset=dataset,
-                split=cfg.test_split, logits=True,
+                split=cfg.test_split, logits=True, image_hash=orig.test.hashes,
             )
         )  # fmt: skip
     cell_inputs = Cell(cfg, n, zs_val, zs_test, onehot, t_coder, dist, bool(adapted_model_id), record)
     for method in cfg.methods:
         spec = SCORERS[method]
         for suffix, f in variants.items() if spec.cache else [("", orig)]:
-            spec.score(cell_inputs, method + suffix, f)
+            spec.score(cell_inputs, stored_name(method, suffix, cell_inputs.imo_grid), f)
     part = layout.run_file(run_id, f"fewshot/part-{shots:03d}-{seed:04d}.parquet")
     write_table(pa.concat_tables(tables), part, PREDICTIONS)
     support = pa.table(

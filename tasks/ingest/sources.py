@@ -20,6 +20,7 @@ from coderflow.storage.layout import Layout
 from coderflow.storage.shards import (
     IMAGE_EXTENSIONS,
     DamagedFile,
+    ingest_info,
     label_problem,
     read_class_file,
     read_json,
@@ -424,6 +425,47 @@ def check_identity(
     if conflict and not cfg.replace:
         raise ValueError(conflict)
     return stored if conflict else None
+
+
+def _partition(ratios: dict[str, float] | None, seed: Any) -> str:
+    """How a split's images were chosen, in words (the whole folder, or a seeded --split-ratio)."""
+    if not ratios:
+        return "the whole folder (no --split-ratio)"
+    return f"--split-ratio {','.join(f'{k}={v:g}' for k, v in ratios.items())} (seed {seed})"
+
+
+def split_redefinition(cfg: DatasetConfig, workdir: str | None) -> str | None:
+    """Why ingesting `cfg` would quietly redefine a split stored under its dataset name (--split-ratio given,
+    changed or dropped, or its seed changed: other images under the same split name, so runs computed on the
+    stored split could no longer be re-scored or compared), in one line naming the fix; None when it would not."""
+    try:
+        done = ingest_info(Layout.at(workdir).shard_dir(cfg.name, cfg.split))
+    except DamagedFile:  # taken as not ingested (ingest warns and rebuilds it)
+        return None
+    old = (done or {}).get("config") or {}
+    old_ratios, new_ratios = old.get("split_ratio"), cfg.split_ratio
+    if not done or not (old_ratios or new_ratios):
+        return None
+    same_seed = not new_ratios or old.get("seed") == cfg.seed
+    if list((old_ratios or {}).items()) == list((new_ratios or {}).items()) and same_seed:
+        return None
+    return (
+        f"dataset {cfg.name!r} split {cfg.split} holds {_partition(old_ratios, old.get('seed'))}; "
+        f"{_partition(new_ratios, cfg.seed)} would redefine it under the same name, and runs computed on it could no "
+        "longer be re-scored: pass --replace-dataset to replace it (what was computed from it is deleted), or "
+        "another --dataset.name"
+    )
+
+
+def check_split_definitions(cfg: DatasetConfig, splits: list[str], workdir: str | None) -> None:
+    """Refuse, before any work, to redefine a stored split of the dataset (see split_redefinition) unless
+    `replace` (--replace-dataset) is set."""
+    if cfg.replace:
+        return
+    for split in dict.fromkeys(splits):
+        problem = split_redefinition(cfg.model_copy(update={"split": split}), workdir)
+        if problem:
+            raise ValueError(problem)
 
 
 def check_distinct_splits(cfg: DatasetConfig, splits: list[str]) -> None:

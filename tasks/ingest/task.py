@@ -29,6 +29,7 @@ from coderflow.tasks.ingest.sources import (
     make_source,
     source_identity,
     source_listing,
+    split_redefinition,
 )
 
 
@@ -91,6 +92,11 @@ def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
             "replaced dataset %s (was %s): deleted its shards and %d derived files",
             cfg.name, previous.get("source") or previous.get("kind"), len(stale),
         )  # fmt: skip
+    redefined = split_redefinition(cfg, workdir)  # a stored split re-split: only with --replace-dataset
+    if redefined and not cfg.replace:
+        raise ValueError(redefined)
+    if redefined:
+        log.warning("%s: replacing the split (--replace-dataset)", redefined.split(";")[0])
     shard_dir = layout.shard_dir(cfg.name, cfg.split)
     source = make_source(cfg)  # reads the class list and finds the images or shards (samples are read lazily)
     listing = source_listing(cfg)

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from coderflow.console import printable
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
-from coderflow.tasks.evaluate.compare import compare_runs
-from coderflow.tasks.evaluate.metrics import expected_calibration_error, reliability
+from coderflow.tasks.evaluate.compare import BOOTSTRAP_RESAMPLES, compare_runs
+from coderflow.tasks.evaluate.metrics import expected_calibration_error, reliability, seed_std
 from coderflow.tasks.evaluate.reference import reference_warnings, stored_against_reference
 from coderflow.tasks.report import plots
-from coderflow.tasks.report.tables import markdown_escape, markdown_table
+from coderflow.tasks.report.tables import TRIVIAL_TOP5_CLASSES, markdown_escape, markdown_table, without_trivial_top5
 
 MAX_RECALL_CLASSES = 30  # per-class recall bars: all classes up to this many, else the worst and best halves
 MAX_CONFUSED_CLASSES = 12  # confusion heatmap: the classes of the most frequent confusions
@@ -55,19 +59,28 @@ ONE_CELL = (
 )
 
 
-def collect(layout: Layout, run_id: str, resamples: int = 1000) -> tuple[str, list[Section], list[str]]:
-    """The report's title, sections and warnings for one run, read from the work directory."""
+def _run(layout: Layout, run_id: str) -> dict[str, Any]:
     runs = query(layout, "SELECT * FROM runs WHERE run_id = ?", params=[run_id]).to_pylist()
     if not runs:
         raise ValueError(f"no run {run_id!r} in {layout.root}: list the runs with `coderflow runs`")
-    run = runs[0]
+    return runs[0]
+
+
+def _n_classes(layout: Layout, dataset: str) -> int | None:
+    n = query(layout, "SELECT count(*) AS n FROM classes WHERE dataset = ?", params=[dataset])["n"][0].as_py()
+    return n or None
+
+
+def collect(layout: Layout, run_id: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[str, list[Section], list[str]]:
+    """The report's title, sections and warnings for one run, read from the work directory."""
+    run = _run(layout, run_id)
     config = json.loads(run["config"] or "{}")
     metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
     title = f"coderflow report: run {run_id}"
     sections = [_summary(run, config)]
     warnings: list[str] = []
     if metrics:
-        sections.append(_metrics_section(layout, run_id, metrics, resamples))
+        sections.append(_metrics_section(layout, run_id, metrics, resamples, _n_classes(layout, run["dataset"])))
         ref_section, warnings = _reference_section(layout, config, metrics)
         sections.append(ref_section)
         n_preds = query(layout, "SELECT count(*) AS n FROM predictions WHERE run_id = ?", params=[run_id])["n"][0]
@@ -102,33 +115,83 @@ def _summary(run: Mapping[str, Any], config: Mapping[str, Any]) -> Section:
         {"setting": "text generator", "value": (config.get("texts") or {}).get("generator")},
         {"setting": "methods", "value": ", ".join(config.get("methods") or [])},
     ]
+    if run["flow"] == "few-shot":  # what the few-shot run did, not the zero-shot defaults it also carries
+        rows = [r for r in rows if r["setting"] not in ("split", "methods")] + _fewshot_settings(config)
     versions = json.loads(run.get("versions") or "{}")
     if versions:
         rows.append({"setting": "versions", "value": ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))})
     return Section("Configuration", tables=[([r for r in rows if r["value"] not in (None, "")], ["setting", "value"])])
 
 
-def _metrics_section(layout: Layout, run_id: str, metrics: list[dict[str, Any]], resamples: int) -> Section:
+def _fewshot_settings(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A few-shot run's own settings: splits, shots, seeds, views, methods, search and the IMO adapter."""
+    fs = config.get("fewshot") or {}
+
+    def joined(key: str) -> str:
+        return ", ".join(map(str, fs.get(key) or []))
+
+    return [
+        {"setting": "splits (support / val / test)",
+         "value": " / ".join(str(fs.get(k)) for k in ("train_split", "val_split", "test_split"))},
+        {"setting": "shots", "value": joined("shots")},
+        {"setting": "seeds", "value": joined("seeds")},
+        {"setting": "augment views", "value": fs.get("augment_views")},
+        {"setting": "few-shot methods", "value": joined("methods")},
+        {"setting": "search", "value": fs.get("search")},
+        {"setting": "adapter", "value": (config.get("model") or {}).get("adapter") or "none"},
+    ]  # fmt: skip
+
+
+def metric_rows(
+    layout: Layout, run_id: str, metrics: list[dict[str, Any]], resamples: int, n_classes: int | None = None
+) -> list[dict[str, Any]]:
+    """The run's results table, best top-1 first (zero-shot, then by shots): per method (and shots) the unrounded
+    accuracies, the sample std of top-1 over seeds, and each zero-shot method's paired difference from clip."""
     zero = {m["method"] for m in metrics if m["shots"] is None}
     diffs: dict[str, dict[str, Any]] = {}
     others = sorted(zero - {"clip"})
     if "clip" in zero and others:
         rows = compare_runs(layout, run_id, others, run_id, ["clip"] * len(others), resamples=resamples)
         diffs = {r["method_a"]: r for r in rows if r["shots"] is None}
+    seeds = query(
+        layout, "SELECT method, shots, list(value) AS v FROM metrics WHERE run_id = ? AND metric = 'top1' AND "
+        "class_index IS NULL AND shots IS NOT NULL GROUP BY ALL", params=[run_id],
+    ).to_pylist()  # fmt: skip
+    spread = {(r["method"], r["shots"]): r["v"] for r in seeds}
     table = []
-    for m in sorted(metrics, key=lambda r: (r["shots"] is not None, r["shots"] or 0, -(r["top1"] or 0))):
+    for m in sorted(without_trivial_top5(metrics, n_classes),
+                    key=lambda r: (r["shots"] is not None, r["shots"] or 0, -(r["top1"] or 0))):  # fmt: skip
         d = diffs.get(m["method"]) if m["shots"] is None else None
+        values = spread.get((m["method"], m["shots"]), [])
         table.append({
-            "method": m["method"], "shots": m["shots"], "top1": m["top1"], "top5": m["top5"],
+            "method": m["method"], "shots": m["shots"], "top1": m["top1"],
+            "top1_std": seed_std(values), "seeds": len(values) or None, "top5": m["top5"],
             "mean_per_class_recall": m["mean_per_class_recall"], "ece": m["ece"], "n": m["n_samples"],
-            "vs clip": None if d is None else d["difference"],
-            "95% CI": None if d is None else f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]",
-            "McNemar p": None if d is None else d["p_value"],
+            "vs_clip": None if d is None else d["difference"], "ci_low": None if d is None else d["ci_low"],
+            "ci_high": None if d is None else d["ci_high"], "p_value": None if d is None else d["p_value"],
+        })  # fmt: skip
+    return table
+
+
+def _metrics_section(
+    layout: Layout, run_id: str, metrics: list[dict[str, Any]], resamples: int, n_classes: int | None = None
+) -> Section:
+    table = []
+    for r in metric_rows(layout, run_id, metrics, resamples, n_classes):
+        table.append({
+            "method": r["method"], "shots": r["shots"], "top1": r["top1"], "top5": r["top5"],
+            "mean_per_class_recall": r["mean_per_class_recall"], "ece": r["ece"], "n": r["n"],
+            "vs clip": r["vs_clip"],
+            "95% CI": None if r["vs_clip"] is None else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
+            "McNemar p": r["p_value"],
         })  # fmt: skip
     columns = [c for c in table[0] if any(r[c] is not None for r in table)]
     text = ["Top-1 sorted best first. vs clip: accuracy difference from CLIP's prompt ensemble on the same images, "
             f"with a paired bootstrap 95% interval ({resamples} resamples) and the exact McNemar p-value."]  # fmt: skip
-    return Section("Metrics", text if diffs else [], [(table, columns)])
+    text = text if any(r["vs clip"] is not None for r in table) else []
+    if n_classes and n_classes <= TRIVIAL_TOP5_CLASSES:
+        text.append(f"Top-5 not shown: with {n_classes} classes every top 5 holds the true class.")
+    return Section("Metrics", text, [(table, columns)])
 
 
 def _reference_section(
@@ -237,7 +300,7 @@ def _shots_section(layout: Layout, run_id: str, dataset: str) -> Section:
     chance = 1.0 / n_classes if n_classes else None
     fig = plots.accuracy_vs_shots(curves, f"few-shot run {run_id}", zero, chance)
     table = [
-        {"method": m, "shots": s, "top1 mean": float(np.mean(v)), "top1 std": float(np.std(v)), "seeds": len(v)}
+        {"method": m, "shots": s, "top1 mean": float(np.mean(v)), "top1 std": seed_std(v), "seeds": len(v)}
         for m, by in sorted(curves.items()) for s, v in sorted(by.items())
     ]  # fmt: skip
     return Section("Accuracy against shots", [], [(table, list(table[0]) if table else [])],
@@ -247,8 +310,16 @@ def _shots_section(layout: Layout, run_id: str, dataset: str) -> Section:
 # rendering ---------------------------------------------------------------------------------------------------------
 
 
-def to_markdown(title: str, sections: Sequence[Section], warnings: Sequence[str]) -> str:
-    """The report as GitHub-flavoured Markdown; figures as inline SVG data URLs (one file)."""
+def figure_files(sections: Sequence[Section], folder: str) -> dict[str, bytes]:
+    """The figures as files `<folder>/fig-N.svg` (N from 1, in the report's order), the paths to_markdown links."""
+    figures = [f for s in sections for f in s.figures]
+    return {f"{folder}/fig-{i}.svg": f.svg for i, f in enumerate(figures, start=1)}
+
+
+def to_markdown(title: str, sections: Sequence[Section], warnings: Sequence[str], figures: str | None = None) -> str:
+    """The report as GitHub-flavoured Markdown. Figures: with `figures` (a folder relative to the .md) linked as
+    `<figures>/fig-N.svg` files (figure_files), which code-hosting sites render; else inline SVG data URLs."""
+    links = iter(figure_files(sections, figures)) if figures else None
     e = markdown_escape  # run names, class and method names are text, never Markdown or HTML
     lines = [f"# {e(title)}", "", f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by coderflow.", ""]
     lines += [f"> **Warning:** {e(w)}" for w in warnings] + ([""] if warnings else [])
@@ -260,8 +331,11 @@ def to_markdown(title: str, sections: Sequence[Section], warnings: Sequence[str]
             cells = [{c: _fmt(r.get(c)) for c in columns} for r in rows]
             lines += [markdown_table(cells, columns), ""]
         for f in s.figures:
-            data = base64.b64encode(f.svg).decode()
-            lines += [f"![{f.title}](data:image/svg+xml;base64,{data})", ""]
+            if links is not None:
+                lines += [f"![{f.title}]({quote(next(links))})", ""]
+            else:
+                data = base64.b64encode(f.svg).decode()
+                lines += [f"![{f.title}](data:image/svg+xml;base64,{data})", ""]
     return "\n".join(lines)
 
 
@@ -306,10 +380,86 @@ def to_html(title: str, sections: Sequence[Section], warnings: Sequence[str]) ->
     return "\n".join(out)
 
 
-def build_report(layout: Layout, run_id: str, fmt: str = "md", resamples: int = 1000) -> tuple[str, list[str]]:
-    """The report text in `fmt` ('md' or 'html') and its warnings."""
-    if fmt not in ("md", "html"):
-        raise ValueError(f"--format {fmt!r}: choose md or html")
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+                                                     "^": r"\textasciicircum{}"}  # fmt: skip
+PAPER_COLUMNS = ("method", "shots", "top1", "top1_std", "seeds", "top5", "mean_per_class_recall", "ece", "n",
+                 "vs_clip", "ci_low", "ci_high", "p_value")  # fmt: skip
+
+
+def latex_escape(text: Any) -> str:
+    """Text as literal LaTeX (method and run names hold underscores)."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in printable(str(text)))
+
+
+def to_latex(run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """The results table as a LaTeX (booktabs) table: accuracies in percent, mean +- sample std over seeds for
+    few-shot rows, each zero-shot method's difference from clip with its 95% interval and McNemar p."""
+
+    def pct(v: Any, sign: bool = False) -> str:
+        return "" if v is None else f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}"
+
+    def top1(r: Mapping[str, Any]) -> str:
+        return pct(r["top1"]) + ("" if r["top1_std"] is None else f" $\\pm$ {pct(r['top1_std'])}")
+
+    cells = {
+        "Method": lambda r: latex_escape(r["method"]), "Shots": lambda r: "" if r["shots"] is None else str(r["shots"]),
+        "Top-1": top1, "Top-5": lambda r: pct(r["top5"]),
+        "Mean per-class recall": lambda r: pct(r["mean_per_class_recall"]), "ECE": lambda r: pct(r["ece"]),
+        "$\\Delta$ vs CLIP": lambda r: pct(r["vs_clip"], True),
+        "95\\% CI": lambda r: "" if r["ci_low"] is None else f"[{pct(r['ci_low'], True)}, {pct(r['ci_high'], True)}]",
+        "$p$": lambda r: "" if r["p_value"] is None else f"{r['p_value']:.3g}",
+    }  # fmt: skip
+    body = [{h: f(r) for h, f in cells.items()} for r in rows]
+    heads = [h for h in cells if any(b[h] for b in body)]
+    caption = (f"Accuracy (\\%) of run {latex_escape(run['run_id'])} on {latex_escape(run['dataset'])}: test top-1"
+               " (mean $\\pm$ sample std over seeds for few-shot rows); $\\Delta$: paired difference from CLIP's "
+               "prompt ensemble, bootstrap 95\\% CI, exact McNemar $p$.")  # fmt: skip
+    lines = [
+        "% coderflow report --format latex (needs \\usepackage{booktabs})", "\\begin{table}[t]", "\\centering",
+        f"\\caption{{{caption}}}", f"\\label{{tab:{re.sub(r'[^A-Za-z0-9:.-]', '-', str(run['run_id']))}}}",
+        "\\begin{tabular}{l" + "r" * (len(heads) - 1) + "}", "\\toprule", " & ".join(heads) + r" \\", "\\midrule",
+    ]  # fmt: skip
+    lines += [" & ".join(b[h] for h in heads) + r" \\" for b in body]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
+def to_csv(run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """The results table as CSV, one row per method (and shots): unrounded fractions, blank where not applicable."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("run_id", "dataset", *PAPER_COLUMNS))
+    for r in rows:
+        writer.writerow([run["run_id"], run["dataset"], *("" if r[c] is None else r[c] for c in PAPER_COLUMNS)])
+    return out.getvalue()
+
+
+REPORT_FORMATS = ("md", "html", "latex", "csv")
+
+
+@dataclass
+class Report:
+    """A rendered report: its text, its warnings, and the files it links (path relative to the report: bytes)."""
+
+    text: str
+    warnings: list[str]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def build_report(
+    layout: Layout, run_id: str, fmt: str = "md", resamples: int = BOOTSTRAP_RESAMPLES, figures: str | None = None
+) -> Report:
+    """The report in `fmt`: md (figures as files under the folder `figures` when given, else data URLs), html
+    (one file, inline SVG), or latex / csv (the results table a paper needs)."""
+    if fmt not in REPORT_FORMATS:
+        raise ValueError(f"--format {fmt!r}: choose {', '.join(REPORT_FORMATS)}")
+    if fmt in ("latex", "csv"):
+        run = _run(layout, run_id)
+        metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
+        rows = metric_rows(layout, run_id, metrics, resamples, _n_classes(layout, run["dataset"])) if metrics else []
+        return Report((to_latex if fmt == "latex" else to_csv)(run, rows), [])
     title, sections, warnings = collect(layout, run_id, resamples)
-    render = to_markdown if fmt == "md" else to_html
-    return render(title, sections, warnings), warnings
+    if fmt == "html":
+        return Report(to_html(title, sections, warnings), warnings)
+    files = figure_files(sections, figures) if figures else {}
+    return Report(to_markdown(title, sections, warnings, figures), warnings, files)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from coderflow.console import printable
+from coderflow.tasks.evaluate.metrics import seed_std
 
 
 def _pyplot() -> Any:
@@ -112,7 +113,7 @@ def accuracy_vs_shots(
         shots = sorted(by_shots)
         all_shots.update(shots)
         means = [float(np.mean(by_shots[k])) for k in shots]
-        stds = [float(np.std(by_shots[k])) for k in shots]
+        stds = [seed_std(by_shots[k]) or 0.0 for k in shots]
         ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=method)
     if zero_shot is not None:
         ax.axhline(zero_shot, color="black", linestyle="--", linewidth=1, label="zero-shot CLIP")

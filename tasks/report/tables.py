@@ -14,6 +14,15 @@ METRIC_COLUMNS = ("method", "shots", "top1", "top5", "mean_per_class_recall", "n
 CONFUSED_COLUMNS = ("method", "true_class", "predicted_class", "n")
 
 
+TRIVIAL_TOP5_CLASSES = 5  # with this many classes or fewer every prediction's top 5 holds the label
+
+
+def without_trivial_top5(rows: Iterable[Mapping[str, Any]], n_classes: int | None) -> list[dict[str, Any]]:
+    """Metric rows with `top5` blanked where the dataset has TRIVIAL_TOP5_CLASSES classes or fewer (always 1)."""
+    trivial = n_classes is not None and 0 < n_classes <= TRIVIAL_TOP5_CLASSES
+    return [{**r, "top5": None} if trivial else dict(r) for r in rows]
+
+
 def artifact_key(*parts: str) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes) from free-form parts."""
     key = re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")

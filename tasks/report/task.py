@@ -103,7 +103,9 @@ def results_with_progress(
         for done, future in enumerate(as_completed(list(futures)), start=1):
             result = future.result()
             results[index[id(future)]] = result
-            count = result.get(items, 0) if isinstance(result, dict) and not result.get("skipped") else 0
-            bar.advance(1, items=count, failed=result.get("errors", 0) if isinstance(result, dict) else 0)
+            skipped = isinstance(result, dict) and bool(result.get("skipped"))
+            count = result.get(items, 0) if isinstance(result, dict) and not skipped else 0
+            failed = result.get("errors", 0) if isinstance(result, dict) else 0
+            bar.advance(1, items=count, failed=failed, cached=int(skipped))
             update_progress_artifact(artifact_id, 100.0 * done / total, description=f"{what}: {done} of {total} done")
     return results

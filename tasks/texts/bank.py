@@ -214,3 +214,26 @@ def bank_summary(bank: pa.Table, report: dict[str, Any], price_per_1k: float | N
         t: [c for c in classes if not per_class[c].get(t)] for t in ("att", "ana") if t in summary["types"]
     }
     return summary
+
+
+def why_without(kind: str, missing: Sequence[str], classnames: Sequence[str], report: dict[str, Any]) -> str:
+    """Why each class of `missing` has no `kind` texts: its candidates the bank's filter dropped, by reason (a
+    look-alike that is a class of the dataset, or near one), else that nothing usable came back; first 20 classes."""
+    index = {c: i for i, c in enumerate(classnames)}
+    reasons: dict[int, dict[str, int]] = {}
+    for d in report.get("dropped") or []:
+        if d.get("type") == kind and d.get("class_index") is not None:
+            reason = str(d.get("reason", "")).split(" (")[0]  # "near class 'cat' (cosine ...)" -> "near class 'cat'"
+            by = reasons.setdefault(int(d["class_index"]), {})
+            by[reason] = by.get(reason, 0) + 1
+    generator = report.get("generator")
+    filtered = (generator.get("dropped") or {}).get(kind) if isinstance(generator, dict) else None
+    nothing = "no candidate came back" + (
+        f" (the reply filter dropped {', '.join(f'{n} {r}' for r, n in filtered.items())} over all classes)"
+        if filtered else ""
+    )  # fmt: skip
+    parts = []
+    for name in missing[:20]:
+        by = reasons.get(index.get(name, -1))
+        parts.append(f"{name}: " + ("; ".join(f"{n} dropped as {r}" for r, n in by.items()) if by else nothing))
+    return "; ".join(parts) + (f"; and {len(missing) - 20} more" if len(missing) > 20 else "")

@@ -75,13 +75,16 @@ def clip_benchmark_templates(data: dict[str, list[str]], key: str) -> list[str]:
     return templates
 
 
-def export_bank(rows: list[dict[str, Any]], fmt: Format) -> dict[str, list[str]]:
+def export_bank(rows: list[dict[str, Any]], fmt: Format, key: str | None = None) -> dict[str, list[str]]:
     """A bank's rows as a published format: dclip {class: [descriptor]}, cupl {class: [sentence]} (att and ana rows),
-    clip-benchmark {"templates": [template]} (the template rows of class 0 with its name as {c})."""
+    clip-benchmark {dataset `key`: [template]} as CLIP_benchmark's en_zeroshot_classification_templates.json (the
+    template rows of class 0 with its name as {c})."""
     out: dict[str, list[str]] = {}
     if fmt == "clip-benchmark":
+        if not key:
+            raise ValueError("a clip-benchmark file keys templates by dataset: pass --key DATASET")
         first = [r for r in rows if r["text_type"] == "template" and r["class_index"] == 0]
-        return {"templates": [r["text"].replace(r["class_name"], "{c}") for r in first]}
+        return {key: [r["text"].replace(r["class_name"], "{c}") for r in first]}
     for r in rows:
         if r["text_type"] not in ("att", "ana"):
             continue

@@ -25,6 +25,7 @@ import tenacity
 from pydantic import BaseModel, ValidationError
 
 from coderflow.console import printable
+from coderflow.interrupt import request_stop, stop_token
 from coderflow.progress import stage_progress
 from coderflow.storage.layout import storage_path
 from coderflow.storage.parquet_io import write_text
@@ -42,6 +43,10 @@ MAX_ITEM_CHARS = 120
 
 class LLMConfigError(ConfigError):
     """The endpoint rejected the configuration (bad API key, unknown model): retrying cannot help."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM arrived: a thread about to send a request, or to retry one, stops instead."""
 
 
 # response models (structured outputs), one per text type -------------------------------------------------
@@ -164,6 +169,8 @@ def parse_items(text: str | None, key: str = "items") -> list[str]:
 PROMPT_EXAMPLES = frozenset(
     {"a long curved beak", "long curved beak", "a wolf", "wolf", "a shorter tail", "shorter tail"}
 )
+# a longer phrase holding one of the multi-word examples copies it too ("... which has a long curved beak")
+_EXAMPLE_INSIDE = re.compile(r"\b(?:long curved beak|shorter tail)\b", re.I)
 MAX_ITEM_WORDS = 12
 _URL = re.compile(r"https?://|www\.|\.(?:com|org|net)\b", re.I)
 _REPEAT = re.compile(r"_{2,}|(?<![a-z])([a-z]+)(?:[\s_]+\1)+(?![a-z])", re.I)
@@ -179,7 +186,7 @@ def item_problem(text: str, subject: str = "") -> str | None:
         return "control characters"
     if text.startswith("<") and text.endswith(">"):
         return "placeholder"
-    if low in PROMPT_EXAMPLES:
+    if low in PROMPT_EXAMPLES or _EXAMPLE_INSIDE.search(text):
         return "copies the prompt's example"
     if _URL.search(text):
         return "url"
@@ -187,8 +194,9 @@ def item_problem(text: str, subject: str = "") -> str | None:
         return "repeated words or underscores"
     if len(text) > MAX_ITEM_CHARS or len(text.split()) > MAX_ITEM_WORDS or ". " in text:
         return "longer than a phrase"
-    if low in subjects or low.removeprefix("a ").removeprefix("an ") in subjects:
-        return "restates the class"
+    bare = low.removeprefix("a ").removeprefix("an ").removeprefix("the ")
+    if low in subjects or bare in subjects or any(bare.startswith(s + " ") for s in subjects) or " which has " in low:
+        return "restates the class"  # the class itself, or a phrase opening with it / echoing "{c} which has"
     return None
 
 
@@ -352,6 +360,7 @@ class LLMGenerator:
         self._structured: bool | None = None  # None: not known yet; False: endpoint lacks structured outputs
         self._lock = threading.Lock()
         self._fatal: LLMConfigError | None = None  # a bad key or a redirect: no thread sends anything more
+        self._stop = stop_token()  # set by Ctrl-C or SIGTERM: no thread sends anything more, nor retries
         self.concurrency = self.max_workers  # halved on a timeout: a slow server gets fewer requests at once
         self._in_flight = 0
         self._slots = threading.Condition()
@@ -400,7 +409,9 @@ class LLMGenerator:
                     spent = tokens - before["prompt_tokens"] - before["completion_tokens"]
                     bar.advance(1, items=spent - bar.items, failed=self.usage.failed - before["failed"] - bar.failed)
                 results = [f.result() for f in futures]
-        except BaseException:  # Ctrl-C, SIGTERM, a bad key: queued requests are dropped, not sent
+        except BaseException as exc:  # Ctrl-C, SIGTERM, a bad key: queued requests are dropped, not sent
+            if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM (Prefect's TerminationSignal during a flow run)
+                request_stop()  # the threads send nothing more: no new request, no retry
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
@@ -575,12 +586,12 @@ class LLMGenerator:
         last: dict[str, str] = {}
 
         def attempt() -> T:
-            if self._fatal is not None:
-                raise self._fatal
+            self._check_stop()
             with self._lock:
                 self.usage.calls += 1
             try:
                 with self._slot():
+                    self._check_stop()  # waited for a slot: a signal or a bad key may have come meanwhile
                     return fn()
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise LLMConfigError(
@@ -628,6 +639,7 @@ class LLMGenerator:
             wait=wait,
             retry=tenacity.retry_if_exception_type(TRANSIENT),
             before_sleep=before_sleep,
+            sleep=self._sleep,
             reraise=True,
         )
         try:
@@ -651,6 +663,18 @@ class LLMGenerator:
             with self._slots:
                 self._in_flight -= 1
                 self._slots.notify_all()
+
+    def _check_stop(self) -> None:
+        """Raise instead of sending: a bad key or redirect seen by any thread, or a signal (Ctrl-C, SIGTERM)."""
+        if self._fatal is not None:
+            raise self._fatal
+        if self._stop.is_set():
+            raise Interrupted("interrupted: no further LLM request is sent")
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off wait between attempts that a signal ends at once (no retry follows)."""
+        if self._stop.wait(seconds):
+            raise Interrupted("interrupted: no further LLM request is sent")
 
     def _back_off(self) -> None:
         """A timeout: halve the requests in flight (down to 1), since the server queues what it cannot run."""

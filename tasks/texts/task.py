@@ -20,7 +20,14 @@ from coderflow.tasks.embed.encode import token_counts
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.embed.text_store import TextStore
 from coderflow.tasks.report.tables import markdown_escape
-from coderflow.tasks.texts.bank import DEFAULT_TEMPLATES, bank_summary, build_bank, name_texts, template_texts
+from coderflow.tasks.texts.bank import (
+    DEFAULT_TEMPLATES,
+    bank_summary,
+    build_bank,
+    name_texts,
+    template_texts,
+    why_without,
+)
 from coderflow.tasks.texts.imports import FORMATS, clip_benchmark_templates, imported_texts, read_json_lists
 from coderflow.tasks.texts.make import make_bank, waffle_bank
 
@@ -99,7 +106,9 @@ def build_text_bank(
     )
     for kind, missing in report["summary"]["classes_without"].items():
         if missing:
-            log.warning("%d classes have no %s texts: %s", len(missing), kind, missing[:20])
+            log.warning(
+                "%d classes have no %s texts: %s", len(missing), kind, why_without(kind, missing, classnames, report)
+            )
     publish_bank_summary(bank_id, bank, report["summary"])
     usage = generator.get("usage") if isinstance(generator, dict) else None
     return {
