@@ -10,15 +10,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from moto_s3 import moto_s3
 
 from coderflow.storage.lock import ENV_TIMEOUT, ENV_TTL, LOCK_NAME, lease_ttl, workdir_lock
 
@@ -45,52 +44,11 @@ with open(record, "a") as f:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
-    """A local S3 HTTP server (`moto.server`, loopback only); credentials and endpoint go in the environment."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "s3-secret-Lk4w",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg-cache")),
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(endpoint, timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
-            import s3fs
-
-            s3fs.S3FileSystem.clear_instance_cache()  # no client of another test's server
-            fs = s3fs.S3FileSystem(skip_instance_cache=True)
-            yield fs
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            import s3fs
-
-            s3fs.S3FileSystem.clear_instance_cache()  # cached clients would call this stopped server
+    """A local S3 HTTP server (tests/moto_s3.py)."""
+    with moto_s3(tmp_path_factory.mktemp("xdg-cache"), "s3-secret-Lk4w") as fs:
+        yield fs
 
 
 @pytest.fixture

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import tiny_demo_config
+from moto_s3 import moto_s3
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.uptodate import check_inputs
@@ -99,52 +95,13 @@ def test_sql_over_a_url_work_directory_is_read_only_and_confined(memory_layout):
 # --- the pipeline on s3:// against a local S3-compatible server (moto) -------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_bucket(tmp_path_factory):
-    """A local S3 HTTP server (`moto.server`); credentials and endpoint go in the environment, as on a cluster."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "s3-secret-Xq9z",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg-cache")),
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(endpoint, timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
-            import s3fs
-
-            s3fs.S3FileSystem.clear_instance_cache()  # no client of another test's server
-            bucket = f"coderflow-{uuid.uuid4().hex[:8]}"
-            fs = s3fs.S3FileSystem(skip_instance_cache=True)
-            fs.mkdir(bucket)
-            yield bucket, fs
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            import s3fs
-
-            s3fs.S3FileSystem.clear_instance_cache()  # cached clients would call this stopped server
+    """A bucket on a local S3 HTTP server (tests/moto_s3.py)."""
+    with moto_s3(tmp_path_factory.mktemp("xdg-cache"), "s3-secret-Xq9z") as fs:
+        bucket = f"coderflow-{uuid.uuid4().hex[:8]}"
+        fs.mkdir(bucket)
+        yield bucket, fs
 
 
 def _metrics(workdir: str) -> list[dict]:

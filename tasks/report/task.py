@@ -31,11 +31,10 @@ from coderflow.tasks.report.tables import (
 
 
 def _metrics_artifact(layout: Layout, run_id: str, key: str, description: str) -> list[dict[str, Any]]:
-    """The run's accuracy per method as a table artifact under `key`; its rows."""
+    """The run's accuracy per method as a table artifact under `key` (rounded to show); its rows, unrounded."""
     metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
-    rows = select_columns(metrics, METRIC_COLUMNS)
-    create_table_artifact(rows, key=key, description=description)
-    return rows
+    create_table_artifact(select_columns(metrics, METRIC_COLUMNS), key=key, description=description)
+    return metrics
 
 
 @task(name="publish-metrics")
