@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from coderflow.storage.db import refresh_views, views_problem
@@ -17,9 +16,9 @@ from coderflow.storage.integrity import (
 )
 from coderflow.storage.layout import Layout, StoragePath
 from coderflow.storage.runs import abandoned_runs, mark_abandoned
-from coderflow.storage.shards import IMAGE_HASHES, INGEST_MARKER, SOURCE_LISTING
+from coderflow.storage.shards import IMAGE_HASHES, INGEST_MARKER, SOURCE_LISTING, DamagedFile, read_json
 
-DATASET_MARKER = "_dataset.json"
+DATASET_MARKER = "_dataset.json"  # storage/layout.py Layout.dataset_identity
 
 
 @dataclass(frozen=True)
@@ -47,11 +46,16 @@ def _markers(layout: Layout) -> list[StoragePath]:
     return sorted(found, key=str)
 
 
+_MARKER_KINDS = {DATASET_MARKER: dict, INGEST_MARKER: dict, SOURCE_LISTING: dict, IMAGE_HASHES: list}
+
+
 def _marker_problem(path: StoragePath) -> str | None:
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return f"unreadable JSON ({' '.join(str(exc).split())[:120]})"
+        read_json(path, path.name, _MARKER_KINDS[path.name])  # the reader every command uses
+    except DamagedFile as exc:
+        return f"unreadable JSON ({' '.join(exc.reason.split())[:120]})"
+    except OSError as exc:
+        return f"unreadable JSON ({exc.strerror or exc})"
     return None
 
 

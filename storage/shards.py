@@ -145,6 +145,7 @@ class DamagedFile(ValueError):
     """A small JSON file an ingest wrote (marker, source listing, image hashes, dataset identity) that is damaged."""
 
     def __init__(self, what: str, path: StoragePath, reason: str) -> None:
+        self.reason = reason
         self.damage = f"{what} {path} is damaged ({reason})"
         super().__init__(f"{self.damage}: --reingest rebuilds it (`coderflow ingest --reingest` for that split)")
 
@@ -156,7 +157,7 @@ def read_json(path: StoragePath, what: str, kind: type = dict) -> Any:
         return None
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
         raise DamagedFile(what, path, str(exc).split(" (char ")[0]) from None
     if not isinstance(data, kind):
         raise DamagedFile(what, path, f"it holds no JSON {'object' if kind is dict else kind.__name__}")
