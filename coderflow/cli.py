@@ -372,7 +372,8 @@ def texts_export(
     workdir: Annotated[Optional[str], Parameter(help="work directory")] = None,  # noqa: UP045
 ) -> None:
     """Write a text bank in a published format (dclip / cupl: class -> texts; clip-benchmark: dataset -> templates)."""
-    from coderflow.storage.parquet_io import read_table, write_text
+    from coderflow.storage.atomic import write_text
+    from coderflow.storage.parquet_io import read_table
     from coderflow.tasks.texts.imports import export_bank
 
     layout = Layout.at(workdir)
@@ -670,7 +671,7 @@ def report_cmd(
 ) -> None:
     """A self-contained report of a run to share: configuration, metrics against clip with 95% intervals, reference
     numbers, per-class recall, most confused classes, calibration, accuracy against shots."""
-    from coderflow.storage.parquet_io import atomic_path
+    from coderflow.storage.atomic import atomic_path
     from coderflow.tasks.report.document import build_report
 
     to_stdout = str(output) == "-"

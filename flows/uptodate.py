@@ -25,8 +25,8 @@ from datetime import datetime
 from typing import Any
 
 from coderflow.config import PipelineConfig
+from coderflow.storage.atomic import write_text
 from coderflow.storage.layout import Layout, StoragePath, text_model_id
-from coderflow.storage.parquet_io import write_text
 from coderflow.storage.runs import versions
 from coderflow.storage.shards import DamagedFile, ingest_info, stored_classes_id
 from coderflow.tasks.ingest.sources import source_listing

@@ -14,8 +14,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from coderflow.storage.atomic import no_space_message
 from coderflow.storage.layout import Layout, shared_mode
-from coderflow.storage.parquet_io import no_space_message
 from coderflow.storage.schemas import CLASSES, REFERENCE_RESULTS, VIEWS
 
 log = logging.getLogger("coderflow")

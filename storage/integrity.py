@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
+from coderflow.storage.atomic import checksum_path
 from coderflow.storage.layout import Layout, StoragePath, file_sha256, is_local
-from coderflow.storage.parquet_io import checksum_path
 from coderflow.storage.runs import process_alive
 
 log = logging.getLogger("coderflow")

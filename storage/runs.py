@@ -13,8 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from coderflow.storage.atomic import write_text
 from coderflow.storage.layout import Layout, StoragePath, safe_name
-from coderflow.storage.parquet_io import write_rows, write_text
+from coderflow.storage.parquet_io import write_rows
 from coderflow.storage.schemas import RUNS
 
 _PACKAGES = (

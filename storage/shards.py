@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from coderflow.storage.atomic import no_space_message, publish_file
 from coderflow.storage.layout import (
     HASH_CHARS,
     Layout,
@@ -26,7 +27,6 @@ from coderflow.storage.layout import (
     shared_mode,
     storage_path,
 )
-from coderflow.storage.parquet_io import no_space_message, publish_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 INGEST_MARKER = "_ingest.json"

@@ -19,9 +19,10 @@ import yaml
 from cli_runner import run_cli
 
 from coderflow.storage import db
+from coderflow.storage.atomic import checksum_path, temp_prefix
 from coderflow.storage.integrity import intact, problem, remove_dead_temp_files
 from coderflow.storage.layout import Layout
-from coderflow.storage.parquet_io import checksum_path, read_table, temp_prefix, write_rows, write_table
+from coderflow.storage.parquet_io import read_table, write_rows, write_table
 from coderflow.storage.schemas import METRICS
 
 
@@ -220,7 +221,7 @@ def test_a_write_that_fails_to_publish_leaves_the_old_file_unverified_never_misn
     new hash is dropped: the old file is never checked against the new content's hash, nor trusted without one."""
     import errno
 
-    from coderflow.storage import parquet_io
+    from coderflow.storage import atomic
 
     target = write_table(pa.table({"a": [1]}), tmp_path / "t.parquet")
     real = os.replace
@@ -230,7 +231,7 @@ def test_a_write_that_fails_to_publish_leaves_the_old_file_unverified_never_misn
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(src, dst)
 
-    monkeypatch.setattr(parquet_io.os, "replace", full_at_publish)
+    monkeypatch.setattr(atomic.os, "replace", full_at_publish)
     with pytest.raises(OSError, match="No space left"):
         write_table(pa.table({"a": [2]}), target)
     monkeypatch.undo()

@@ -24,11 +24,12 @@ import pytest
 from cli_runner import run_cli
 from fake_openai import API_KEY, FakeOpenAI, error, structured
 
-from coderflow.storage import db, parquet_io
+from coderflow.storage import atomic, db
 from coderflow.storage.arrays import load_images
+from coderflow.storage.atomic import write_text
 from coderflow.storage.integrity import problem
 from coderflow.storage.layout import Layout
-from coderflow.storage.parquet_io import read_table, write_stream, write_table, write_text
+from coderflow.storage.parquet_io import read_table, write_stream, write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS, METRICS
 from coderflow.storage.shards import list_shards, write_split
 
@@ -63,7 +64,7 @@ def test_disk_full_in_parquet_write_leaves_no_partial_file(tmp_path: Path, monke
 
 
 def test_disk_full_on_rename_leaves_no_partial_file(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(parquet_io.os, "replace", _enospc)
+    monkeypatch.setattr(atomic.os, "replace", _enospc)
     with pytest.raises(OSError, match="No space left on device"):
         write_text("manifest", tmp_path / "manifest.json")
     assert _only(tmp_path) == []

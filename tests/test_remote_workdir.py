@@ -12,7 +12,7 @@ from moto_s3 import moto_s3
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.uptodate import check_inputs
-from coderflow.storage import db, integrity, parquet_io, shards
+from coderflow.storage import atomic, db, integrity, parquet_io, shards
 from coderflow.storage.layout import Layout, is_local, resolve_workdir, storage_path
 from coderflow.storage.schemas import VIEWS
 
@@ -51,7 +51,7 @@ def test_parquet_and_text_files_round_trip_at_a_url(memory_layout):
     parquet_io.write_rows([_metric_row(0.5)], VIEWS["metrics"], target)
     parquet_io.write_rows([_metric_row(0.75)], VIEWS["metrics"], target)  # replaced, not appended
     assert parquet_io.read_table(str(target), ["value"]).column("value").to_pylist() == [0.75]
-    parquet_io.write_text("bank-1", memory_layout.textbank_alias("d"))
+    atomic.write_text("bank-1", memory_layout.textbank_alias("d"))
     assert memory_layout.textbank_alias("d").read_text() == "bank-1"
     names = sorted(p.name for p in memory_layout.run_dir("r1").iterdir())
     assert names == ["metrics.parquet", "metrics.parquet.sha256"]  # no temp left; the hash of the last version
@@ -61,7 +61,7 @@ def test_parquet_and_text_files_round_trip_at_a_url(memory_layout):
 def test_a_failed_write_at_a_url_leaves_the_old_file(memory_layout):
     target = memory_layout.run_file("r1", "metrics.parquet")
     parquet_io.write_rows([_metric_row(0.5)], VIEWS["metrics"], target)
-    with pytest.raises(RuntimeError), parquet_io.atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
         tmp.write_bytes(b"half a file")
         raise RuntimeError("killed while writing")
     assert parquet_io.read_table(target)["value"].to_pylist() == [0.5]

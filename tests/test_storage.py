@@ -195,7 +195,7 @@ def test_files_and_split_folders_follow_the_umask(tmp_path: Path):
 
     script = (
         "import os, sys; os.umask(0o022)\n"
-        "from coderflow.storage.parquet_io import write_text\n"
+        "from coderflow.storage.atomic import write_text\n"
         "from coderflow.storage.shards import write_split\n"
         "from coderflow.tasks.ingest.sources import demo_source\n"
         "root = sys.argv[1]\n"

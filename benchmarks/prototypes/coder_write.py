@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import Timings, print_header
 from coder import META, unit_rows
 
-from coderflow.storage import parquet_io
+from coderflow.storage import atomic, parquet_io
 from coderflow.storage.parquet_io import read_table, write_stream
 from coderflow.storage.schemas import CODER
 from coderflow.tasks.coder.build import coder_table, iter_coder
@@ -48,7 +48,7 @@ def pyarrow_stream(tables, schema: pa.Schema, target: Path, options: dict) -> in
     """The previous write_stream: ParquetWriter with a writer thread one table behind the producer."""
     rows, last, pending = 0, None, None
     with (
-        parquet_io.atomic_path(target) as tmp,
+        atomic.atomic_path(target) as tmp,
         pq.ParquetWriter(tmp, schema, **options) as writer,
         ThreadPoolExecutor(1) as pool,
     ):

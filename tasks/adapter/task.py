@@ -11,8 +11,8 @@ from prefect import get_run_logger, task
 
 from coderflow.config import AdapterConfig, ModelConfig
 from coderflow.storage.arrays import load_images
+from coderflow.storage.atomic import atomic_path
 from coderflow.storage.layout import Layout, content_id, model_id
-from coderflow.storage.parquet_io import atomic_path
 from coderflow.storage.shards import list_shards
 from coderflow.tasks.adapter.data import ShardBatches
 from coderflow.tasks.adapter.model import adapter_id, adapter_state_dict, add_adapters, load_adapters

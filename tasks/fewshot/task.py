@@ -13,9 +13,10 @@ from prefect import get_run_logger, task
 
 from coderflow.config import DatasetConfig, FewShotConfig
 from coderflow.storage.arrays import ImageSet, load_images, load_texts
+from coderflow.storage.atomic import atomic_path, write_text
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout, content_id
-from coderflow.storage.parquet_io import atomic_path, read_table, write_table, write_text
+from coderflow.storage.parquet_io import read_table, write_table
 from coderflow.storage.schemas import FEWSHOT_SUPPORT, PREDICTIONS
 from coderflow.storage.shards import (
     DamagedFile,

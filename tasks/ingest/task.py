@@ -10,8 +10,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from coderflow.config import DatasetConfig
+from coderflow.storage.atomic import write_text_if_changed
 from coderflow.storage.layout import HASH_CHARS, Layout, is_local, part_hash, safe_name
-from coderflow.storage.parquet_io import write_text_if_changed
 from coderflow.storage.shards import (
     SOURCE_LISTING,
     DamagedFile,

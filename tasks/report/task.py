@@ -16,9 +16,9 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture, as_completed
 
 from coderflow.progress import stage_progress
+from coderflow.storage.atomic import write_text
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
-from coderflow.storage.parquet_io import write_text
 from coderflow.tasks.report.tables import (
     CONFUSED_COLUMNS,
     METRIC_COLUMNS,

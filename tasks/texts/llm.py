@@ -27,8 +27,8 @@ from pydantic import BaseModel, ValidationError
 from coderflow.console import printable
 from coderflow.interrupt import request_stop, stop_token
 from coderflow.progress import stage_progress
+from coderflow.storage.atomic import write_text
 from coderflow.storage.layout import storage_path
-from coderflow.storage.parquet_io import write_text
 from coderflow.tasks import ConfigError
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,7 @@ def _with_lf_endings(source: Path, cache_dir: Path) -> Path:
     with open(source / "data.noun", "rb") as fh:
         if b"\r\n" not in fh.read(4096):
             return source
-    from coderflow.storage.parquet_io import atomic_path
+    from coderflow.storage.atomic import atomic_path
 
     for src in sorted(p for p in source.iterdir() if p.is_file()):
         target = cache_dir / src.name

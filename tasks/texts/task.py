@@ -10,9 +10,10 @@ from prefect import get_run_logger, task
 
 from coderflow.config import ClassifyConfig, ModelConfig, TextsConfig
 from coderflow.storage.arrays import image_parts, load_images
+from coderflow.storage.atomic import write_text, write_text_if_changed
 from coderflow.storage.integrity import intact
 from coderflow.storage.layout import Layout, content_id, file_sha256, text_model_id
-from coderflow.storage.parquet_io import write_table, write_text, write_text_if_changed
+from coderflow.storage.parquet_io import write_table
 from coderflow.storage.schemas import TEXTS
 from coderflow.storage.shards import ingest_info, read_class_file
 from coderflow.tasks import retry_transient
