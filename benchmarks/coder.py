@@ -137,9 +137,7 @@ def memory_child(n_images: int, n_texts: int, dim: int, per_shard: int, fmt: str
         reset_peak_rss()  # the peak from here on is the build's, not the set-up's
         cfg = CoderConfig(format=fmt)
         t0 = time.perf_counter()
-        rows = sum(
-            build_coder_shard.fn(str(p), bank, mid, "bench", "test", cfg, str(layout.root))["rows"] for p in parts
-        )
+        rows = sum(build_coder_shard.fn(str(p), bank, mid, "bench", "test", cfg, str(layout.root)).rows for p in parts)
         elapsed = time.perf_counter() - t0
         size = sum(f.stat().st_size for f in layout.coder_dir(mid, bank, "bench", "test").glob("*.parquet"))
         return {

@@ -229,10 +229,10 @@ def main() -> None:
             bank_id = synthetic_bank(layout, args.rows, args.unique)
             clear_model_cache()
             r1 = run1.time(lambda b=bank_id, w=tmp: embed_task.embed_text_bank.fn(b, mc, w))
-            assert r1["new"] == args.unique and r1["reused"] == args.rows - args.unique, r1
+            assert r1.new == args.unique and r1.reused == args.rows - args.unique, r1
             clear_model_cache()
             r2 = run2_cold.time(lambda b=bank_id, w=tmp: embed_task.embed_text_bank.fn(b, mc, w))
-            assert r2["new"] == 0, r2
+            assert r2.new == 0, r2
             run2_warm.time(lambda b=bank_id, w=tmp: embed_task.embed_text_bank.fn(b, mc, w))
             clear_model_cache()
             lm = load.time(lambda: model_mod.load_model(args.model, None))

@@ -147,21 +147,21 @@ def main() -> None:
         model={"name": args.model, "batch_size": args.batch_size},
         texts={"types": ["name", "template", "att", "ana", "syno", "ovo"], "ovo_pairs": "nearest"},
     )
-    root, ds, model = cfg.workdir, cfg.dataset, cfg.model
+    workdir, ds, model = cfg.workdir, cfg.dataset, cfg.model
     lm = load_model(args.model, None)
     probe = torch.stack([lm.preprocess(Image.new("RGB", (32, 32)))] * 8)
     image_flops = count_flops(lambda: lm.model.encode_image(probe)) / len(probe)
     sampler, rows = RssSampler(), []
     whole = time.perf_counter()
     with sampler.stage(rows, "ingest"):
-        ingest_dataset(ds, root)
+        ingest_dataset(ds, workdir)
     with sampler.stage(rows, "embed images", args.images * image_flops / rate, gflop_per_image=image_flops / 1e9):
-        embed_images(ds, model, root)
+        embed_images(ds, model, workdir)
     with sampler.stage(rows, "text bank (generate + embed)") as extra:
-        bank = text_bank(ds, model, cfg.texts, root, None, cfg.classify)
+        bank = text_bank(ds, model, cfg.texts, workdir, None, cfg.classify)
         extra |= {"texts": bank.n_texts, "embedded": bank.embedded}
     # the text floor: the trimmed encoder's FLOPs on a sample of the bank's own texts, scaled to the bank
-    all_texts = read_table(Layout.at(root).textbank_file(bank.textbank_id), ["text"])["text"].to_pylist()
+    all_texts = read_table(Layout.at(workdir).textbank_file(bank.textbank_id), ["text"])["text"].to_pylist()
     probe_texts = all_texts[:: max(1, len(all_texts) // 512)][:512]
     text_flops = count_flops(lambda: encode_texts(probe_texts, lm)) / len(probe_texts)
     text_floor = len(all_texts) * text_flops / rate
@@ -172,10 +172,10 @@ def main() -> None:
     n_texts, dim = bank.n_texts, encode_texts(["a"], lm).shape[1]
     gemm = 2 * args.images * n_texts * dim / rate
     with sampler.stage(rows, "CODER dense", gemm, texts=n_texts):
-        build_coder(ds, model, bank.textbank_id, cfg.coder, root)
+        build_coder(ds, model, bank.textbank_id, cfg.coder, workdir)
     sparse = cfg.coder.model_copy(update={"format": "sparse"})
     with sampler.stage(rows, "CODER sparse (top 256)", gemm):
-        build_coder(ds, model, bank.textbank_id, sparse, root)
+        build_coder(ds, model, bank.textbank_id, sparse, workdir)
     # classify's floor: the image-text products the six methods need (CODER's cosines to every text once, and one
     # image x class-mean product each for clip, dclip, cupl and waffle) plus embedding WaffleCLIP's own prompts
     n_classes = len(classes)
@@ -184,7 +184,7 @@ def main() -> None:
     waffle_flops = count_flops(lambda: encode_texts(waffle_probe, lm)) / len(waffle_probe) * waffle_texts
     classify_floor = gemm + (4 * 2 * args.images * n_classes * dim + waffle_flops) / rate
     with sampler.stage(rows, "classify (all zero-shot methods)", classify_floor) as extra:
-        result = classify(ds, model, bank.textbank_id, list(cfg.methods), workdir=root, params=cfg.classify)
+        result = classify(ds, model, bank.textbank_id, list(cfg.methods), workdir=workdir, classify=cfg.classify)
         extra["run_id"] = result.run_id
     total = time.perf_counter() - whole
     peak = max(r["peak_rss_gb"] for r in rows)

@@ -118,28 +118,28 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         write_image_folder(images_dir, args.images, args.classes)
     ds = DatasetConfig(name="load", source=str(images_dir), kind="folder", samples_per_shard=args.per_shard)
     mc = ModelConfig(name=model, batch_size=args.batch_size)
-    root = str(work / "w")
+    workdir = str(work / "w")
     with stages.stage("prefect start (first flow)"):
-        ingest_dataset(DatasetConfig(name="warmup", demo_images_per_class=1), root)
+        ingest_dataset(DatasetConfig(name="warmup", demo_images_per_class=1), workdir)
     with stages.stage("ingest", per_shard=args.per_shard) as info:
-        out = ingest_dataset(ds, root)
+        out = ingest_dataset(ds, workdir)
         info["shards"] = len(out.shards)
     with stages.stage("embed images") as info:
-        out = embed_images(ds, mc, root, 0.01)
+        out = embed_images(ds, mc, workdir, 0.01)
         info.update(rows=out.rows, errors=out.errors, shards_skipped=out.shards_skipped)
     templates = [f"a photo of a {{c}}, style {k}." for k in range(args.templates)]
     with stages.stage("texts (generate + embed)") as info:
-        texts = text_bank(ds, mc, TextsConfig(types=("name",)), root, templates)
+        texts = text_bank(ds, mc, TextsConfig(types=("name",)), workdir, templates)
         info.update(texts=texts.n_texts)
     with stages.stage("coder") as info:
-        info.update(rows=build_coder(ds, mc, texts.textbank_id, None, root).rows)
+        info.update(rows=build_coder(ds, mc, texts.textbank_id, None, workdir).rows)
     with stages.stage("classify + evaluate", methods="clip,coder") as info:
-        info["top1"] = classify(ds, mc, texts.textbank_id, ["clip", "coder"], workdir=root).top1
+        info["top1"] = classify(ds, mc, texts.textbank_id, ["clip", "coder"], workdir=workdir).top1
     from coderflow.storage.db import query
     from coderflow.storage.layout import Layout
 
     with stages.stage("sql over image_embeddings") as info:
-        info.update(query(Layout.at(root), "SELECT count(*) AS n, count(DISTINCT sample_key) AS k FROM image_embeddings").to_pylist()[0])  # fmt: skip
+        info.update(query(Layout.at(workdir), "SELECT count(*) AS n, count(DISTINCT sample_key) AS k FROM image_embeddings").to_pylist()[0])  # fmt: skip
     embed = next(r for r in stages.rows if r["stage"] == "embed images")
     print(json.dumps({"images_per_s": round(args.images / embed["seconds"], 1),
                       "max_rss_mb_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))  # fmt: skip

@@ -63,7 +63,7 @@ class Run:
     images: ImageSet
     bank: TextSet
     texts: pa.Table
-    params: ClassifyConfig = field(default_factory=ClassifyConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     waffles: list[TextSet] = field(default_factory=list)  # WaffleCLIP's banks, one per rep
     method_banks: dict[str, TextSet] = field(default_factory=dict)  # methods that read another bank (classify.banks)
 
@@ -150,7 +150,7 @@ class Run:
         if rows.size == 0:
             raise ValueError("the selection holds no texts: choose text types or rows the bank has")
         bank = self.subset(rows)
-        result = run_methods([method], self.images.x, bank, self.params, self.waffles, self.method_banks)[0]
+        result = run_methods([method], self.images.x, bank, self.classify, self.waffles, self.method_banks)[0]
         used = self.method_banks.get(method) or (self.waffles[0] if method in OWN_BANKS else bank)
         top5 = top_k(result.scores, min(5, bank.n_classes)) if result.top5 is None else result.top5
         pred = top5[:, 0] if result.pred is None else result.pred
@@ -194,16 +194,16 @@ def load_run(run_id: str, workdir: str | None = None) -> Run:
     split = _run_split(layout, run_id, config)
     dataset = manifest["dataset"]
     _check_split_id(layout, run_id, manifest, dataset, split)
-    params = ClassifyConfig.model_validate(config.get("classify") or {})
+    classify = ClassifyConfig.model_validate(config.get("classify") or {})
     texts = read_table(layout.textbank_file(textbank_id))
     waffles = [load_texts(layout, w, model_id) for w in manifest.get("waffle_textbank_ids") or []]
-    banks = {m: load_texts(layout, b, model_id) for m, b in (params.banks or {}).items()}
+    banks = {m: load_texts(layout, b, model_id) for m, b in (classify.banks or {}).items()}
     images = load_images(layout, model_id, dataset, split)
     if not manifest.get("split_id"):  # a run from before split ids were recorded: its predictions name its images
         _check_predicted_images(layout, run_id, dataset, split, images)
     return Run(
         run_id, dataset, split, model_id, textbank_id, config, images,
-        load_texts(layout, textbank_id, model_id), texts, params, waffles, banks,
+        load_texts(layout, textbank_id, model_id), texts, classify, waffles, banks,
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""What each flow returns: typed stage results (the CLI prints them, Python callers read their fields)."""
+"""What flows and tasks return: typed stage results (the CLI prints them) and the task results flows read."""
 
 from __future__ import annotations
 
@@ -122,3 +122,100 @@ class OverlapResult(StageResult):
     run_id: str
     models: dict[str, str]
     metrics: list[dict[str, Any]]
+
+
+# Task results: what a Prefect task hands to the flow that called it. Frozen dataclasses pickle (Dask and Ray task
+# runners send them between processes); where one is stored as JSON (a run record) it goes through `asdict`.
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """One shard's derived file (image embeddings, CODER vectors): its rows, failed rows, and whether it was there."""
+
+    path: str
+    rows: int
+    skipped: bool
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """A loaded model's id, preprocess config and text context, for run records."""
+
+    model_id: str
+    preprocess: dict[str, Any]
+    context_length: int
+
+
+@dataclass(frozen=True)
+class EmbeddedTexts:
+    """A text bank's texts embedded with a text model: embedded now (`new`), found stored, and truncated."""
+
+    model_id: str
+    new: int
+    reused: int
+    truncated: int
+
+
+@dataclass(frozen=True)
+class StoredBank:
+    """A text bank written (generated or imported) or found unchanged (`reused`), with what its build reported."""
+
+    textbank_id: str
+    n_texts: int
+    path: str
+    n_classes: int | None = None
+    usage: dict[str, Any] | None = None
+    reused: bool = False
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The predictions of a zero-shot run: where, on which images (`split_id`), and per-method counters."""
+
+    path: str
+    split_id: str | None
+    n_samples: int
+    n_errors: int
+    n_classes: int
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A run's metrics file and top-1 per zero-shot method."""
+
+    path: str
+    top1: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What was published for a run: the metrics artifact's key, its methods, how many confused pairs were listed."""
+
+    metrics_key: str
+    methods: list[str]
+    confused_pairs: int
+
+
+@dataclass(frozen=True)
+class SupportPlan:
+    """Support keys per few-shot cell ('<shots>-<seed>'), every key of them (`pool`), and per cell the classes with
+    fewer train samples than shots (`short`)."""
+
+    sets: dict[str, list[str]]
+    pool: list[str]
+    short: dict[str, dict[int, int]]
+
+
+@dataclass(frozen=True)
+class CellPredictions:
+    """One few-shot cell's prediction and support parts, its chosen hyper-parameters as metric rows, support size."""
+
+    part: str
+    support_part: str
+    params: list[dict[str, Any]]
+    support: int
+    n_classes: int

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from prefect import flow
 
 from coderflow.config import PipelineConfig
+from coderflow.flows.bookkeeping import recorded_run, resolved_workdir
 from coderflow.flows.naming import run_namer, tag_flow_run
-from coderflow.flows.pipeline import _root, embed_images, ingest_dataset, recorded_run
+from coderflow.flows.pipeline import embed_images, ingest_dataset
 from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
 from coderflow.results import AdapterResult, OverlapResult
 from coderflow.storage.runs import new_run_id
@@ -22,11 +23,10 @@ from coderflow.tasks.evaluate.task import store_metrics
 @holds_workdir_lock
 def adapter_train(config: PipelineConfig) -> AdapterResult:
     """Ingest the training collection (a no-op when done) and train adapters on it; returns the adapter id."""
-    root = _root(config.workdir)
-    ingest_dataset(config.dataset.model_copy(update={"split": config.adapter.train_split}), root)
-    return AdapterResult(
-        **train_adapter(config.dataset.name, config.model.model_copy(update={"adapter": None}), config.adapter, root)
-    )
+    workdir = resolved_workdir(config.workdir)
+    ingest_dataset(config.dataset.model_copy(update={"split": config.adapter.train_split}), workdir)
+    original = config.model.model_copy(update={"adapter": None})  # adapters are trained on the original encoder
+    return train_adapter(config.dataset.name, original, config.adapter, workdir)
 
 
 @flow(name="adapter-overlap", flow_run_name=run_namer(what="adapter-overlap"), on_running=[tag_flow_run])
@@ -36,16 +36,16 @@ def adapter_overlap(config: PipelineConfig) -> OverlapResult:
     """Intra-modal overlap and feature variance of a labeled split with the original and the adapted image encoder."""
     if not config.model.adapter:
         raise ValueError("adapter-overlap needs model.adapter (an id from `coderflow adapter train`)")
-    root = _root(config.workdir)
+    workdir = resolved_workdir(config.workdir)
     ds = config.dataset
-    ingest_dataset(ds, root)
+    ingest_dataset(ds, workdir)
     rows = []
     models = {"original": config.model.model_copy(update={"adapter": None}), "adapted": config.model}
     ids = {}
     for name, model in models.items():
-        embed_images(ds, model, root, config.max_failure_rate)
-        ids[name] = describe_model(model, root)["model_id"]
-        rows += measure_overlap(ds.name, ds.split, ids[name], config.adapter, root)
+        embed_images(ds, model, workdir, config.max_failure_rate)
+        ids[name] = describe_model(model, workdir).model_id
+        rows += measure_overlap(ds.name, ds.split, ids[name], config.adapter, workdir)
     run_id = new_run_id(config.run_name or "overlap")
     record = {
         "flow": "adapter-overlap",
@@ -56,6 +56,6 @@ def adapter_overlap(config: PipelineConfig) -> OverlapResult:
         "textbank_id": None,
         "extra": {"models": ids},
     }
-    with recorded_run(run_id, root, record):
-        store_metrics(run_id, ds.name, ds.split, rows, root)
+    with recorded_run(run_id, workdir, record):
+        store_metrics(run_id, ds.name, ds.split, rows, workdir)
     return OverlapResult(run_id, ids, rows)

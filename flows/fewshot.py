@@ -7,16 +7,9 @@ from datetime import UTC, datetime
 from prefect import flow, unmapped
 
 from coderflow.config import PipelineConfig
+from coderflow.flows.bookkeeping import flow_run_id, recorded_run, refreshed_on_error, resolved_workdir
 from coderflow.flows.naming import run_namer, tag_flow_run
-from coderflow.flows.pipeline import (
-    _root,
-    embed_images,
-    flow_run_id,
-    ingest_dataset,
-    recorded_run,
-    refreshed_on_error,
-    text_bank,
-)
+from coderflow.flows.pipeline import embed_images, ingest_dataset, text_bank
 from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
 from coderflow.results import FewShotResult
 from coderflow.storage.runs import new_run_id
@@ -39,49 +32,49 @@ from coderflow.tasks.fewshot.task import (
 @holds_workdir_lock
 def fewshot(config: PipelineConfig) -> FewShotResult:
     """Training-free few-shot classification over shots x seeds; alpha/beta chosen on val, figures on test."""
-    root = _root(config.workdir)
-    with refreshed_on_error(root):
-        return _fewshot(config, root)
+    workdir = resolved_workdir(config.workdir)
+    with refreshed_on_error(workdir):
+        return _fewshot(config, workdir)
 
 
-def _fewshot(config: PipelineConfig, root: str) -> FewShotResult:
+def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
     fs, model = config.fewshot, config.model
     splits = {
         name: config.dataset.model_copy(update={"split": name})
         for name in (fs.train_split, fs.val_split, fs.test_split)
     }
-    refuse_shared_splits(config.dataset, list(splits), root)
+    refuse_shared_splits(config.dataset, list(splits), workdir)
     for ds in splits.values():
-        ingest_dataset(ds, root)
-    refuse_overlapping_splits(config.dataset.name, list(splits), root)
+        ingest_dataset(ds, workdir)
+    refuse_overlapping_splits(config.dataset.name, list(splits), workdir)
     original = model.model_copy(update={"adapter": None})  # the zero-shot term and Tip-X's KL use these features
     models = [original, model] if model.adapter else [original]
     for m in models:
         for name in (fs.val_split, fs.test_split):
-            embed_images(splits[name], m, root, config.max_failure_rate)
+            embed_images(splits[name], m, workdir, config.max_failure_rate)
     bank = text_bank(
         splits[fs.test_split],
         original,
         config.texts,
-        root,
+        workdir,
         list(config.templates) if config.templates else None,
         config.classify,
     )
-    plan = plan_support_sets(config.dataset.name, fs.train_split, bank.n_classes, fs, root)
+    plan = plan_support_sets(config.dataset.name, fs.train_split, bank.n_classes, fs, workdir)
     if fs.augment_views > 0:
         support_split = write_augmented_split(
-            config.dataset.name, fs.train_split, plan["pool"], fs.augment_views, fs.augment_seed,
-            config.dataset.samples_per_shard, root,
+            config.dataset.name, fs.train_split, plan.pool, fs.augment_views, fs.augment_seed,
+            config.dataset.samples_per_shard, workdir,
         )  # fmt: skip
     else:  # no augmentation: the support features are the train images' own embeddings
         support_split = fs.train_split
     augmented = [
-        embed_images(config.dataset.model_copy(update={"split": support_split}), m, root, config.max_failure_rate)
+        embed_images(config.dataset.model_copy(update={"split": support_split}), m, workdir, config.max_failure_rate)
         for m in models
     ]
-    described = describe_model(original, root)
-    mid = described["model_id"]
-    adapted_mid = describe_model(model, root)["model_id"] if model.adapter else None
+    described = describe_model(original, workdir)
+    mid = described.model_id
+    adapted_mid = describe_model(model, workdir).model_id if model.adapter else None
     run_id = new_run_id(config.run_name or "fewshot")
     record = {
         "flow": "few-shot",
@@ -91,24 +84,24 @@ def _fewshot(config: PipelineConfig, root: str) -> FewShotResult:
         "model_id": mid,
         "textbank_id": bank.textbank_id,
         "extra": {
-            "preprocess": described["preprocess"],
+            "preprocess": described.preprocess,
             "support_split": support_split,
-            "short_classes": plan["short"],
+            "short_classes": plan.short,
             "adapted_model_id": adapted_mid,
         },
     }
-    with recorded_run(run_id, root, record) as extra:
-        cells = sorted(plan["sets"])
+    with recorded_run(run_id, workdir, record) as extra:
+        cells = sorted(plan.sets)
         futures = fewshot_predict.map(
-            unmapped(run_id), cells, [plan["sets"][c] for c in cells], unmapped(config.dataset.name),
+            unmapped(run_id), cells, [plan.sets[c] for c in cells], unmapped(config.dataset.name),
             unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank.textbank_id), unmapped(fs),
-            unmapped(root), [i == 0 for i in range(len(cells))],
+            unmapped(workdir), [i == 0 for i in range(len(cells))],
         )  # fmt: skip
         parts = [f.result() for f in futures]
-        collect_predictions(run_id, [p["part"] for p in parts], [p["support_part"] for p in parts], root)
-        params = [row for p in parts for row in p["params"]]
-        evaluate_run(run_id, mid, bank.n_classes, root, params)
-        plot = plot_accuracy_vs_shots(run_id, root, bank.n_classes)
+        collect_predictions(run_id, [p.part for p in parts], [p.support_part for p in parts], workdir)
+        params = [row for p in parts for row in p.params]
+        evaluate_run(run_id, mid, bank.n_classes, workdir, params)
+        plot = plot_accuracy_vs_shots(run_id, workdir, bank.n_classes)
         extra |= {"plot": plot, "augmented_images": augmented}
-    table = accuracy_table(run_id, root)
+    table = accuracy_table(run_id, workdir)
     return FewShotResult(run_id, plot, len(parts), table, flow_run_id())

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import contextvars
-import logging
-import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, task, unmapped
+from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from coderflow.config import ClassifyConfig, CoderConfig, DatasetConfig, ModelConfig, PipelineConfig, TextsConfig
-from coderflow.flows import uptodate
+from coderflow.flows.bookkeeping import (
+    flow_run_id,
+    record_inputs,
+    recorded_run,
+    refresh_unless_subflow,
+    refreshed_on_error,
+    resolved_workdir,
+    timed,
+)
 from coderflow.flows.naming import run_namer, tag_flow_run
 from coderflow.flows.runners import THREADS, holds_workdir_lock, subflows_share_heartbeat, with_runner
 from coderflow.results import (
@@ -26,7 +31,6 @@ from coderflow.results import (
     PipelineResult,
     TextBankResult,
 )
-from coderflow.storage.layout import Layout
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.classify.task import classify_zero_shot
 from coderflow.tasks.coder.task import build_coder_shard
@@ -41,63 +45,8 @@ from coderflow.tasks.embed.task import (
 from coderflow.tasks.evaluate.task import evaluate_run
 from coderflow.tasks.ingest.task import ingest_split
 from coderflow.tasks.report.task import publish_metrics, report_run, results_with_progress
-from coderflow.tasks.runs import record_parent_run, record_run, refresh_database
+from coderflow.tasks.runs import record_parent_run
 from coderflow.tasks.texts.task import build_text_bank, build_waffle_bank, import_text_bank
-
-
-@contextmanager
-def recorded_run(run_id: str, root: str, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Record a run as running, then completed or failed (refreshing DuckDB either way); yields its `extra` dict.
-    The Prefect flow run's id goes into the record (`coderflow runs` links it)."""
-    record = {**record, "extra": {**record.get("extra", {}), "flow_run_id": flow_run_id()}}
-    record_run(run_id, root, status="running", **record)
-    try:
-        yield record["extra"]
-    except BaseException:
-        _while_failing(lambda: record_run.fn(run_id, root, status="failed", **record), "recording the failed run")
-        _while_failing(lambda: refresh_database.fn(root), "refreshing the DuckDB views")
-        raise
-    record_run(run_id, root, status="completed", **record)
-    refresh_database(root)
-
-
-def refresh_unless_subflow(root: str) -> None:
-    """Refresh the DuckDB views at the end of a stage run on its own; inside a parent flow the parent's run record
-    refreshes them once (`recorded_run`), or `refreshed_on_error` when the parent fails first."""
-    from prefect.runtime import flow_run
-
-    if not flow_run.parent_flow_run_id:
-        refresh_database(root)
-
-
-def _while_failing(step: Callable[[], Any], what: str) -> None:
-    """A clean-up step of a failing flow: its own failure (the same full disk, say) is logged, never raised, so the
-    error the user sees is the one that stopped the flow."""
-    try:
-        step()
-    except Exception as exc:
-        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split()) or type(exc).__name__
-        logging.getLogger(__name__).warning("%s failed too (%s); the first error follows", what, reason)
-
-
-@contextmanager
-def refreshed_on_error(root: str) -> Iterator[None]:
-    """A parent flow that fails before its run record still leaves views over what its stages stored."""
-    try:
-        yield
-    except BaseException:
-        _while_failing(lambda: refresh_database.fn(root), "refreshing the DuckDB views")
-        raise
-
-
-@contextmanager
-def timed(stages: dict[str, float], name: str) -> Iterator[None]:
-    """Seconds spent in a block, stored under `name`."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        stages[name] = round(time.perf_counter() - start, 2)
 
 
 def bank_reads_images(config: PipelineConfig) -> bool:
@@ -106,29 +55,11 @@ def bank_reads_images(config: PipelineConfig) -> bool:
     return "ovo" in t.types and t.ovo_pairs in ("consulted", "confused") and t.ovo_budget > 0
 
 
-def flow_run_id() -> str | None:
-    """The id of the flow run this code runs in (for the UI link)."""
-    from prefect.runtime import flow_run
-
-    return str(flow_run.id) if flow_run.id else None
-
-
-@task(name="record-inputs")
-def record_inputs(run_id: str, config: PipelineConfig) -> str | None:
-    """Store the fingerprint of the finished run's inputs in its manifest (an unchanged CLI re-run then skips)."""
-    return uptodate.record_inputs(run_id, config)
-
-
-def _root(workdir: str | None) -> str:
-    return str(Layout.at(workdir).root)
-
-
 @flow(name="ingest-dataset", flow_run_name=run_namer(with_model=False), on_running=[tag_flow_run])
 @holds_workdir_lock
 def ingest_dataset(dataset: DatasetConfig, workdir: str | None = None) -> IngestResult:
     """Write a dataset split as WebDataset shards under the work directory."""
-    out = ingest_split(dataset, _root(workdir))
-    return IngestResult(**{k: v for k, v in out.items() if k in IngestResult.__dataclass_fields__})
+    return ingest_split(dataset, resolved_workdir(workdir))
 
 
 @flow(
@@ -142,15 +73,15 @@ def embed_images(
     dataset: DatasetConfig, model: ModelConfig, workdir: str | None = None, max_failure_rate: float = 0.1
 ) -> EmbedResult:
     """Embed every shard of a split (one mapped task per shard; finished shards are skipped)."""
-    root = _root(workdir)
-    shards = list_split_shards(dataset.name, dataset.split, root)  # (path, sha256, samples) per shard
+    workdir = resolved_workdir(workdir)
+    shards = list_split_shards(dataset.name, dataset.split, workdir)  # (path, sha256, samples) per shard
     futures = embed_shard.map(
         [s[0] for s in shards], [s[1] for s in shards], unmapped(dataset.name), unmapped(dataset.split),
-        unmapped(model), unmapped(root), [s[2] for s in shards],
+        unmapped(model), unmapped(workdir), [s[2] for s in shards],
     )  # fmt: skip
     done = results_with_progress(futures, f"embed {dataset.name}/{dataset.split}", "images")
-    result = EmbedResult(**summarize_shards(done, max_failure_rate))
-    refresh_unless_subflow(root)
+    result = summarize_shards(done, max_failure_rate)
+    refresh_unless_subflow(workdir)
     return result
 
 
@@ -166,18 +97,12 @@ def text_bank(
 ) -> TextBankResult:
     """Generate the dataset's text bank and embed the texts this model has not embedded yet (`classify`: CODER*'s
     rule, which picks the one-vs-one pairs it will consult)."""
-    root = _root(workdir)
-    bank = build_text_bank(dataset.name, dataset.split, model, texts or TextsConfig(), root, templates, classify)
-    embedded = embed_text_bank(bank["textbank_id"], model, root)
-    refresh_unless_subflow(root)
+    workdir = resolved_workdir(workdir)
+    bank = build_text_bank(dataset.name, dataset.split, model, texts or TextsConfig(), workdir, templates, classify)
+    embedded = embed_text_bank(bank.textbank_id, model, workdir)
+    refresh_unless_subflow(workdir)
     return TextBankResult(
-        bank["textbank_id"],
-        bank["n_texts"],
-        embedded["new"],
-        bank.get("n_classes"),
-        bank.get("summary") or {},
-        usage=bank.get("usage"),
-        reused=bool(bank.get("reused")),
+        bank.textbank_id, bank.n_texts, embedded.new, bank.n_classes, bank.summary, usage=bank.usage, reused=bank.reused
     )
 
 
@@ -194,11 +119,11 @@ def import_texts(
 ) -> TextBankResult:
     """A text bank from a published file (DCLIP/WaffleCLIP descriptors, CuPL prompts, CLIP_benchmark templates),
     embedded with the model; use it for a method with classify.banks (e.g. {dclip: <id>})."""
-    root = _root(workdir)
-    bank = import_text_bank(dataset.name, path, fmt, model, texts or TextsConfig(), root, key)
-    embedded = embed_text_bank(bank["textbank_id"], model, root)
-    refresh_unless_subflow(root)
-    return TextBankResult(bank["textbank_id"], bank["n_texts"], embedded["new"], report=bank["report"])
+    workdir = resolved_workdir(workdir)
+    bank = import_text_bank(dataset.name, path, fmt, model, texts or TextsConfig(), workdir, key)
+    embedded = embed_text_bank(bank.textbank_id, model, workdir)
+    refresh_unless_subflow(workdir)
+    return TextBankResult(bank.textbank_id, bank.n_texts, embedded.new, report=bank.report)
 
 
 @flow(
@@ -216,16 +141,16 @@ def build_coder(
     workdir: str | None = None,
 ) -> CoderResult:
     """Materialise CODER vectors for every embedded shard of a split (one mapped task per shard)."""
-    root = _root(workdir)
-    mid = describe_model(model, root)["model_id"]
-    parts = list_image_parts(mid, dataset.name, dataset.split, root)
+    workdir = resolved_workdir(workdir)
+    mid = describe_model(model, workdir).model_id
+    parts = list_image_parts(mid, dataset.name, dataset.split, workdir)
     futures = build_coder_shard.map(
         parts, unmapped(textbank_id), unmapped(mid), unmapped(dataset.name), unmapped(dataset.split),
-        unmapped(coder or CoderConfig()), unmapped(root),
+        unmapped(coder or CoderConfig()), unmapped(workdir),
     )  # fmt: skip
     results = results_with_progress(futures, f"coder {dataset.name}/{dataset.split}", "images")
-    refresh_unless_subflow(root)
-    return CoderResult(len(results), sum(r["skipped"] for r in results), sum(r["rows"] for r in results))
+    refresh_unless_subflow(workdir)
+    return CoderResult(len(results), sum(r.skipped for r in results), sum(r.rows for r in results))
 
 
 @flow(name="classify", flow_run_name=run_namer(with_methods=True), on_running=[tag_flow_run])
@@ -237,22 +162,22 @@ def classify(
     methods: list[str],
     workdir: str | None = None,
     run_name: str | None = None,
-    params: ClassifyConfig | None = None,
+    classify: ClassifyConfig | None = None,
     config: dict[str, Any] | None = None,
 ) -> ClassifyResult:
     """Classify with every method over the stored embeddings, evaluate, record the run and refresh DuckDB."""
-    root = _root(workdir)
-    params = params or ClassifyConfig()
+    workdir = resolved_workdir(workdir)
+    classify = classify or ClassifyConfig()
     run_id = new_run_id(run_name)
-    described = describe_model(model, root)
-    mid = described["model_id"]
+    described = describe_model(model, workdir)
+    mid = described.model_id
     waffle_ids: list[str] = []
     if "waffle" in methods:  # WaffleCLIP's prompts are seeded banks of their own (one per rep), embedded like any text
-        for rep in range(params.waffle_reps):
-            waffle_ids.append(build_waffle_bank(dataset.name, model, params, root, params.waffle_seed + rep))
-            embed_text_bank(waffle_ids[-1], model, root)
-    for other in dict.fromkeys((params.banks or {}).values()):  # banks of some methods (imported ones, say)
-        embed_text_bank(other, model, root)
+        for rep in range(classify.waffle_reps):
+            waffle_ids.append(build_waffle_bank(dataset.name, model, classify, workdir, classify.waffle_seed + rep))
+            embed_text_bank(waffle_ids[-1], model, workdir)
+    for other in dict.fromkeys((classify.banks or {}).values()):  # banks of some methods (imported ones, say)
+        embed_text_bank(other, model, workdir)
     record = {
         "flow": "classify",
         "started_at": datetime.now(UTC),
@@ -261,33 +186,34 @@ def classify(
             "dataset": dataset.model_dump(),
             "model": model.model_dump(),
             "methods": methods,
-            "classify": params.model_dump(mode="json"),
+            "classify": classify.model_dump(mode="json"),
         },
         "dataset": dataset.name,
         "model_id": mid,
         "textbank_id": textbank_id,
-        "extra": {"preprocess": described["preprocess"], "waffle_textbank_ids": waffle_ids},
+        "extra": {"preprocess": described.preprocess, "waffle_textbank_ids": waffle_ids},
     }
-    with recorded_run(run_id, root, record) as extra:
-        result = classify_zero_shot(
-            run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), root, params, waffle_ids, params.banks
-        )
+    with recorded_run(run_id, workdir, record) as extra:
+        predictions = classify_zero_shot(
+            run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), workdir, classify, waffle_ids,
+            classify.banks,
+        )  # fmt: skip
         counters = [
             {"method": m, "metric": k, "value": float(v)}
-            for m, info in result["methods"].items()
+            for m, info in predictions.methods.items()
             for k, v in info.items()
         ]
-        metrics = evaluate_run(run_id, mid, result["n_classes"], root, counters)
-        extra["counts"] = result
-        extra["split_id"] = result["split_id"]  # the images it scored: re-scoring (`load_run`) checks it
-    report_run(run_id, dataset.name, root)
+        metrics = evaluate_run(run_id, mid, predictions.n_classes, workdir, counters)
+        extra["counts"] = asdict(predictions)  # the run record is JSON
+        extra["split_id"] = predictions.split_id  # the images it scored: re-scoring (`load_run`) checks it
+    report_run(run_id, dataset.name, workdir)
     return ClassifyResult(
         run_id,
-        metrics["top1"],
-        result["n_samples"],
-        result["n_errors"],
-        result["n_classes"],
-        result["methods"],
+        metrics.top1,
+        predictions.n_samples,
+        predictions.n_errors,
+        predictions.n_classes,
+        predictions.methods,
         flow_run_id(),
     )
 
@@ -297,26 +223,26 @@ def classify(
 @holds_workdir_lock
 def pipeline(config: PipelineConfig) -> PipelineResult:
     """End to end: ingest, embed images, text bank, CODER, classify with every method, evaluate, DuckDB."""
-    root = _root(config.workdir)
-    with refreshed_on_error(root):
-        return _stages(config, root)
+    workdir = resolved_workdir(config.workdir)
+    with refreshed_on_error(workdir):
+        return _stages(config, workdir)
 
 
-def _stages(config: PipelineConfig, root: str) -> PipelineResult:
+def _stages(config: PipelineConfig, workdir: str) -> PipelineResult:
     ds, model = config.dataset, config.model
     stages: dict[str, float] = {}
     started = datetime.now(UTC)
     with timed(stages, "ingest"):
-        ingest_dataset(ds, root)
+        ingest_dataset(ds, workdir)
 
     def embed() -> EmbedResult:
         with timed(stages, "embed"):
-            return with_runner(embed_images, config)(ds, model, root, config.max_failure_rate)
+            return with_runner(embed_images, config)(ds, model, workdir, config.max_failure_rate)
 
     def bank() -> TextBankResult:
         with timed(stages, "texts"):
             templates = list(config.templates) if config.templates else None
-            return text_bank(ds, model, config.texts, root, templates, config.classify)
+            return text_bank(ds, model, config.texts, workdir, templates, config.classify)
 
     if bank_reads_images(config):  # one-vs-one pairs from the images' scores: embed first
         images, texts = embed(), bank()
@@ -326,14 +252,15 @@ def _stages(config: PipelineConfig, root: str) -> PipelineResult:
             images = embed()
             texts = pending.result()
     with timed(stages, "coder"):
-        coder = with_runner(build_coder, config)(ds, model, texts.textbank_id, config.coder, root)
+        coder = with_runner(build_coder, config)(ds, model, texts.textbank_id, config.coder, workdir)
     with timed(stages, "classify"):
         run = classify(
-            ds, model, texts.textbank_id, list(config.methods), workdir=root, run_name=config.run_name,
-            params=config.classify, config=config.model_dump(mode="json"),
+            ds, model, texts.textbank_id, list(config.methods), workdir=workdir, run_name=config.run_name,
+            classify=config.classify, config=config.model_dump(mode="json"),
         )  # fmt: skip
         # the run is the pipeline's: its flow, whole duration and flow run (classify's is kept in the record)
-        record_parent_run(run.run_id, root, flow="pipeline", started_at=started, flow_run_id=flow_run_id())
+        record_parent_run(run.run_id, workdir, flow="pipeline", started_at=started, flow_run_id=flow_run_id())
         record_inputs(run.run_id, config)
-    publish_metrics(run.run_id, ds.name, root)  # the parent run shows the metrics too, not only its classify sub-flow
+    # the parent run shows the metrics too, not only its classify sub-flow
+    publish_metrics(run.run_id, ds.name, workdir)
     return PipelineResult(run.run_id, run.top1, images, texts, coder, run, stages, flow_run_id())

@@ -134,10 +134,10 @@ def held_workdirs() -> frozenset[str]:
 
 
 @contextlib.contextmanager
-def holding(root: str) -> Iterator[None]:
-    """Mark `root`'s lock as held by this context while the block runs. (Flows reach the ContextVar only through
+def holding(workdir: str) -> Iterator[None]:
+    """Mark `workdir`'s lock as held by this context while the block runs. (Flows reach the ContextVar only through
     these functions: a flow's function is pickled by task runners such as Dask, and a ContextVar cannot be.)"""
-    token = _HELD.set(_HELD.get() | {root})
+    token = _HELD.set(_HELD.get() | {workdir})
     try:
         yield
     finally:
@@ -155,11 +155,11 @@ def holds_workdir_lock(fn: C) -> C:
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind_partial(*args, **kwargs).arguments
-        workdir = bound.get("workdir") if "workdir" in signature.parameters else bound["config"].workdir
-        root = str(Layout.at(workdir).root)
-        if root in held_workdirs():  # a parent flow holds it (also for sub-flows it runs in helper threads)
+        given = bound.get("workdir") if "workdir" in signature.parameters else bound["config"].workdir
+        workdir = str(Layout.at(given).root)
+        if workdir in held_workdirs():  # a parent flow holds it (also for sub-flows it runs in helper threads)
             return fn(*args, **kwargs)
-        with workdir_lock(root, f"flow {fn.__name__.replace('_', '-')}"), holding(root):
+        with workdir_lock(workdir, f"flow {fn.__name__.replace('_', '-')}"), holding(workdir):
             return fn(*args, **kwargs)
 
     # Prefect builds the flow's parameter model from the annotations: resolve them in the flow's own module

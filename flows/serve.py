@@ -7,7 +7,6 @@ from typing import Any
 from coderflow.config import PipelineConfig
 
 DEFAULT_CRON = "0 2 * * *"  # nightly, 02:00
-SECTION_OF = {"params": "classify"}  # flow parameter -> config section, where the names differ
 
 
 def _flows() -> dict[str, Any]:
@@ -23,8 +22,8 @@ def _flows() -> dict[str, Any]:
 def stage_parameters(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     """Default parameters of each flow's deployment: the whole config for the flows that take `config` (pipeline,
     few-shot, train-adapter, adapter-overlap), else the config sections its signature names (a flow parameter, a YAML
-    key and a flag are one name; `params` is the classify flow's `classify` section). What no config holds is given
-    per run: `textbank_id` (build-coder, classify), `path` and `fmt` (import-texts)."""
+    key and a flag are one name). What no config holds is given per run: `textbank_id` (build-coder, classify),
+    `path` and `fmt` (import-texts)."""
     import inspect
 
     c = cfg.model_dump(mode="json")
@@ -34,7 +33,7 @@ def stage_parameters(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
         if names == ["config"]:
             out[key] = {"config": c}
         else:
-            out[key] = {n: c[SECTION_OF.get(n, n)] for n in names if SECTION_OF.get(n, n) in c}
+            out[key] = {n: c[n] for n in names if n in c}
     return out
 
 

@@ -29,7 +29,7 @@ from coderflow.storage.atomic import write_text
 from coderflow.storage.layout import Layout, StoragePath, text_model_id
 from coderflow.storage.runs import versions
 from coderflow.storage.shards import DamagedFile, ingest_info, stored_classes_id
-from coderflow.tasks.ingest.sources import source_listing
+from coderflow.tasks.ingest.checks import source_listing
 
 MANIFEST = "manifest.json"
 INPUTS_KEY = "inputs"  # manifest key holding {"fingerprint": sha256, "parts": {name: sha256}, TEXT_FILES_KEY: [...]}
@@ -42,11 +42,11 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def _name(root: StoragePath, path: StoragePath) -> str:
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+def _name(workdir: StoragePath, path: StoragePath) -> str:
+    return path.relative_to(workdir).as_posix() if path.is_relative_to(workdir) else str(path)
 
 
-def file_listing(root: StoragePath, paths: Iterable[StoragePath]) -> list[list[Any]]:
+def file_listing(workdir: StoragePath, paths: Iterable[StoragePath]) -> list[list[Any]]:
     """[relative name, size, mtime_ns] of each existing, non-hidden file (hidden ones are atomic-write temp files).
 
     At a URL the modification time is the object store's (S3 LastModified: whole seconds).
@@ -57,12 +57,12 @@ def file_listing(root: StoragePath, paths: Iterable[StoragePath]) -> list[list[A
             continue
         st = path.stat()
         mtime_ns = st.st_mtime_ns if hasattr(st, "st_mtime_ns") else int(st.st_mtime * 1e9)
-        out.append([_name(root, path), st.st_size, mtime_ns])
+        out.append([_name(workdir, path), st.st_size, mtime_ns])
     return sorted(out)
 
 
-def _files(root: StoragePath, folder: StoragePath, pattern: str) -> list[list[Any]]:
-    return file_listing(root, folder.glob(pattern)) if folder.is_dir() else []
+def _files(workdir: StoragePath, folder: StoragePath, pattern: str) -> list[list[Any]]:
+    return file_listing(workdir, folder.glob(pattern)) if folder.is_dir() else []
 
 
 def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
@@ -71,13 +71,13 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
     from coderflow.tasks.embed.model import adapter_path, configured_model_id  # torch-free until a model loads
 
     layout = Layout.at(cfg.workdir)
-    root = layout.root
+    workdir = layout.root
     ds = cfg.dataset
     try:
-        mid = configured_model_id(cfg.model, str(root))
+        mid = configured_model_id(cfg.model, str(workdir))
     except FileNotFoundError:
         return None
-    adapter = adapter_path(cfg.model, str(root))
+    adapter = adapter_path(cfg.model, str(workdir))
     alias = layout.textbank_alias(ds.name)
     bank = alias.read_text().strip() if alias.is_file() else None
     bank_files: list[StoragePath] = []
@@ -103,15 +103,15 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
     return {
         "config": config,
         "code": versions(),
-        "model": {"model_id": mid, "adapter": file_listing(root, [adapter]) if adapter else None},
+        "model": {"model_id": mid, "adapter": file_listing(workdir, [adapter]) if adapter else None},
         "source": source,
         "data": {"split_id": marker.get("split_id"), "classes_id": marker.get("classes_id")},
         "classes": stored_classes_id(layout, ds.name),
-        "shards": _files(root, shard_dir, "*.tar"),
-        "image_embeddings": _files(root, layout.image_embedding_dir(mid, ds.name, ds.split), "*.parquet"),
-        "textbank": {"id": bank, "files": file_listing(root, bank_files)},
-        "text_embeddings": _files(root, layout.text_embedding_dir(text_model_id(mid)), "part-*.parquet"),
-        "coder": _files(root, layout.coder_dir(mid, bank, ds.name, ds.split), "*.parquet") if bank else [],
+        "shards": _files(workdir, shard_dir, "*.tar"),
+        "image_embeddings": _files(workdir, layout.image_embedding_dir(mid, ds.name, ds.split), "*.parquet"),
+        "textbank": {"id": bank, "files": file_listing(workdir, bank_files)},
+        "text_embeddings": _files(workdir, layout.text_embedding_dir(text_model_id(mid)), "part-*.parquet"),
+        "coder": _files(workdir, layout.coder_dir(mid, bank, ds.name, ds.split), "*.parquet") if bank else [],
     }
 
 

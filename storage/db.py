@@ -21,6 +21,7 @@ from coderflow.storage.schemas import CLASSES, REFERENCE_RESULTS, VIEWS
 log = logging.getLogger("coderflow")
 
 SQL_DIR = Path(__file__).with_name("sql")
+QUERIES_DIR = SQL_DIR / "queries"  # the commands' own SQL (`coderflow runs`, `compare`): no canned questions
 MACROS_FILE = Path(__file__).with_name("macros.sql")  # mcnemar_p, paired_predictions, paired_comparison
 REFERENCE_FILE = Path(__file__).with_name("reference_results.csv")  # published numbers (reference_results.md)
 # one row naming the work directory the views were built for and their version: a copied or moved work directory,
@@ -108,10 +109,10 @@ def _connect(layout: Layout, read_only: bool = False, path: Path | None = None) 
 
 def _allowed_prefixes(layout: Layout) -> list[str]:
     """The work directory as DuckDB names its files: a path, or the URL in both forms fsspec globs can give."""
-    root = layout.root
+    workdir = layout.root
     if layout.is_local:
-        return [f"{root}/"]
-    return sorted({f"{root}/", f"{root.protocol}://{root.path}/"})
+        return [f"{workdir}/"]
+    return sorted({f"{workdir}/", f"{workdir.protocol}://{workdir.path}/"})
 
 
 def _has_files(layout: Layout, pattern: str) -> bool:
@@ -369,10 +370,11 @@ def canned_queries() -> dict[str, str]:
     return out
 
 
-def sql_file(name: str) -> str:
-    """The text of a canned question in storage/sql (name with or without .sql)."""
-    path = SQL_DIR / (name if name.endswith(".sql") else f"{name}.sql")
+def sql_file(name: str, directory: Path = SQL_DIR) -> str:
+    """The text of a canned question in storage/sql, or of a command's query in QUERIES_DIR (name with or without
+    .sql)."""
+    path = directory / (name if name.endswith(".sql") else f"{name}.sql")
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SQL_DIR.glob("*.sql")))
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.sql")))
         raise QueryError(f"no canned query {name!r}: choose one of {known}")
     return path.read_text()

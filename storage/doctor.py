@@ -30,8 +30,9 @@ class Finding:
     what: str
     fix: str | None
 
-    def line(self, root: StoragePath) -> str:
-        where = str(self.path).removeprefix(str(root)).lstrip("/") or str(self.path)
+    def line(self, workdir: StoragePath) -> str:
+        """The finding as one line, its path relative to the work directory."""
+        where = str(self.path).removeprefix(str(workdir)).lstrip("/") or str(self.path)
         action = f"--fix {self.fix}" if self.fix else "not repairable here: kept as it is"
         return f"{self.kind}: {where}: {self.what}; {action}"
 

@@ -50,6 +50,11 @@ def content_id(*parts: str | bytes, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
+def text_id(text: str) -> str:
+    """Content id of a text string: the same string has the same id in every bank (and every text embedding store)."""
+    return content_id("text", text)
+
+
 @lru_cache(maxsize=64)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
@@ -207,7 +212,7 @@ class Layout:
         return self.root / "shards" / safe_name(dataset)
 
     def dataset_identity(self, dataset: str) -> StoragePath:
-        """Which dataset name, kind and source own `shards/<dataset>/` (see storage.shards.check_identity)."""
+        """Which dataset name, kind and source own `shards/<dataset>/` (see tasks.ingest.checks.check_identity)."""
         return self.dataset_dir(dataset) / "_dataset.json"
 
     # texts ----------------------------------------------------------------------------------------

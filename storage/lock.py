@@ -36,9 +36,9 @@ LEASE_PROTOCOLS = ("s3", "s3a")  # stores with conditional writes (If-None-Match
 log = logging.getLogger("coderflow")
 
 
-def lock_file(root: str | os.PathLike[str] | StoragePath) -> Path:
-    """The lock file of a work directory: `<root>/.coderflow.lock`, or one in the local cache for a URL."""
-    layout = Layout.at(root)
+def lock_file(workdir: str | os.PathLike[str] | StoragePath) -> Path:
+    """The lock file of a work directory: `<workdir>/.coderflow.lock`, or one in the local cache for a URL."""
+    layout = Layout.at(workdir)
     if layout.is_local:
         return layout.root / LOCK_NAME
     return local_cache_dir() / "locks" / f"{content_id(str(layout.root), length=16)}.lock"
@@ -112,10 +112,10 @@ def _holder(path: Path) -> str:
         return "another process"
 
 
-def _refusal(root: StoragePath, holder: str, timeout: float | None) -> TimeoutError:
+def _refusal(workdir: StoragePath, holder: str, timeout: float | None) -> TimeoutError:
     waited = "" if timeout is None else f" after {timeout:g} s"
     return TimeoutError(
-        f"work directory {root} is still in use by {holder}{waited}: try again when it finishes, or raise {ENV_TIMEOUT}"
+        f"work directory {workdir} is still in use by {holder}{waited}: try again when it finishes, or raise {ENV_TIMEOUT}"
     )
 
 
@@ -158,10 +158,10 @@ class Lease:
     for it exactly one wins, and a holder whose lease was taken over notices at its next heartbeat.
     """
 
-    def __init__(self, root: StoragePath, what: str, ttl: float) -> None:
-        self.root, self.ttl = root, ttl
-        self.fs = root.fs  # type: ignore[union-attr]
-        self.bucket, self.key, _ = self.fs.split_path(f"{root.path}/{LOCK_NAME}")  # type: ignore[union-attr]
+    def __init__(self, workdir: StoragePath, what: str, ttl: float) -> None:
+        self.workdir, self.ttl = workdir, ttl
+        self.fs = workdir.fs  # type: ignore[union-attr]
+        self.bucket, self.key, _ = self.fs.split_path(f"{workdir.path}/{LOCK_NAME}")  # type: ignore[union-attr]
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "what": what, "since": time.time()}
         self.info["node"] = _node()  # a waiter on the same node may check whether the holder's pid still runs
         self.info["token"] = uuid.uuid4().hex  # tells our own lease apart (e.g. after a retried create)
@@ -171,11 +171,11 @@ class Lease:
         self._heartbeat: threading.Thread | None = None
 
     @classmethod
-    def at(cls, root: StoragePath, what: str) -> Lease | None:
+    def at(cls, workdir: StoragePath, what: str) -> Lease | None:
         """The lease of a work directory at an s3:// URL; None where the store has no conditional writes."""
-        if is_local(root) or root.protocol not in LEASE_PROTOCOLS or not hasattr(root.fs, "call_s3"):
+        if is_local(workdir) or workdir.protocol not in LEASE_PROTOCOLS or not hasattr(workdir.fs, "call_s3"):
             return None
-        return cls(root, what, lease_ttl())
+        return cls(workdir, what, lease_ttl())
 
     def _put(self, **condition: str) -> str | None:
         """Write the lease (fresh heartbeat) if `condition` holds: the new ETag, or None if it did not hold."""
@@ -242,7 +242,7 @@ class Lease:
         self.etag = self._put(IfMatch=etag)  # of two waiters taking it over, one wins
         if self.etag is None:
             return False, holder
-        _say(f"work directory {self.root}: took over the lease of {holder}, {why}")
+        _say(f"work directory {self.workdir}: took over the lease of {holder}, {why}")
         return True, ""
 
     def acquire(self, timeout: float | None, total: float | None) -> None:
@@ -254,11 +254,11 @@ class Lease:
             if got:
                 break
             if not said:
-                _say(f"work directory {self.root} is in use by {holder}: waiting for it to finish")
+                _say(f"work directory {self.workdir} is in use by {holder}: waiting for it to finish")
                 said = True
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise _refusal(self.root, holder, total)
+                raise _refusal(self.workdir, holder, total)
             pause = 1.0 + random.random()  # jitter: waiters of several hosts do not poll in step
             time.sleep(pause if left is None else min(pause, left))
         self._heartbeat = threading.Thread(target=self._beat, name="coderflow-lease-heartbeat", daemon=True)
@@ -270,14 +270,14 @@ class Lease:
                 etag = self._put(IfMatch=self.etag) if self.etag else None
                 current = None if etag else self.read()
             except OSError as exc:  # the store is unreachable for now: the next beat tries again
-                log.warning("work directory %s: could not refresh the lock's heartbeat: %s", self.root, exc)
+                log.warning("work directory %s: could not refresh the lock's heartbeat: %s", self.workdir, exc)
                 continue
             if current is not None and current[2].get("token") == self.info["token"]:
                 etag = current[0]  # still ours (the write clashed with another attempt): carry on
             if etag is None:
                 self.lost = True
                 _say(
-                    f"work directory {self.root}: this command lost its lock to another one (its heartbeat had not "
+                    f"work directory {self.workdir}: this command lost its lock to another one (its heartbeat had not "
                     f"reached the store for {self.ttl:g} s); what it writes from now on may clash with that command's"
                 )
                 return
@@ -304,7 +304,7 @@ class Lease:
 
 
 @contextlib.contextmanager
-def workdir_lock(root: str | os.PathLike[str] | StoragePath, what: str) -> Iterator[Path]:
+def workdir_lock(workdir: str | os.PathLike[str] | StoragePath, what: str) -> Iterator[Path]:
     """Hold the work directory's lock while the block runs; wait (saying so once) while another holder has it.
 
     Re-entrant in one thread (a flow and the sub-flows it calls each take it); another thread or process waits.
@@ -312,7 +312,7 @@ def workdir_lock(root: str | os.PathLike[str] | StoragePath, what: str) -> Itera
     s3:// URL the outermost hold also takes the store's `Lease`, so processes on other hosts wait too. `what` names
     the holder's command in the waiter's message. $CODERFLOW_LOCK_TIMEOUT (seconds) bounds the wait: TimeoutError.
     """
-    layout = Layout.at(root)
+    layout = Layout.at(workdir)
     path = lock_file(layout.root)
     path.parent.mkdir(parents=True, exist_ok=True)
     timeout = lock_timeout()

@@ -36,6 +36,20 @@ def png_bytes(color: tuple[int, int, int], size: int = 32, mode: str = "RGB") ->
     return buf.getvalue()
 
 
+def good_png(k: int) -> bytes:
+    """A valid 16x16 PNG whose colour follows k."""
+    return png_bytes((k * 37 % 255, 90, 30), 16)
+
+
+def write_tar(path: Path, samples: list[dict]) -> Path:
+    """A WebDataset tar holding `samples` at `path` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as w:
+        for s in samples:
+            w.write(s)
+    return path
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """An image folder with 3 classes x 4 images, one of them corrupt."""

@@ -15,10 +15,11 @@ import yaml
 from cli_runner import run_cli
 from pydantic import BaseModel
 
+from coderflow.catalog import check_model, open_clip_models, open_clip_pretrained
 from coderflow.cli import COMMAND_SECTIONS, flag_name
 from coderflow.config import FLAG_ALIASES, ClassifyConfig, PipelineConfig
 from coderflow.console import sort_metrics
-from coderflow.preflight import check_device, check_model, open_clip_models, open_clip_pretrained
+from coderflow.preflight import check_device
 
 CLI = str(Path(sys.executable).with_name("coderflow"))
 
@@ -305,7 +306,7 @@ def test_tasks_retry_transient_errors_only():
     from prefect.states import Completed, Failed
 
     from coderflow.tasks import retry_transient
-    from coderflow.tasks.texts.llm import LLMConfigError
+    from coderflow.tasks.texts.llm_endpoint import LLMConfigError
 
     for exc in (ValueError("bad"), FileNotFoundError("x"), LLMConfigError("no key")):
         assert not retry_transient(None, None, Failed(data=exc))

@@ -196,7 +196,7 @@ def test_classify_in_chunks_gives_the_same_predictions(demo_run):
                                      str(layout.root), chunk_size=n)
             for n in (7, 4096)
         }  # fmt: skip
-    assert outs[7]["methods"] == outs[4096]["methods"]
+    assert outs[7].methods == outs[4096].methods
     cols = ["method", "sample_key", "pred", "top5", "margin"]
     tables = {n: read_table(layout.run_file(f"chunk{n}", "predictions.parquet")).select(cols) for n in outs}
     rows = {n: sorted(t.to_pylist(), key=lambda r: (r["method"], r["sample_key"])) for n, t in tables.items()}
@@ -219,8 +219,8 @@ def test_waffle_reps_are_seeded_runs_with_their_mean(demo_run, tmp_path):
     shutil.copytree(demo_run["workdir"], work)
     cfg = demo_run["config"]
     bank = json.loads(next((work / "runs").glob("*/manifest.json")).read_text())["textbank_id"]
-    params = ClassifyConfig(waffle_reps=3, waffle_seed=4)
-    run = classify(cfg.dataset, cfg.model, bank, ["waffle"], workdir=str(work), params=params).run_id
+    settings = ClassifyConfig(waffle_reps=3, waffle_seed=4)
+    run = classify(cfg.dataset, cfg.model, bank, ["waffle"], workdir=str(work), classify=settings).run_id
     q = lambda sql: query(Layout.at(work), sql).to_pylist()  # noqa: E731
     per_rep = q(f"SELECT seed, value FROM metrics WHERE run_id = '{run}' AND metric = 'top1' ORDER BY seed")
     assert [r["seed"] for r in per_rep] == [4, 5, 6]

@@ -16,14 +16,8 @@ from coderflow.config import DatasetConfig, PipelineConfig, default_dataset_name
 from coderflow.storage.db import query
 from coderflow.storage.layout import Layout, part_hash
 from coderflow.storage.shards import INGEST_MARKER, split_overlaps, split_shards, validate_classnames
-from coderflow.tasks.ingest.sources import (
-    folder_source,
-    identity_conflict,
-    listing_changes,
-    ratio_slice,
-    source_identity,
-    source_listing,
-)
+from coderflow.tasks.ingest.checks import identity_conflict, listing_changes, source_identity, source_listing
+from coderflow.tasks.ingest.sources import folder_source, ratio_slice
 
 CLASSES = ("red_apple", "green_leaf", "blue_sky")
 

@@ -316,13 +316,13 @@ def test_disk_full_in_a_run_is_the_first_error_even_when_the_view_refresh_fails(
 
 
 def test_a_failing_clean_up_never_replaces_the_error_that_stopped_the_flow(tmp_path: Path, monkeypatch):
-    from coderflow.flows import pipeline
+    from coderflow.flows import bookkeeping
 
     def refresh_fails(workdir: str) -> str:
         raise OSError(errno.ENOSPC, "could not write coderflow.duckdb: No space left on device")
 
-    monkeypatch.setattr(pipeline.refresh_database, "fn", refresh_fails)
-    with pytest.raises(OSError, match=r"could not write shard\.tar"), pipeline.refreshed_on_error(str(tmp_path)):
+    monkeypatch.setattr(bookkeeping.refresh_database, "fn", refresh_fails)
+    with pytest.raises(OSError, match=r"could not write shard\.tar"), bookkeeping.refreshed_on_error(str(tmp_path)):
         raise OSError(errno.ENOSPC, "could not write shard.tar: No space left on device")
 
 

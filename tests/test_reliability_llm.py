@@ -16,7 +16,9 @@ import pytest
 from cli_runner import run_cli
 from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error, make_generator
 
-from coderflow.tasks.texts.llm import LLMConfigError, LLMGenerator, synonym_request
+from coderflow.tasks.texts.llm import LLMGenerator
+from coderflow.tasks.texts.llm_endpoint import LLMConfigError
+from coderflow.tasks.texts.llm_prompts import synonym_request
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from test_analysis import _config, _write_predictions, _write_run
 from coderflow.console import printable
 from coderflow.storage.layout import Layout
 from coderflow.tasks.report.tables import confused_pairs_markdown
-from coderflow.tasks.texts.llm import clean_items
+from coderflow.tasks.texts.llm_replies import clean_items
 
 OSC52 = "\x1b]52;c;aGVsbG8=\x07"  # write 'hello' to the clipboard
 NAMES = [

@@ -13,14 +13,10 @@ from fake_openai import API_KEY, FakeOpenAI, Reply, completion, error, make_gene
 
 from coderflow.tasks.texts.bank import build_bank
 from coderflow.tasks.texts.generate import generate_texts
-from coderflow.tasks.texts.llm import (
-    LLMConfigError,
-    LLMGenerator,
-    clean_items,
-    item_problem,
-    parse_items,
-    synonym_request,
-)
+from coderflow.tasks.texts.llm import LLMGenerator
+from coderflow.tasks.texts.llm_endpoint import LLMConfigError
+from coderflow.tasks.texts.llm_prompts import synonym_request
+from coderflow.tasks.texts.llm_replies import clean_items, item_problem, parse_items
 
 
 @pytest.fixture
@@ -304,7 +300,7 @@ def test_generate_texts_through_the_llm(server, tmp_path):
 
 def test_concurrency_follows_the_servers_slots(server, tmp_path):
     """llama.cpp's GET /props says how many requests it runs at once; more in flight would only queue and time out."""
-    from coderflow.tasks.texts.llm import server_slots
+    from coderflow.tasks.texts.llm_endpoint import server_slots
 
     assert server_slots(server.base_url) is None and make(server, tmp_path, max_workers=None).max_workers == 4
     server.slots = 3

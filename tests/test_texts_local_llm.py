@@ -36,7 +36,7 @@ def llama_url():
 
 
 def test_concurrency_defaults_to_the_real_servers_slots(llama_url, tmp_path):
-    from coderflow.tasks.texts.llm import server_slots
+    from coderflow.tasks.texts.llm_endpoint import server_slots
 
     assert server_slots(llama_url) == 2  # n_parallel, as llama.cpp's /props reports it
     assert LLMGenerator("smollm2", tmp_path, base_url=llama_url).max_workers == 2

@@ -1,6 +1,8 @@
 """Intra-modal overlap reduction (Kravets & Namboodiri 2024): image-encoder adapters, their training, overlap metrics."""
 
-from coderflow.tasks.adapter.model import (
+from coderflow.tasks.adapter.overlap import OverlapStats, histogram_overlap, overlap_stats, pair_cosines
+from coderflow.tasks.adapter.train import TrainResult, train_adapters
+from coderflow.tasks.embed.adapters import (
     AdaptedResidualAttentionBlock,
     BottleneckAdapter,
     adapter_id,
@@ -9,8 +11,6 @@ from coderflow.tasks.adapter.model import (
     freeze_except_adapters,
     load_adapters,
 )
-from coderflow.tasks.adapter.overlap import OverlapStats, histogram_overlap, overlap_stats, pair_cosines
-from coderflow.tasks.adapter.train import TrainResult, train_adapters
 
 __all__ = [
     "AdaptedResidualAttentionBlock",

@@ -10,14 +10,15 @@ import torch
 from prefect import get_run_logger, task
 
 from coderflow.config import AdapterConfig, ModelConfig
+from coderflow.results import AdapterResult
 from coderflow.storage.arrays import load_images
 from coderflow.storage.atomic import atomic_path
 from coderflow.storage.layout import Layout, content_id, model_id
 from coderflow.storage.shards import list_shards
 from coderflow.tasks.adapter.data import ShardBatches
-from coderflow.tasks.adapter.model import adapter_id, adapter_state_dict, add_adapters, load_adapters
 from coderflow.tasks.adapter.overlap import overlap_stats
 from coderflow.tasks.adapter.train import make_head, train_adapters
+from coderflow.tasks.embed.adapters import adapter_id, adapter_state_dict, add_adapters, load_adapters
 from coderflow.tasks.texts.task import dataset_classes
 
 
@@ -27,7 +28,7 @@ def _save(obj: Any, path: Any) -> None:
 
 
 @task(name="train-adapter")
-def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir: str) -> dict[str, Any]:
+def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir: str) -> AdapterResult:
     """Train adapters + a linear head with cross-entropy on a labeled split; resume from the last epoch checkpoint."""
     from coderflow.tasks.embed.model import create_model
 
@@ -82,18 +83,18 @@ def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir:
     path = layout.adapter_file(base, aid)
     _save(payload, path)
     log.info("adapter %s saved to %s", aid, path)
-    return {
-        "adapter_id": aid,
-        "path": str(path),
-        "base_model_id": base,
-        "steps": len(result.losses),
-        "first_loss": result.losses[0] if result.losses else None,
-        "last_loss": result.losses[-1] if result.losses else None,
-        "epoch_losses": payload["epoch_losses"],
-        "seconds": seconds,
-        "images_per_second": batches.seen / seconds if batches.seen and seconds > 0 else None,
-        "skipped_samples": batches.skipped,
-    }
+    return AdapterResult(
+        adapter_id=aid,
+        path=str(path),
+        base_model_id=base,
+        steps=len(result.losses),
+        first_loss=result.losses[0] if result.losses else None,
+        last_loss=result.losses[-1] if result.losses else None,
+        epoch_losses=payload["epoch_losses"],
+        seconds=seconds,
+        images_per_second=batches.seen / seconds if batches.seen and seconds > 0 else None,
+        skipped_samples=batches.skipped,
+    )
 
 
 @task(name="measure-overlap", task_run_name="measure-overlap {model_id_}")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coderflow.tasks.adapter.model import BottleneckAdapter, adapter_state_dict, freeze_except_adapters
+from coderflow.tasks.embed.adapters import BottleneckAdapter, adapter_state_dict, freeze_except_adapters
 
 # Called after each epoch with (epoch index just finished, checkpoint dict); see train_adapters.
 EpochCallback = Callable[[int, dict[str, Any]], None]

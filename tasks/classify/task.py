@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pyarrow as pa
 from prefect import get_run_logger, task
 
 from coderflow.config import ClassifyConfig
+from coderflow.results import Predictions
 from coderflow.storage.arrays import load_images, load_texts
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import write_stream
@@ -27,11 +27,11 @@ def classify_zero_shot(
     textbank_id: str,
     methods: list[str],
     workdir: str,
-    params: ClassifyConfig | None = None,
+    classify: ClassifyConfig | None = None,
     waffle_textbank_ids: list[str] | None = None,
     method_banks: dict[str, str] | None = None,
     chunk_size: int = 4096,
-) -> dict[str, Any]:
+) -> Predictions:
     """All requested methods over one load of the embeddings; predictions land in runs/<run_id>/."""
     check_methods(methods)
     layout = Layout.at(workdir)
@@ -53,7 +53,7 @@ def classify_zero_shot(
         for start in range(0, len(images.keys), chunk_size):
             stop = start + chunk_size
             chunk = images.x[start:stop]
-            for r in run_methods(methods, chunk, bank, params or ClassifyConfig(), waffles, others):
+            for r in run_methods(methods, chunk, bank, classify or ClassifyConfig(), waffles, others):
                 for key, value in r.info.items():
                     info.setdefault(r.method, {})[key] = info.get(r.method, {}).get(key, 0) + value
                 yield prediction_table(
@@ -71,11 +71,11 @@ def classify_zero_shot(
     log.info("%d samples classified with %s (%d images failed to embed)", len(images.keys), methods, images.n_errors)
     for name, details in info.items():
         log.info("%s: %s", name, details)
-    return {
-        "path": str(path),
-        "split_id": (ingest_info(layout.shard_dir(dataset, split)) or {}).get("split_id"),  # the images it scored
-        "n_samples": len(images.keys),
-        "n_errors": images.n_errors,
-        "n_classes": bank.n_classes,
-        "methods": info,
-    }
+    return Predictions(
+        path=str(path),
+        split_id=(ingest_info(layout.shard_dir(dataset, split)) or {}).get("split_id"),  # the images it scored
+        n_samples=len(images.keys),
+        n_errors=images.n_errors,
+        n_classes=bank.n_classes,
+        methods=info,
+    )

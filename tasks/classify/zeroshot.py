@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from coderflow.storage.arrays import TextSet
 from coderflow.tasks.classify import methods as m
 
-if TYPE_CHECKING:
-    from coderflow.config import ClassifyConfig
+
+class ZeroShotParams(Protocol):
+    """The settings scorers read (coderflow.config.ClassifyConfig has them): the registry imports no config."""
+
+    waffle_seed: int
+    rerank_threshold: float
+    rerank_k: int
 
 
 @dataclass
@@ -35,7 +40,7 @@ class Inputs:
 
     x: np.ndarray
     bank: TextSet
-    params: ClassifyConfig
+    classify: ZeroShotParams
     waffles: Sequence[TextSet] = ()
     method_banks: dict[str, TextSet] = field(default_factory=dict)
     _coder: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -71,7 +76,7 @@ def _waffle(name: str, i: Inputs) -> list[MethodResult]:
         raise ValueError("method 'waffle' needs the waffle text bank: build it with the embed-texts stage")
     out = []
     for rep, w in enumerate(i.waffles):
-        seed = i.params.waffle_seed + rep if len(i.waffles) > 1 else None
+        seed = i.classify.waffle_seed + rep if len(i.waffles) > 1 else None
         scores = m.waffle_scores(i.x, w.t, w.class_index, i.bank.n_classes)
         out.append(MethodResult(name, scores, logits=False, seed=seed))
     return out
@@ -86,7 +91,7 @@ def _coder_rerank(name: str, i: Inputs) -> list[MethodResult]:
     cosines, coder = i.coder(b)
     r = m.coder_rerank(
         cosines, coder, b.class_index, b.text_type, b.other_class_index, b.n_classes,
-        threshold=i.params.rerank_threshold, k=i.params.rerank_k,
+        threshold=i.classify.rerank_threshold, k=i.classify.rerank_k,
     )  # fmt: skip
     top5 = r.top_k[:, :5] if r.top_k.shape[1] >= min(5, b.n_classes) else None
     info = {
@@ -110,6 +115,7 @@ OWN_BANKS = frozenset({"waffle"})  # methods that draw their own text banks (no 
 
 
 def check_methods(names: Sequence[str]) -> None:
+    """Refuse names that are not registered zero-shot methods (coderflow.config validates `methods` with this)."""
     unknown = [n for n in names if n not in SCORERS]
     if unknown:
         raise ValueError(f"unknown zero-shot method(s) {unknown}: choose from {','.join(SCORERS)}")
@@ -119,7 +125,7 @@ def run_methods(
     methods: Sequence[str],
     x: np.ndarray,
     bank: TextSet,
-    params: ClassifyConfig,
+    classify: ZeroShotParams,
     waffles: Sequence[TextSet] = (),
     method_banks: dict[str, TextSet] | None = None,
 ) -> list[MethodResult]:
@@ -129,5 +135,5 @@ def run_methods(
     several). `method_banks`: another bank for some methods (e.g. dclip on an imported DCLIP bank), else `bank`.
     """
     check_methods(methods)
-    inputs = Inputs(x, bank, params, waffles, dict(method_banks or {}))
+    inputs = Inputs(x, bank, classify, waffles, dict(method_banks or {}))
     return [result for name in methods for result in SCORERS[name](name, inputs)]

@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coderflow.catalog import check_model
 from coderflow.config import ModelConfig
 from coderflow.storage.layout import (
     ADAPTER_PREFIX,
@@ -52,9 +53,7 @@ class LoadedModel:
 
 
 def check_model_name(name: str) -> None:
-    """Refuse a name open_clip does not know, suggesting close ones (coderflow/preflight.py)."""
-    from coderflow.preflight import check_model
-
+    """Refuse a name open_clip does not know, suggesting close ones (coderflow/catalog.py)."""
     check_model(name, None)
 
 
@@ -114,7 +113,7 @@ def _load(name: str, pretrained: str | None, device: str, precision: str, adapte
     base = model_id(name, pretrained)
     mid = with_precision(base, precision)
     if adapter is not None:
-        from coderflow.tasks.adapter.model import add_adapters, load_adapters
+        from coderflow.tasks.embed.adapters import add_adapters, load_adapters
 
         payload = read_adapter(adapter)
         if payload["base_model_id"] != base:
@@ -136,7 +135,8 @@ def load_model(
 ) -> LoadedModel:
     """Load (once per process) an open_clip model; `pretrained` is None (random), a tag, a hub id or a file.
 
-    `adapter` is an adapter file (see tasks/adapter): its bottleneck adapters are added to the image encoder.
+    `adapter` is an adapter file (trained by tasks/adapter): its bottleneck adapters (tasks/embed/adapters.py) are
+    added to the image encoder.
     """
     with _LOCK:
         return _load(name, pretrained or None, device, precision, str(adapter) if adapter else None)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from coderflow.config import ModelConfig
+from coderflow.results import EmbeddedTexts, EmbedResult, ModelDescription, ShardResult
 from coderflow.storage.arrays import image_parts
 from coderflow.storage.integrity import intact
 from coderflow.storage.layout import Layout, file_sha256, text_model_id
@@ -78,7 +78,7 @@ class BatchProgress:
 )
 def embed_shard(
     shard: str, shard_hash: str, dataset: str, split: str, model: ModelConfig, workdir: str, samples: int | None = None
-) -> dict[str, Any]:
+) -> ShardResult:
     """Embed every sample of one shard into one Parquet file keyed by the shard's content hash and the model; its
     atomic presence marks the shard done. A shard whose bytes no longer match its ingest record is refused. A
     progress artifact follows the batches (`samples`: the shard's sample count, from its ingest record)."""
@@ -88,7 +88,7 @@ def embed_shard(
     if intact(out):  # a damaged file is moved aside and embedded again
         status = read_table(out, ["status"])["status"]
         n_err = pc.sum(pc.equal(status, "error")).as_py() or 0
-        return {"path": str(out), "rows": len(status), "errors": n_err, "skipped": True}
+        return ShardResult(str(out), len(status), skipped=True, errors=n_err)
     actual = file_sha256(shard)
     if actual != shard_hash:
         raise ValueError(
@@ -112,11 +112,11 @@ def embed_shard(
     log = get_run_logger()
     for key, err in zip(errors["sample_key"].to_pylist(), errors["error"].to_pylist(), strict=True):
         log.warning("shard %s sample %s: %s", out.stem, key, err)
-    return {"path": str(out), "rows": table.num_rows, "errors": errors.num_rows, "skipped": False}
+    return ShardResult(str(out), table.num_rows, skipped=False, errors=errors.num_rows)
 
 
 @task(name="embed-text-bank")
-def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> dict[str, Any]:
+def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> EmbeddedTexts:
     """Embed the bank's texts that this model has not embedded yet (in any bank); returns counts."""
     layout = Layout.at(workdir)
     text_mid = text_model_id(configured_model_id(model, workdir))  # adapters change only the image encoder
@@ -133,7 +133,7 @@ def embed_text_bank(textbank_id: str, model: ModelConfig, workdir: str) -> dict[
         "text bank %s on %s: %d new embeddings, %d reused, %d truncated (context %s tokens)",
         textbank_id, text_mid, len(todo), bank.num_rows - len(todo), n_trunc, context_length or "-",
     )  # fmt: skip
-    return {"model_id": text_mid, "new": len(todo), "reused": bank.num_rows - len(todo), "truncated": n_trunc}
+    return EmbeddedTexts(text_mid, new=len(todo), reused=bank.num_rows - len(todo), truncated=n_trunc)
 
 
 @task(name="list-shards")
@@ -152,21 +152,21 @@ def list_image_parts(model_id: str, dataset: str, split: str, workdir: str) -> l
 
 
 @task(name="check-failures")
-def summarize_shards(results: list[dict[str, Any]], max_failure_rate: float) -> dict[str, Any]:
+def summarize_shards(results: list[ShardResult], max_failure_rate: float) -> EmbedResult:
     """Totals over shards; fails the stage when the share of rows that failed exceeds `max_failure_rate`."""
-    rows = sum(r["rows"] for r in results)
-    errors = sum(r["errors"] for r in results)
-    skipped = sum(r["skipped"] for r in results)
+    rows = sum(r.rows for r in results)
+    errors = sum(r.errors for r in results)
+    skipped = sum(r.skipped for r in results)
     if rows and errors / rows > max_failure_rate:
         raise RuntimeError(
             f"{errors} of {rows} images failed to embed ({errors / rows:.1%} > max_failure_rate {max_failure_rate}): "
             "see the `error` column of image_embeddings, fix the data or raise max_failure_rate"
         )
-    return {"shards": len(results), "shards_skipped": skipped, "rows": rows, "errors": errors}
+    return EmbedResult(shards=len(results), shards_skipped=skipped, rows=rows, errors=errors)
 
 
 @task(name="describe-model")
-def describe_model(model: ModelConfig, workdir: str) -> dict[str, Any]:
+def describe_model(model: ModelConfig, workdir: str) -> ModelDescription:
     """Model id, preprocess config and text context of a model, for run manifests."""
     lm = load_configured(model, workdir)
-    return {"model_id": lm.model_id, "preprocess": lm.preprocess_config(), "context_length": lm.context_length}
+    return ModelDescription(lm.model_id, lm.preprocess_config(), lm.context_length)

@@ -9,12 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coderflow.storage.integrity import intact
-from coderflow.storage.layout import Layout, content_id
+from coderflow.storage.layout import Layout, content_id, text_id
 from coderflow.storage.parquet_io import read_table, write_rows
 from coderflow.storage.schemas import TEXT_EMBEDDINGS
 from coderflow.tasks.embed.encode import encode_texts
 from coderflow.tasks.embed.model import LoadedModel
-from coderflow.tasks.texts.bank import text_id
 
 
 class TextStore:

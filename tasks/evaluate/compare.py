@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,6 +11,15 @@ import numpy as np
 
 # bootstrap resamples of a paired 95% interval, the default of `coderflow compare` and `coderflow report` alike
 BOOTSTRAP_RESAMPLES = 2000
+
+
+def against_clip(methods: Collection[str]) -> tuple[list[str], list[str]]:
+    """The default pairs within one run: each other method (A, sorted) against clip (B); no pairs when the run has
+    no clip or no other method."""
+    others = sorted(set(methods) - {"clip"})
+    if "clip" not in methods or not others:
+        return [], []
+    return others, ["clip"] * len(others)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 from prefect import task
 
+from coderflow.results import Evaluation
 from coderflow.storage.arrays import list_matrix
 from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import read_table, write_rows
@@ -33,7 +34,7 @@ def _over_reps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @task(name="evaluate-run")
 def evaluate_run(
     run_id: str, model_id: str, n_classes: int, workdir: str, extra: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
+) -> Evaluation:
     """top1/top5/mean per-class recall, per-class recall and expected calibration error (`ece`, from the stored
     confidences) for every (method, shots, seed) of the run.
 
@@ -70,7 +71,7 @@ def evaluate_run(
     base = {"run_id": run_id, "dataset": dataset, "split": split, "model_id": model_id, "class_index": None}
     rows += [{**base, "shots": None, "seed": None, **row} for row in extra or []]
     path = write_rows(rows, METRICS, layout.run_file(run_id, "metrics.parquet"))
-    return {"path": str(path), "top1": summary}
+    return Evaluation(str(path), summary)
 
 
 @task(name="store-metrics")

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from coderflow.tasks.fewshot import methods as fm
 
-if TYPE_CHECKING:  # config imports this module for its defaults
-    from coderflow.config import FewShotConfig
+
+class FewShotParams(Protocol):
+    """The settings scorers read (coderflow.config.FewShotConfig has them): config imports this registry for its
+    method names and defaults, so the registry imports no config."""
+
+    search: Literal["grid", "fixed"]
+    alpha: float
+    beta: float
+    gamma: float
+    alphas: tuple[float, ...] | None
+    betas: tuple[float, ...] | None
+    gammas: tuple[float, ...] | None
+    tip_search_scale: tuple[float, float]
+    tip_search_steps: tuple[int, int]
+    refine_steps: int
+    coder_init: tuple[float, float]
+    coder_search_steps: tuple[int, int]
+    coder_search_rounds: int
 
 
 class Features(Protocol):
@@ -28,7 +44,7 @@ class Cell:
     """What every scorer reads: the zero-shot logits (original features), the support labels one-hot, CODER's
     texts, Tip-X's class distributions, and `record(method, scores, logits, chosen, **extra)` for its predictions."""
 
-    cfg: FewShotConfig
+    cfg: FewShotParams
     n_classes: int
     zs_val: np.ndarray
     zs_test: np.ndarray
@@ -39,7 +55,7 @@ class Cell:
     record: Callable[..., None]
 
 
-def _grids(cfg: FewShotConfig, betas: Sequence[float], alphas: Sequence[float]) -> dict[str, Any]:
+def _grids(cfg: FewShotParams, betas: Sequence[float], alphas: Sequence[float]) -> dict[str, Any]:
     """Search arguments: the configured grids where given, else the method's own."""
     return {
         "mode": cfg.search, "alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
@@ -129,6 +145,7 @@ def stored_name(method: str, suffix: str, imo_grid: bool) -> str:
 
 
 def check_methods(names: Sequence[str]) -> None:
+    """Refuse names that are not registered few-shot methods (coderflow.config validates `fewshot.methods`)."""
     unknown = [n for n in names if n not in SCORERS]
     if unknown:
         raise ValueError(f"unknown few-shot method(s) {unknown}: choose from {','.join(SCORERS)}")

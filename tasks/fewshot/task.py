@@ -12,6 +12,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from coderflow.config import DatasetConfig, FewShotConfig
+from coderflow.results import CellPredictions, SupportPlan
 from coderflow.storage.arrays import ImageSet, load_images, load_texts
 from coderflow.storage.atomic import atomic_path, write_text
 from coderflow.storage.db import query, sql_file
@@ -32,7 +33,7 @@ from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.scorers import SCORERS, Cell, stored_name
 from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
-from coderflow.tasks.ingest.sources import check_distinct_splits, check_same_classes
+from coderflow.tasks.ingest.checks import check_distinct_splits, check_same_classes
 from coderflow.tasks.report.tables import markdown_escape
 
 
@@ -56,9 +57,7 @@ def refuse_overlapping_splits(dataset: str, splits: list[str], workdir: str) -> 
 
 
 @task(name="plan-support-sets")
-def plan_support_sets(
-    dataset: str, train_split: str, n_classes: int, cfg: FewShotConfig, workdir: str
-) -> dict[str, Any]:
+def plan_support_sets(dataset: str, train_split: str, n_classes: int, cfg: FewShotConfig, workdir: str) -> SupportPlan:
     """Support keys for every (shots, seed) from the train split's labels (no image is decoded)."""
     shards = list_shards(Layout.at(workdir).shard_dir(dataset, train_split))
     if not shards:
@@ -74,7 +73,7 @@ def plan_support_sets(
     if short:
         get_run_logger().warning("classes with fewer train samples than shots (took all): %s", short)
     pool = sorted({k for ks in sets.values() for k in ks})
-    return {"sets": sets, "pool": pool, "short": short}
+    return SupportPlan(sets, pool, short)
 
 
 @task(name="write-augmented-split")
@@ -153,7 +152,7 @@ def fewshot_predict(
     cfg: FewShotConfig,
     workdir: str,
     zero_shot: bool = False,
-) -> dict[str, Any]:
+) -> CellPredictions:
     """Every few-shot method for one (shots, seed): hyper-parameters from val only, predictions on test; with
     `zero_shot` (one cell of a run) also the zero-shot baseline as method `clip` (shots and seed null).
 
@@ -224,10 +223,7 @@ def fewshot_predict(
     )  # fmt: skip
     support_part = layout.run_file(run_id, f"fewshot/support-{shots:03d}-{seed:04d}.parquet")
     write_table(support, support_part, FEWSHOT_SUPPORT)
-    return {
-        "part": str(part), "support_part": str(support_part), "params": params, "support": len(orig.support_keys),
-        "n_classes": n,
-    }  # fmt: skip
+    return CellPredictions(str(part), str(support_part), params, support=len(orig.support_keys), n_classes=n)
 
 
 @task(name="collect-predictions")

@@ -10,6 +10,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from coderflow.config import DatasetConfig
+from coderflow.results import IngestResult
 from coderflow.storage.atomic import write_text_if_changed
 from coderflow.storage.layout import HASH_CHARS, Layout, is_local, part_hash, safe_name
 from coderflow.storage.shards import (
@@ -22,15 +23,15 @@ from coderflow.storage.shards import (
     stored_classes_id,
     write_split,
 )
-from coderflow.tasks.ingest.sources import (
+from coderflow.tasks.ingest.checks import (
     check_identity,
     check_samples,
     listing_changes,
-    make_source,
     source_identity,
     source_listing,
     split_redefinition,
 )
+from coderflow.tasks.ingest.sources import make_source
 
 
 def reingest_reason(
@@ -72,7 +73,7 @@ def _remove(path: Any) -> None:
 
 
 @task(name="ingest-split", task_run_name="ingest-split {cfg.name}/{cfg.split}")
-def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
+def ingest_split(cfg: DatasetConfig, workdir: str) -> IngestResult:
     """Write the split as shards plus classnames.txt/templates.txt, unless its source and config are unchanged.
 
     Every shard is recorded with its sha256; derived files (image embeddings, CODER vectors) of shards that are no
@@ -106,7 +107,7 @@ def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
         samples = sum(s.samples for s in shards)
         log.info("ingest of %s/%s is up to date (%d samples, source unchanged): skipped", cfg.name, cfg.split, samples)
         info = ingest_info(shard_dir) or {}
-        return {"shards": [s.path for s in shards], "samples": samples, "skipped": True, "split_id": info["split_id"]}
+        return IngestResult(samples, [s.path for s in shards], skipped=True, split_id=info["split_id"])
     log.info("ingesting %s/%s: %s", cfg.name, cfg.split, reason)
     problems: dict[str, Any] = {}  # filled while the samples stream through, stored in the marker at the end
     samples = check_samples(source.samples, len(source.classnames), problems, warn=log.warning)
@@ -139,7 +140,7 @@ def ingest_split(cfg: DatasetConfig, workdir: str) -> dict[str, Any]:
     log.info("ingested %s/%s: %d samples in %d shards", cfg.name, cfg.split, total, len(shards))
     counts = {"duplicate_keys": problems["duplicate_keys"], "bad_labels": problems["bad_labels"]}
     counts["shard_errors"] = len(problems["shard_errors"])
-    return {
-        "shards": [s.path for s in shards], "samples": total, "skipped": False, "problems": counts,
-        "split_id": marker["split_id"], "invalidated": len(stale), "reason": reason,
-    }  # fmt: skip
+    return IngestResult(
+        total, [s.path for s in shards], skipped=False, split_id=marker["split_id"], problems=counts,
+        invalidated=len(stale), reason=reason,
+    )  # fmt: skip

@@ -19,7 +19,7 @@ import numpy as np
 from coderflow.console import printable
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
-from coderflow.tasks.evaluate.compare import BOOTSTRAP_RESAMPLES, compare_runs
+from coderflow.tasks.evaluate.compare import BOOTSTRAP_RESAMPLES, against_clip, compare_runs
 from coderflow.tasks.evaluate.metrics import expected_calibration_error, reliability, seed_std
 from coderflow.tasks.evaluate.reference import reference_warnings, stored_against_reference
 from coderflow.tasks.report import plots
@@ -149,9 +149,9 @@ def metric_rows(
     accuracies, the sample std of top-1 over seeds, and each zero-shot method's paired difference from clip."""
     zero = {m["method"] for m in metrics if m["shots"] is None}
     diffs: dict[str, dict[str, Any]] = {}
-    others = sorted(zero - {"clip"})
-    if "clip" in zero and others:
-        rows = compare_runs(layout, run_id, others, run_id, ["clip"] * len(others), resamples=resamples)
+    methods_a, methods_b = against_clip(zero)
+    if methods_a:
+        rows = compare_runs(layout, run_id, methods_a, run_id, methods_b, resamples=resamples)
         diffs = {r["method_a"]: r for r in rows if r["shots"] is None}
     seeds = query(
         layout, "SELECT method, shots, list(value) AS v FROM metrics WHERE run_id = ? AND metric = 'top1' AND "

@@ -16,6 +16,7 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture, as_completed
 
 from coderflow.progress import stage_progress
+from coderflow.results import RunReport
 from coderflow.storage.atomic import write_text
 from coderflow.storage.db import query, sql_file
 from coderflow.storage.layout import Layout
@@ -47,7 +48,7 @@ def publish_metrics(run_id: str, dataset: str, workdir: str, flow: str = "pipeli
 
 
 @task(name="report-run")
-def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) -> dict[str, Any]:
+def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) -> RunReport:
     """Publish a finished run as artifacts (metrics per method, top confused pairs, output paths) and write its
     CLIP_benchmark-compatible result files."""
     layout = Layout.at(workdir)
@@ -71,7 +72,7 @@ def report_run(run_id: str, dataset: str, workdir: str, top_confused: int = 10) 
     create_markdown_artifact(
         outputs_markdown(run_id, files), key=artifact_key("outputs", dataset), description="Where the results are"
     )  # fmt: skip
-    return {"metrics_key": metrics_key, "methods": [r["method"] for r in rows], "confused_pairs": len(confused)}
+    return RunReport(metrics_key, [r["method"] for r in rows], len(confused))
 
 
 def write_clip_benchmark_results(layout: Layout, run_id: str, metrics: Sequence[dict[str, Any]]) -> list[Any]:
@@ -91,7 +92,8 @@ def results_with_progress(
     futures: Sequence[PrefectFuture[Any]], what: str, item_unit: str = "", items: str = "rows"
 ) -> list[Any]:
     """Wait for mapped tasks, moving a progress artifact (UI) and the console's stage bar on as each finishes;
-    results in submission order. `items`: the result key counted as `item_unit` (images, rows)."""
+    results in submission order. `items`: the result field counted as `item_unit` (images, rows); a result that
+    says `skipped` counts as cached, its `errors` as failed."""
     total = len(futures)
     if not total:
         return []
@@ -102,9 +104,9 @@ def results_with_progress(
         for done, future in enumerate(as_completed(list(futures)), start=1):
             result = future.result()
             results[index[id(future)]] = result
-            skipped = isinstance(result, dict) and bool(result.get("skipped"))
-            count = result.get(items, 0) if isinstance(result, dict) and not skipped else 0
-            failed = result.get("errors", 0) if isinstance(result, dict) else 0
+            skipped = bool(getattr(result, "skipped", False))
+            count = 0 if skipped else getattr(result, items, 0)
+            failed = getattr(result, "errors", 0)
             bar.advance(1, items=count, failed=failed, cached=int(skipped))
             update_progress_artifact(artifact_id, 100.0 * done / total, description=f"{what}: {done} of {total} done")
     return results

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from coderflow.storage.layout import content_id
+from coderflow.storage.layout import content_id, text_id
 from coderflow.storage.schemas import TEXT_TYPES, TEXTS
 
 # CLIP's short ImageNet ensemble; used when a dataset ships no templates.
@@ -45,11 +45,6 @@ class Text:
     text: str
     source: str
     other_class_index: int | None = None
-
-
-def text_id(text: str) -> str:
-    """Content id of a text string: the same string has the same id in every bank."""
-    return content_id("text", text)
 
 
 def fill_template(template: str, class_name: str, grammar: bool = False) -> str:

@@ -124,11 +124,11 @@ def make_bank(
     return bank, report
 
 
-def waffle_bank(classnames: Sequence[str], params: ClassifyConfig, lm: LoadedModel, seed: int) -> pa.Table:
+def waffle_bank(classnames: Sequence[str], classify: ClassifyConfig, lm: LoadedModel, seed: int) -> pa.Table:
     """WaffleCLIP prompts (random word / character descriptors, seeded) as a bank of 'name' rows of its own."""
     from coderflow.tasks.texts.offline import waffle_vocabulary
 
-    prompts = waffle_texts(classnames, n_pairs=params.waffle_pairs, seed=seed, vocabulary=waffle_vocabulary())
+    prompts = waffle_texts(classnames, n_pairs=classify.waffle_pairs, seed=seed, vocabulary=waffle_vocabulary())
     source = f"waffle:seed={seed}"
     texts = [Text(ci, "name", p, source) for ci, ps in enumerate(prompts) for p in ps]
     return build_bank(texts, classnames, token_counts([t.text for t in texts], lm), lm.context_length)

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from coderflow.config import ClassifyConfig, ModelConfig, TextsConfig
+from coderflow.results import StoredBank
 from coderflow.storage.arrays import image_parts, load_images
 from coderflow.storage.atomic import write_text, write_text_if_changed
 from coderflow.storage.integrity import intact
@@ -50,7 +51,7 @@ def build_text_bank(
     workdir: str,
     templates: list[str] | None = None,
     classify: ClassifyConfig | None = None,
-) -> dict[str, Any]:
+) -> StoredBank:
     """Generate and store the dataset's text bank; LLM replies are cached, so a retry costs no new calls.
 
     Templates: the given ones, else the dataset's, else CLIP's default list.
@@ -76,10 +77,9 @@ def build_text_bank(
         report = json.loads(layout.textbank_report(bank_id).read_text())
         write_text_if_changed(bank_id, layout.textbank_alias(dataset))
         log.info("text bank %s is up to date for these inputs: reused", bank_id)
-        return {
-            "textbank_id": bank_id, "path": str(layout.textbank_file(bank_id)), "n_texts": report["n_texts"],
-            "n_classes": len(classnames), "usage": None, "reused": True,
-        }  # fmt: skip
+        return StoredBank(
+            bank_id, report["n_texts"], str(layout.textbank_file(bank_id)), n_classes=len(classnames), reused=True
+        )
     lm = load_configured(model, workdir)
     images = None
     if confused:
@@ -112,15 +112,9 @@ def build_text_bank(
             )
     publish_bank_summary(bank_id, bank, report["summary"])
     usage = generator.get("usage") if isinstance(generator, dict) else None
-    return {
-        "textbank_id": bank_id,
-        "path": str(path),
-        "n_texts": bank.num_rows,
-        "n_classes": len(classnames),
-        "usage": usage,
-        "reused": False,
-        "summary": report["summary"]["types"],
-    }
+    return StoredBank(
+        bank_id, bank.num_rows, str(path), n_classes=len(classnames), usage=usage, summary=report["summary"]["types"]
+    )
 
 
 def summary_markdown(bank_id: str, bank: Any, summary: dict[str, Any], sample: int = 3) -> str:
@@ -156,12 +150,12 @@ def publish_bank_summary(bank_id: str, bank: Any, summary: dict[str, Any]) -> No
 
 
 @task(name="build-waffle-bank")
-def build_waffle_bank(dataset: str, model: ModelConfig, params: ClassifyConfig, workdir: str, seed: int) -> str:
+def build_waffle_bank(dataset: str, model: ModelConfig, classify: ClassifyConfig, workdir: str, seed: int) -> str:
     """The WaffleCLIP prompt bank of a dataset's classes drawn with `seed`; returns its id."""
     layout = Layout.at(workdir)
     classnames, _ = dataset_classes(layout, dataset)
     lm = load_configured(model, workdir)
-    bank = waffle_bank(classnames, params, lm, seed)
+    bank = waffle_bank(classnames, classify, lm, seed)
     bank_id = bank["textbank_id"][0].as_py()
     if not intact(layout.textbank_file(bank_id)):
         write_table(bank, layout.textbank_file(bank_id), TEXTS)
@@ -177,7 +171,7 @@ def import_text_bank(
     texts: TextsConfig,
     workdir: str,
     key: str | None = None,
-) -> dict[str, Any]:
+) -> StoredBank:
     """A text bank from a published file (see tasks/texts/imports.py): the dataset's templates and name prompts plus
     the file's texts; class names matched case-insensitively, the unmatched ones reported, never dropped silently."""
     layout = Layout.at(workdir)
@@ -210,4 +204,5 @@ def import_text_bank(
     report["truncated"] = sum(bool(v) for v in bank["truncated"].to_pylist())
     write_text(json.dumps(report, indent=2), layout.textbank_report(bank_id))
     log.info("imported %s as text bank %s: %d texts", path, bank_id, bank.num_rows)
-    return {"textbank_id": bank_id, "n_texts": bank.num_rows, "report": report}
+    stored = str(layout.textbank_file(bank_id))
+    return StoredBank(bank_id, bank.num_rows, stored, n_classes=len(classnames), report=report)

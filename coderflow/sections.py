@@ -1,0 +1,391 @@
+"""The sections of the pipeline configuration (dataset, model, texts, CODER, classify, few-shot, adapter) and their
+checks; method names are checked against the method registries, which import no configuration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from coderflow.storage.layout import safe_name
+from coderflow.tasks.classify import zeroshot
+from coderflow.tasks.fewshot import scorers
+
+DEFAULT_MODEL = "ViT-S-32-alt"
+MAX_IMAGE_BYTES = 256 * 2**20  # model.max_image_bytes
+MAX_IMAGE_PIXELS = 89_478_485  # model.max_image_pixels: PIL's own decompression-bomb limit (about 89 megapixels)
+TEXT_TYPES = ("name", "template", "att", "ana", "syno", "ovo")
+# CODER's one-vs-one paraphrases (CVPR24-CODER CODER/template.py:153-162): {a} differs from {b} by {x}
+CODER_OVO_TEMPLATES: tuple[str, ...] = (
+    "Because of {x}, {a} is different from {b}.",
+    "{a} is characterized by a distinct {x}, while {b} isn't.",
+    "The distinctive way in which {a} handles {x} separates it significantly from {b}.",
+    "{a} stands out in {x} compared to {b}.",
+    "The way {a} approaches {x} distinguishes it from {b}.",
+    "In {x} expression, {a} deviates from {b}.",
+    "Differences in {x} usage separate {a} from {b}.",
+)
+
+
+def parse_mapping(text: str, names: Sequence[str] = (), what: str = "value") -> dict[str, str]:
+    """'a=1,b=2' or JSON as a mapping; bare values 'x,y,z' name `names` in order (split shares: train,val,test)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{what} {text!r} is not valid JSON ({exc.msg})") from None
+        return {str(k): v for k, v in data.items()}
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if items and all("=" in x for x in items):
+        return {k.strip(): v.strip() for k, v in (x.split("=", 1) for x in items)}
+    if names and len(items) == len(names):
+        return dict(zip(names, items, strict=True))
+    example = f"{','.join(names)} as e.g. 0.5,0.2,0.3 or " if names else ""
+    raise ValueError(f"{what} {text!r}: give {example}key=value pairs separated by commas (a=1,b=2)")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_dataset_name(source: str | None) -> str:
+    """A dataset name from its source: the last folder of the path or URL before any `{split}` part ('demo')."""
+    if not source:
+        return "demo"
+    parts = [p for p in source.split("://", 1)[-1].replace("\\", "/").split("/") if p and "{split}" not in p]
+    try:
+        return safe_name(parts[-1] if parts else "")
+    except ValueError:
+        raise ValueError(f"cannot name a dataset after source {source!r}: pass dataset.name (--dataset NAME)") from None
+
+
+SPLIT_NAMES = ("train", "val", "test")
+# Actions of one invocation, not properties of the data: left out of every fingerprint.
+DATASET_ACTIONS = frozenset({"reingest", "replace"})
+
+
+class DatasetConfig(_Strict):
+    """Where a dataset comes from and how it is sharded."""
+
+    name: str = Field("demo", description="name in paths and tables; default: the source folder's name, else 'demo'")
+    source: str | None = Field(None, description="image folder, CLIP_benchmark root (path or URL); None for the demo")
+    kind: Literal["demo", "folder", "wds"] = Field(
+        "demo", description="folder: one sub-folder per class; wds: a CLIP_benchmark root; inferred from the source"
+    )
+    split: str = Field("test", description="the split to read ({split} in the source, or <root>/<split>/)")
+    classnames_file: str | None = Field(None, description="class names, one a line (default: the folder names)")
+    templates_file: str | None = Field(None, description="prompt templates with {c}, one a line")
+    samples_per_shard: int = Field(100, ge=1, description="images per WebDataset shard written by ingest")
+    demo_images_per_class: int = Field(20, ge=1, description="demo dataset: images drawn per class")
+    demo_image_size: int = Field(64, ge=16, description="demo dataset: image side in pixels")
+    seed: int = Field(0, description="demo images and split_ratio draws")
+    split_ratio: dict[str, float] | None = Field(
+        None,
+        description="split one image folder: split name -> share (e.g. train 0.5, val 0.2, test 0.3), stratified "
+        "per class and seeded by `seed`",
+    )
+    reingest: bool = Field(False, description="ingest again even when the source and config are unchanged")
+    replace: bool = Field(
+        False, description="allow ingesting another source or kind under an existing dataset name (replaces it)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("name"):
+            data = {**data, "name": default_dataset_name(data.get("source"))}
+        return data
+
+    @field_validator("split_ratio", mode="before")
+    @classmethod
+    def _shares_text(cls, v: Any) -> Any:
+        return parse_mapping(v, SPLIT_NAMES, "dataset.split_ratio") if isinstance(v, str) else v
+
+    @field_validator("split_ratio")
+    @classmethod
+    def _shares(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (len(v) < 2 or min(v.values()) <= 0):
+            raise ValueError("give a positive share for at least two splits, e.g. {train: 0.5, val: 0.2, test: 0.3}")
+        if v is not None and abs(sum(v.values()) - 1) > 1e-6:
+            shares = ",".join(f"{k}={x:g}" for k, x in v.items())
+            raise ValueError(
+                f"the shares {shares} sum to {sum(v.values()):g}, not 1: give shares that sum to 1, e.g. 0.5,0.2,0.3"
+            )
+        return v
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that decide the ingested data (actions such as `reingest` left out)."""
+        return self.model_dump(mode="json", exclude=set(DATASET_ACTIONS))
+
+    @field_validator("name", "split")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def model_post_init(self, _ctx: object) -> None:
+        if self.kind != "demo" and not self.source:
+            raise ValueError(f"dataset.kind={self.kind!r} needs dataset.source (a folder path or URL)")
+        if self.split_ratio and self.kind != "folder":
+            what = "a CLIP_benchmark root has its own splits" if self.kind == "wds" else "the demo has one split"
+            raise ValueError(
+                f"--split-ratio splits an image folder, but dataset {self.name!r} is kind {self.kind!r} ({what}): "
+                "drop --split-ratio and pick the split with --split"
+            )
+
+
+class ModelConfig(_Strict):
+    """An open_clip model: architecture name plus a pretrained tag, hub id or checkpoint file (None = random)."""
+
+    name: str = Field(DEFAULT_MODEL, description="open_clip architecture (open_clip.list_models())")
+    pretrained: str | None = Field(
+        None, description="open_clip pretrained tag (openai), hub id or checkpoint file; None: random weights"
+    )
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or mps")
+    batch_size: int = Field(64, ge=1, description="images per forward pass")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32 weights; bf16/fp16 encode under torch.autocast (a model id of its own: __bf16)"
+    )
+    decode_workers: int | None = Field(
+        None, ge=0, description="processes that decode and preprocess images; None: one per core, 0: two threads"
+    )
+    max_image_bytes: int = Field(
+        MAX_IMAGE_BYTES,
+        ge=1,
+        description="a larger image file is an error row, never decoded (its pixels would take many times its size)",
+    )
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS,
+        ge=1,
+        description="an image with more pixels (width x height, read from its header) is an error row, never decoded",
+    )
+    adapter: str | None = Field(
+        None, description="IMO adapter: an id from `coderflow adapter train` (in the work directory) or a file"
+    )
+
+
+class LLMConfig(_Strict):
+    """An OpenAI-compatible endpoint. The API key comes only from $OPENAI_API_KEY and is never stored."""
+
+    model: str = Field("gpt-4o-mini", description="model name the endpoint serves")
+    base_url: str | None = Field(None, description="endpoint URL; default $OPENAI_BASE_URL, else api.openai.com")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="requests in flight; None: the server's slots (llama.cpp /props), else 4"
+    )
+    timeout: float = Field(120.0, gt=0, description="seconds per request (a small local model on 2 cores is slow)")
+    max_retries: int = Field(4, ge=0, description="retries of a failed request (timeouts, 429, 5xx)")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature (0: the most likely reply)")
+    max_tokens: int = Field(160, ge=16, description="reply length cap: a short phrase list needs about 160 tokens")
+    price_per_1k: float | None = Field(None, ge=0, description="price per 1,000 tokens: the summary shows the cost")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v and "@" in v.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError(
+                "must not hold credentials (user:password@): settings are stored with every run; give the key in "
+                "$OPENAI_API_KEY"
+            )
+        return v
+
+
+class TextsConfig(_Strict):
+    """How the text bank is generated: which generator, which text types, how many of each."""
+
+    generator: Literal["offline", "llm"] = Field(
+        "offline", description="offline: WordNet and templates, no network; llm: an OpenAI-compatible endpoint"
+    )
+    types: tuple[Literal["name", "template", "att", "ana", "syno", "ovo"], ...] = Field(
+        TEXT_TYPES, description="text types in the bank (name and template always)"
+    )
+    name_template: str = Field(
+        "a photo of {c}",
+        description="CODER's one class-name prompt per class (text_type 'name'; synonyms use it too); the ensemble "
+        "of templates (text_type 'template') is what `clip` and the few-shot zero-shot term use",
+    )
+    att_template: str = Field("{c} which has {x}", description="attribute texts: {c} class, {x} attribute")
+    ana_template: str = Field("a {c} similar to {x}.", description="look-alike texts: {c} class, {x} look-alike")
+    ovo_templates: tuple[str, ...] = Field(
+        CODER_OVO_TEMPLATES, description="one-vs-one paraphrases: {a} class, {b} the other class, {x} difference"
+    )
+    grammar: Literal["generated", "all", "off"] = Field(
+        "generated",
+        description="articles and plurals that agree with the class name ('dots similar to', 'many circles'): in "
+        "coderflow's generated texts (att, ana, syno, ovo), also in the template ensemble (all; CLIP's templates are "
+        "then no longer verbatim), or nowhere",
+    )
+    n_att: int = Field(5, ge=1, description="attribute texts per class")
+    n_ana: int = Field(5, ge=1, description="look-alike texts per class")
+    n_syno: int = Field(3, ge=1, description="synonym texts per class")
+    n_ovo: int = Field(3, ge=1, description="one-vs-one texts per class pair")
+    ana_max_cosine: float = Field(0.9, description="drop look-alikes this close to a class-name prompt")
+    ana_retries: int = Field(2, ge=0, description="look-alike rounds to replace the ones dropped as too close")
+    ovo_pairs: Literal["consulted", "nearest", "confused"] = Field(
+        "consulted",
+        description="consulted: the candidate pairs CODER* will re-rank (top rerank_k classes of images under the "
+        "threshold, no labels; 'nearest' until images are embedded); nearest: closest class prompts; confused: "
+        "pairs zero-shot CLIP confuses",
+    )
+    ovo_budget: int = Field(20, ge=0, description="at most this many class pairs get one-vs-one texts")
+    llm: LLMConfig = LLMConfig()
+
+    @field_validator("name_template", "att_template", "ana_template", "ovo_templates")
+    @classmethod
+    def _placeholders(cls, v: str | tuple[str, ...], info: Any) -> str | tuple[str, ...]:
+        needed = {"name_template": "{c}", "att_template": "{c} {x}", "ana_template": "{c} {x}"}.get(
+            info.field_name, "{a} {b} {x}"
+        )
+        for template in (v,) if isinstance(v, str) else v:
+            missing = [p for p in needed.split() if p not in template]
+            if missing:
+                raise ValueError(f"template {template!r} lacks {' and '.join(missing)}: write e.g. {needed}")
+        if not v:
+            raise ValueError("give at least one template")
+        return v
+
+    @field_validator("types")
+    @classmethod
+    def _names_always(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("name", "template", *v)))
+
+
+class CoderConfig(_Strict):
+    """How CODER vectors are materialised: dense cosines to every text, or only each image's top-k texts."""
+
+    format: Literal["dense", "sparse"] = Field(
+        "dense", description="dense: 4 bytes x texts per image; sparse: top_k (index, value) pairs per image"
+    )
+    top_k: int = Field(256, ge=1, description="texts kept per image in the sparse format")
+    batch_size: int = Field(2048, ge=1, description="images per matrix product")
+
+
+class ClassifyConfig(_Strict):
+    """Parameters of the zero-shot methods."""
+
+    rerank_threshold: float = Field(
+        0.1,
+        ge=0,
+        description="CODER*: re-rank when top1 - top2 probability is below (CODER: per dataset, ImageNet 0.1)",
+    )
+    rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
+    waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
+    waffle_seed: int = Field(0, description="WaffleCLIP: seed of the random words and characters")
+    banks: dict[str, str] | None = Field(
+        None,
+        description="method -> text bank id for methods that score on another bank than the run's (e.g. dclip on an "
+        "imported DCLIP bank: `coderflow texts import`); recorded in the run's config",
+    )
+    waffle_reps: int = Field(
+        1,
+        ge=1,
+        description="WaffleCLIP repetitions, each with its own descriptors (seed waffle_seed + r): metrics per rep "
+        "(`seed`) and top1_mean/top1_std over them (WaffleCLIP base_main.py --reps)",
+    )
+
+    @field_validator("banks", mode="before")
+    @classmethod
+    def _banks_text(cls, v: Any) -> Any:
+        return parse_mapping(v, (), "classify.banks (METHOD=BANK_ID)") if isinstance(v, str) else v
+
+    @field_validator("banks")
+    @classmethod
+    def _known_methods(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        allowed = [m for m in zeroshot.SCORERS if m not in zeroshot.OWN_BANKS]
+        unknown = sorted(set(v or {}) - set(allowed))
+        if unknown:
+            raise ValueError(f"banks for methods {unknown}: give banks for {allowed}")
+        return v
+
+
+def default_fewshot_methods() -> tuple[str, ...]:
+    """Every registered few-shot method (tasks/fewshot/scorers.py:SCORERS), in its order."""
+    return tuple(scorers.SCORERS)
+
+
+class FewShotConfig(_Strict):
+    """Training-free few-shot runs: K-shot support sets from `train`, hyper-parameters on `val`, figures on `test`.
+
+    Defaults follow the references: Tip-Adapter's grid scaled by `tip_search_scale` (its per-dataset configs),
+    CODER-Adapter's three-round search from its initial (alpha, beta), IMO's grids for Tip-X. A preset sets the
+    per-dataset values (`--preset`).
+    """
+
+    shots: tuple[int, ...] = Field((1, 2, 4, 8, 16), description="support images per class (K), one run each")
+    seeds: tuple[int, ...] = Field((1, 2, 3), description="seeds of the support-set draws, one run each")
+    train_split: str = Field("train", description="split the support sets are drawn from")
+    val_split: str = Field("val", description="split the hyper-parameters are searched on")
+    test_split: str = Field("test", description="split the reported accuracies are measured on")
+    augment_views: int = Field(
+        10, ge=0, description="random crop+flip views averaged per support image; 0: the stored train embeddings"
+    )
+    augment_seed: int = Field(0, description="seed of the augmented views")
+    methods: tuple[str, ...] = Field(
+        default_factory=lambda: default_fewshot_methods(), description="few-shot methods (tasks/fewshot/scorers.py)"
+    )
+    search: Literal["grid", "fixed"] = Field("grid", description="hyper-parameters: searched on val, or fixed values")
+    alpha: float = Field(1.0, description="cache weight in fixed mode")
+    beta: float = Field(5.5, description="cache sharpness in fixed mode")
+    gamma: float = Field(1.0, description="Tip-X KL weight in fixed mode")
+    alphas: tuple[float, ...] | None = Field(None, description="grid of alphas for every method (default: each one's)")
+    betas: tuple[float, ...] | None = Field(None, description="grid of betas for every method (default: each one's)")
+    gammas: tuple[float, ...] | None = Field(None, description="Tip-X grid of gammas (default: IMO's 0..30, 50)")
+    tip_search_scale: tuple[float, float] = Field(
+        (7.0, 3.0), description="Tip-Adapter (beta, alpha) search maxima (its ImageNet config; presets per dataset)"
+    )
+    tip_search_steps: tuple[int, int] = Field((200, 20), description="Tip-Adapter (beta, alpha) grid sizes")
+    refine_steps: int = Field(0, ge=0, description="Tip-Adapter: a finer grid around the best coarse point")
+    coder_init: tuple[float, float] = Field(
+        (1.0, 1.0), description="CODER-Adapter initial (alpha, beta), compared with the searched pair on val"
+    )
+    coder_search_steps: tuple[int, int] = Field((500, 50), description="CODER-Adapter (beta, alpha) grid sizes")
+    coder_search_rounds: int = Field(3, ge=1, description="CODER-Adapter: 1 grid + refinements on [0.5, 1.5] x best")
+    kl_temperature: float = Field(0.5, gt=0, description="Tip-X: softmax temperature of the class distributions")
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        scorers.check_methods(v)
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("shots", "seeds")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 0:
+            raise ValueError("give at least one non-negative value")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if 0 in v:
+            raise ValueError("0 support images per class is not few-shot: give K >= 1, e.g. --shots 1,2,4,8,16")
+        return v
+
+
+class AdapterConfig(_Strict):
+    """IMO adapter training (Kravets & Namboodiri 2024): bottleneck adapters in the image encoder, cross-entropy."""
+
+    train_split: str = Field("train", description="labeled split the adapters are trained on")
+    epochs: int = Field(1, ge=1, description="passes over the training split")
+    lr: float = Field(8e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(128, ge=1, description="images per training step")
+    bottleneck: int = Field(64, ge=1, description="adapter hidden width (down-projection size)")
+    scale: float = Field(0.03, description="s in x + MLP(LN(x)) + s * up(relu(down(x)))")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside the adapters")
+    head_input: Literal["raw", "normalized"] = Field(
+        "raw",
+        description="the training head reads the raw projected embedding (IMO adapter_utils.py:8-31) or its L2 norm",
+    )
+    seed: int = Field(0, description="seed of initialisation and batch order")
+    overlap_bins: int = Field(100, ge=2, description="histogram bins of the cosine distributions")
+    overlap_max_pairs: int = Field(2_000_000, ge=1, description="image pairs sampled for the overlap at most")
+
+
+def default_methods() -> tuple[str, ...]:
+    """Every registered zero-shot method (tasks/classify/zeroshot.py:SCORERS), in its order."""
+    return tuple(zeroshot.SCORERS)
