@@ -13,7 +13,7 @@ from coderflow.tasks.classify import methods as m
 
 
 class ZeroShotParams(Protocol):
-    """The settings scorers read (coderflow.config.ClassifyConfig has them): the registry imports no config."""
+    """The settings scorers read (ClassifyConfig in coderflow/sections.py has them): the registry imports no config."""
 
     waffle_seed: int
     rerank_threshold: float
