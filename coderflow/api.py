@@ -127,7 +127,7 @@ class Run:
         b = self.bank
         return TextSet(
             [b.text_ids[i] for i in rows], b.class_index[rows], b.text_type[rows], b.other_class_index[rows],
-            b.class_names, b.t[rows],
+            b.class_names, b.t[rows], None if b.source is None else b.source[rows],
         )  # fmt: skip
 
     def score(

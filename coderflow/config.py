@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coderflow.presets.benchmarks import benchmark_preset
 from coderflow.sections import (
     CODER_OVO_TEMPLATES,
     DATASET_ACTIONS,
@@ -69,6 +70,7 @@ FLAG_ALIASES: dict[str, str | tuple[str, ...]] = {
     "dataset.split_ratio": "--split-ratio", "dataset.reingest": "--reingest", "dataset.replace": "--replace-dataset",
     "model.name": "--model", "dataset.name": "--dataset", "model.pretrained": "--pretrained", "model.device": "--device", "model.adapter": "--adapter",
     "texts.generator": "--generator", "fewshot.shots": "--shots", "fewshot.seeds": "--seeds",
+    "dataset.benchmark": "--benchmark", "dataset.benchmark_base": "--benchmark-base",
 }  # fmt: skip
 
 
@@ -85,6 +87,7 @@ def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
     if isinstance(ds, dict) and ds.get("source") and "kind" not in ds:
         src = Path(str(ds["source"]).replace("{split}", str(ds.get("split") or "test"))).expanduser()
         ds["kind"] = "folder" if src.is_dir() and not (src / "classnames.txt").exists() else "wds"
+        ds["kind"] = "coop" if ds.get("coop_dir") or ds.get("coop_split_file") else ds["kind"]
     return out
 
 
@@ -141,6 +144,8 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = benchmark_preset(data)  # --benchmark NAME: its dataset's preset, unless --preset is given
         if not isinstance(data, dict) or not data.get("preset"):
             return data
         from coderflow.presets import load_preset, merge_under

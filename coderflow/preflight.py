@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -51,10 +52,50 @@ def check_source(cfg: PipelineConfig, split: str) -> None:
     if cfg.dataset.kind == "demo" or not src or "://" in src:
         return
     path = Path(src.replace("{split}", split)).expanduser()
+    if not path.exists() and cfg.dataset.benchmark:
+        raise ValueError(
+            f"benchmark {cfg.dataset.benchmark!r}: {str(path)!r} not found: the mirror {cfg.dataset.benchmark_base!r} "
+            f"(--dataset.benchmark-base) needs its root {path.name}/ in CLIP_benchmark's layout"
+        )
     if not path.exists():
         what = "an image folder (one subfolder per class) or a CLIP_benchmark root (classnames.txt, <split>/*.tar)"
         where = f" for split {split!r}" if "{split}" in src else ""
         raise ValueError(f"dataset source {str(path)!r}{where} not found (--dataset.source): pass {what}")
+
+
+def check_benchmark_root(cfg: PipelineConfig) -> None:
+    """A `--benchmark` root at a URL (the hub by default) can be read: the hub switched off (HF_HUB_OFFLINE), a base
+    that cannot be reached or a root that is not there is one line naming the mirror flag, never a traceback."""
+    ds = cfg.dataset
+    if not ds.benchmark or "://" not in str(ds.source):
+        return
+    fix = "or read a mirror of it: --dataset.benchmark-base DIR_OR_URL"
+    if str(ds.source).startswith("hf://") and os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    ):
+        raise ValueError(
+            f"benchmark {ds.benchmark!r}: HF_HUB_OFFLINE is set, so {ds.source} cannot be read: unset it, {fix}"
+        )
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(str(ds.source))
+        found = fs.exists(f"{path}/classnames.txt")
+    except ImportError as exc:  # the file system's package (huggingface_hub for hf://) is missing
+        raise ValueError(f"benchmark {ds.benchmark!r}: {ds.source} cannot be read ({exc}): install it, {fix}") from None
+    except Exception as exc:  # the network: DNS, refused connections, timeouts, HTTP errors, as each client raises them
+        what = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise ValueError(
+            f"benchmark {ds.benchmark!r}: {ds.source} cannot be read ({what}): check the network, {fix}"
+        ) from None
+    if not found:
+        raise ValueError(
+            f"benchmark {ds.benchmark!r}: {ds.source}/classnames.txt not found: the base {ds.benchmark_base} has no "
+            f"root in CLIP_benchmark's layout for it; {fix}"
+        )
 
 
 def is_clip_benchmark_name(name: str) -> bool:
@@ -142,6 +183,7 @@ def preflight(
         check_benchmark_source(cfg)
         for split in dict.fromkeys(ingests):
             check_source(cfg, split)
+        check_benchmark_root(cfg)  # the hub (or a mirror's URL) offline or unreachable: one line, not a traceback
         check_identity(cfg.dataset, cfg.workdir)  # another source under this dataset name: refused before any work
         check_split_definitions(cfg.dataset, list(ingests), cfg.workdir)  # a stored split quietly re-split: refused
         check_distinct_splits(cfg.dataset, list(ingests))

@@ -202,12 +202,13 @@ class RunReport:
 
 @dataclass(frozen=True)
 class SupportPlan:
-    """Support keys per few-shot cell ('<shots>-<seed>'), every key of them (`pool`), and per cell the classes with
-    fewer train samples than shots (`short`)."""
+    """Support keys per few-shot cell ('<shots>-<seed>'), every key of them (`pool`), per cell the classes with
+    fewer train samples than shots (`short`), and each pooled key's image path as its source names it (`paths`)."""
 
     sets: dict[str, list[str]]
     pool: list[str]
     short: dict[str, dict[int, int]]
+    paths: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from coderflow.presets.benchmarks import DEFAULT_BENCHMARK_BASE, benchmark_dataset, benchmark_name
 from coderflow.storage.layout import safe_name
 from coderflow.tasks.classify import zeroshot
 from coderflow.tasks.fewshot import scorers
@@ -65,6 +66,8 @@ def default_dataset_name(source: str | None) -> str:
 SPLIT_NAMES = ("train", "val", "test")
 # Actions of one invocation, not properties of the data: left out of every fingerprint.
 DATASET_ACTIONS = frozenset({"reingest", "replace"})
+# Which benchmark, from which base: the source, kind and name they set say it already (left out of every fingerprint).
+DATASET_BENCHMARK = frozenset({"benchmark", "benchmark_base"})
 
 
 class DatasetConfig(_Strict):
@@ -72,12 +75,29 @@ class DatasetConfig(_Strict):
 
     name: str = Field("demo", description="name in paths and tables; default: the source folder's name, else 'demo'")
     source: str | None = Field(None, description="image folder, CLIP_benchmark root (path or URL); None for the demo")
-    kind: Literal["demo", "folder", "wds"] = Field(
-        "demo", description="folder: one sub-folder per class; wds: a CLIP_benchmark root; inferred from the source"
+    kind: Literal["demo", "folder", "wds", "coop"] = Field(
+        "demo",
+        description="folder: one sub-folder per class; wds: a CLIP_benchmark root; coop: CoOp's data root (splits "
+        "from the dataset's split file); inferred from the source",
     )
+    coop_dir: str | None = Field(None, description="kind coop: the dataset's folder under the root (oxford_pets)")
+    coop_split_file: str | None = Field(
+        None, description="kind coop: split file in that folder (split_zhou_OxfordPets.json; a preset sets both)"
+    )
+    coop_image_dir: str = Field("images", description="kind coop: the folder the split file's image paths are under")
     split: str = Field("test", description="the split to read ({split} in the source, or <root>/<split>/)")
     classnames_file: str | None = Field(None, description="class names, one a line (default: the folder names)")
     templates_file: str | None = Field(None, description="prompt templates with {c}, one a line")
+    benchmark: str | None = Field(
+        None,
+        description="a CLIP_benchmark dataset by name (cifar10, vtab/pets; `coderflow datasets` lists them), read from "
+        "its root under benchmark_base (wds_vtab-pets): sets the kind (wds), the source, the name and its preset",
+    )
+    benchmark_base: str = Field(
+        DEFAULT_BENCHMARK_BASE,
+        description="where --benchmark datasets are read: the Hugging Face hub organisation, or a mirror of it (a "
+        "folder or fsspec URL holding the wds_* roots)",
+    )
     samples_per_shard: int = Field(100, ge=1, description="images per WebDataset shard written by ingest")
     demo_images_per_class: int = Field(20, ge=1, description="demo dataset: images drawn per class")
     demo_image_size: int = Field(64, ge=16, description="demo dataset: image side in pixels")
@@ -95,9 +115,17 @@ class DatasetConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = benchmark_dataset(data)  # --benchmark NAME: kind, source and name, unless given
         if isinstance(data, dict) and not data.get("name"):
-            data = {**data, "name": default_dataset_name(data.get("source"))}
+            coop = data.get("kind") == "coop" and data.get("coop_dir")  # one CoOp root holds many datasets
+            data = {**data, "name": default_dataset_name(data["coop_dir"] if coop else data.get("source"))}
         return data
+
+    @field_validator("benchmark")
+    @classmethod
+    def _known_benchmark(cls, v: str | None) -> str | None:
+        return None if v is None else benchmark_name(v)  # an unknown name: refused, listing the known ones
 
     @field_validator("split_ratio", mode="before")
     @classmethod
@@ -118,7 +146,8 @@ class DatasetConfig(_Strict):
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide the ingested data (actions such as `reingest` left out)."""
-        return self.model_dump(mode="json", exclude=set(DATASET_ACTIONS))
+        coop = set() if self.kind == "coop" else {"coop_dir", "coop_split_file", "coop_image_dir"}
+        return self.model_dump(mode="json", exclude=set(DATASET_ACTIONS) | coop | DATASET_BENCHMARK)
 
     @field_validator("name", "split")
     @classmethod
@@ -130,8 +159,15 @@ class DatasetConfig(_Strict):
     def model_post_init(self, _ctx: object) -> None:
         if self.kind != "demo" and not self.source:
             raise ValueError(f"dataset.kind={self.kind!r} needs dataset.source (a folder path or URL)")
+        if self.kind == "coop" and not (self.coop_dir and self.coop_split_file):
+            raise ValueError(
+                "dataset.kind='coop' needs the dataset's folder and split file: pass --preset (pets, dtd, ...) or "
+                "--dataset.coop-dir and --dataset.coop-split-file"
+            )
         if self.split_ratio and self.kind != "folder":
-            what = "a CLIP_benchmark root has its own splits" if self.kind == "wds" else "the demo has one split"
+            what = {"wds": "a CLIP_benchmark root has its own splits", "coop": "its split file names the splits"}.get(
+                self.kind, "the demo has one split"
+            )
             raise ValueError(
                 f"--split-ratio splits an image folder, but dataset {self.name!r} is kind {self.kind!r} ({what}): "
                 "drop --split-ratio and pick the split with --split"
@@ -223,6 +259,16 @@ class TextsConfig(_Strict):
     n_syno: int = Field(3, ge=1, description="synonym texts per class")
     n_ovo: int = Field(3, ge=1, description="one-vs-one texts per class pair")
     ana_max_cosine: float = Field(0.9, description="drop look-alikes this close to a class-name prompt")
+    dclip_after_text: str = Field(
+        "",
+        description="imported DCLIP descriptors: text after each '{c}, which ... {d}' sentence (DCLIP load.py "
+        "after_text: '.' for ImageNet, set by the imagenet preset; '' otherwise)",
+    )
+    classnames: tuple[str, ...] | None = Field(
+        None,
+        description="the class names written into the texts, one per class in the dataset's class order (default: "
+        "the dataset's own; CODER's few-shot EuroSAT names come from the eurosat preset's fewshot.texts)",
+    )
     ana_retries: int = Field(2, ge=0, description="look-alike rounds to replace the ones dropped as too close")
     ovo_pairs: Literal["consulted", "nearest", "confused"] = Field(
         "consulted",
@@ -274,6 +320,11 @@ class ClassifyConfig(_Strict):
     rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
     waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
     waffle_seed: int = Field(0, description="WaffleCLIP: seed of the random words and characters")
+    cupl_mode: Literal["sentences", "both"] = Field(
+        "sentences",
+        description="CuPL: the mean of the class's imported CuPL sentences, or of them and the template prompts "
+        "(both); CuPL classify_imagenet.py use_both",
+    )
     banks: dict[str, str] | None = Field(
         None,
         description="method -> text bank id for methods that score on another bank than the run's (e.g. dclip on an "
@@ -316,6 +367,11 @@ class FewShotConfig(_Strict):
 
     shots: tuple[int, ...] = Field((1, 2, 4, 8, 16), description="support images per class (K), one run each")
     seeds: tuple[int, ...] = Field((1, 2, 3), description="seeds of the support-set draws, one run each")
+    sampling: Literal["reference", "per_class"] = Field(
+        "reference",
+        description="support-set draw: reference (random.seed(seed), then random.sample per class in the train "
+        "order, as CoOp/Tip-Adapter/CODER); per_class (a numpy generator per (seed, class))",
+    )
     train_split: str = Field("train", description="split the support sets are drawn from")
     val_split: str = Field("val", description="split the hyper-parameters are searched on")
     test_split: str = Field("test", description="split the reported accuracies are measured on")
@@ -344,6 +400,11 @@ class FewShotConfig(_Strict):
     coder_search_steps: tuple[int, int] = Field((500, 50), description="CODER-Adapter (beta, alpha) grid sizes")
     coder_search_rounds: int = Field(3, ge=1, description="CODER-Adapter: 1 grid + refinements on [0.5, 1.5] x best")
     kl_temperature: float = Field(0.5, gt=0, description="Tip-X: softmax temperature of the class distributions")
+    texts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`texts` settings of the few-shot bank only, over the run's (CODER's few-shot wordings: Pets and "
+        "DTD att/ana templates, EuroSAT class names; the presets set them)",
+    )
 
     @field_validator("methods")
     @classmethod
@@ -365,6 +426,19 @@ class FewShotConfig(_Strict):
             raise ValueError("0 support images per class is not few-shot: give K >= 1, e.g. --shots 1,2,4,8,16")
         return v
 
+    @field_validator("texts", mode="before")
+    @classmethod
+    def _texts_settings(cls, v: Any) -> Any:
+        v = parse_mapping(v, (), "fewshot.texts (KEY=VALUE)") if isinstance(v, str) else v
+        if unknown := sorted(set(v or {}) - set(TextsConfig.model_fields)):
+            raise ValueError(f"fewshot.texts: {unknown} are not texts settings: use keys of the texts section")
+        valid = TextsConfig.model_validate(v or {})  # the values themselves are valid texts settings
+        return {k: getattr(valid, k) for k in v or {}}
+
+    def bank_texts(self, texts: TextsConfig) -> TextsConfig:
+        """The texts settings of the few-shot bank: the run's, with `fewshot.texts` laid over them."""
+        return TextsConfig.model_validate({**texts.model_dump(), **self.texts}) if self.texts else texts
+
 
 class AdapterConfig(_Strict):
     """IMO adapter training (Kravets & Namboodiri 2024): bottleneck adapters in the image encoder, cross-entropy."""
@@ -380,6 +454,11 @@ class AdapterConfig(_Strict):
     head_input: Literal["raw", "normalized"] = Field(
         "raw",
         description="the training head reads the raw projected embedding (IMO adapter_utils.py:8-31) or its L2 norm",
+    )
+    train_normalize: bool = Field(
+        False,
+        description="train on CLIP-normalised images (mean/std) instead of IMO's unnormalised pixels in [0, 1] "
+        "(supervised_train.py:83-89, Normalize commented out); part of the adapter id",
     )
     seed: int = Field(0, description="seed of initialisation and batch order")
     overlap_bins: int = Field(100, ge=2, description="histogram bins of the cosine distributions")

@@ -55,7 +55,7 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
     bank = text_bank(
         splits[fs.test_split],
         original,
-        config.texts,
+        fs.bank_texts(config.texts),  # CODER's few-shot wordings where they differ (fewshot.texts)
         workdir,
         list(config.templates) if config.templates else None,
         config.classify,
@@ -95,7 +95,7 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
         futures = fewshot_predict.map(
             unmapped(run_id), cells, [plan.sets[c] for c in cells], unmapped(config.dataset.name),
             unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank.textbank_id), unmapped(fs),
-            unmapped(workdir), [i == 0 for i in range(len(cells))],
+            unmapped(workdir), [i == 0 for i in range(len(cells))], unmapped(plan.paths),
         )  # fmt: skip
         parts = [f.result() for f in futures]
         collect_predictions(run_id, [p.part for p in parts], [p.support_part for p in parts], workdir)

@@ -98,7 +98,7 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
         marker = {"damaged": True}
     try:
         source: Any = source_listing(ds)
-    except (OSError, ValueError) as exc:  # a missing source: the run itself will say so
+    except Exception as exc:  # a missing or unreachable source (as each fsspec client raises it): the run will say so
         source = f"unavailable: {exc}"
     return {
         "config": config,

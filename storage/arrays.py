@@ -89,6 +89,7 @@ class TextSet:
     other_class_index: np.ndarray
     class_names: list[str]
     t: np.ndarray
+    source: np.ndarray | None = None  # where each row came from (`import:cupl:...` marks CuPL sentences)
 
     @property
     def n_classes(self) -> int:
@@ -118,4 +119,5 @@ def load_texts(layout: Layout, textbank_id: str, model_id: str) -> TextSet:
         bank["other_class_index"].fill_null(-1).to_numpy().astype(np.int64),
         [names[i] for i in range(max(names) + 1)] if names else [],
         t,
+        np.asarray(bank["source"].to_pylist(), dtype=object),
     )

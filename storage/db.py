@@ -27,7 +27,7 @@ REFERENCE_FILE = Path(__file__).with_name("reference_results.csv")  # published 
 # one row naming the work directory the views were built for and their version: a copied or moved work directory,
 # or a database from another version of these views, gets its views rebuilt
 ROOT_VIEW = "coderflow_root"
-VIEWS_VERSION = 2
+VIEWS_VERSION = 3  # 3: fewshot_support.sampling and source_path
 
 # one row per (image, text) cosine of the dense and top-k CODER files, with the text's id from its bank
 CODER_COSINES = """

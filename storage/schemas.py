@@ -71,6 +71,8 @@ FEWSHOT_SUPPORT = pa.schema(  # the support set of each few-shot cell
         ("seed", pa.int32()),
         ("sample_key", pa.string()),
         ("label", pa.int32()),
+        ("sampling", pa.string()),  # fewshot.sampling: reference or per_class (null: before the option, per_class)
+        ("source_path", pa.string()),  # the image's path as its source names it (split file, folder; else the key)
     ]
 )
 

@@ -73,11 +73,12 @@ def test_dclip_by_hand() -> None:
 
 
 def test_cupl_by_hand() -> None:
-    # class 0, rows 0-4 (ovo row 5 left out): sum (2.4, 1.8, 1.6), norm sqrt(11.56) = 3.4
-    # class 1, rows 6-8: sum (0.8, 2.2, 0.8), norm sqrt(6.12)
-    n1 = math.sqrt(6.12)
-    expected = [[2.4 / 3.4, 0.8 / n1], [1.8 / 3.4, 2.2 / n1], [1.6 / 3.4, 0.8 / n1]]
-    np.testing.assert_allclose(cupl_scores(X, T, CI, TT, 2), expected, atol=1e-6)
+    # CuPL sentences: row 2 of class 0, rows 7 and 8 of class 1; no name, ana, syno or ovo row counts.
+    # class 0: (0.6, 0.8, 0); class 1: sum (0.8, 1.2, 0.8), norm sqrt(2.72)
+    sentences = np.isin(np.arange(len(T)), [2, 7, 8])
+    n1 = math.sqrt(2.72)
+    expected = [[0.6, 0.8 / n1], [0.8, 1.2 / n1], [0.0, 0.8 / n1]]
+    np.testing.assert_allclose(cupl_scores(X, T, CI, TT, 2, sentences), expected, atol=1e-6)
 
 
 def test_coder_by_hand() -> None:
@@ -170,7 +171,7 @@ def test_errors_name_the_fix() -> None:
     with pytest.raises(ValueError, match="'nope'"):
         coder_scores(C, CI, np.array(["nope"] * len(T)), 2)
     with pytest.raises(ValueError, match="same embedding dim"):
-        cupl_scores(X[:, :2], T, CI, TT, 2)
+        cupl_scores(X[:, :2], T, CI, TT, 2, np.ones(len(T), dtype=bool))
     with pytest.raises(ValueError, match="k=1"):
         coder_rerank(C, coder_scores(C, CI, TT, 2), CI, TT, OC, 2, k=1)
     assert coder_rerank(C, coder_scores(C, CI, TT, 2), CI, TT, OC, 2, k=5).top_k.shape == (3, 2)  # k capped

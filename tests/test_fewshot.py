@@ -313,13 +313,13 @@ def test_tip_x_search_matches_brute_force():
     y, y_val = np.array([0, 1, 2] * 2), rng.integers(0, 3, 30)
     alphas, betas, gammas = [0.0, 1.0, 3.0], [0.0, 2.0], [0.0, 0.5, 4.0]
     best = (-1.0, None)
-    for b in betas:
-        for g in gammas:
-            for a in alphas:
+    for a in alphas:  # IMO run.py:343-345: alpha, then beta, then gamma
+        for b in betas:
+            for g in gammas:
                 acc = accuracy(fm.tip_x_logits(zs, aff, kl, y, a, b, g), y_val)
                 if acc > best[0]:
                     best = (acc, (a, b, g))
-    got = tune_alpha_beta(zs, aff, y, y_val, alphas=alphas, betas=betas, val_kl=kl, gammas=gammas)
+    got = tune_alpha_beta(zs, aff, y, y_val, alphas=alphas, betas=betas, val_kl=kl, gammas=gammas, order="alpha_first")
     assert (got.val_accuracy, (got.alpha, got.beta, got.gamma)) == (pytest.approx(best[0]), best[1])
     assert got.evaluated == 18
     assert len(fm.IMO_ALPHAS) == 200 and fm.IMO_BETAS[-1] == 20 and fm.IMO_GAMMAS[-1] == 30  # run.py:42-47

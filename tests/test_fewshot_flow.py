@@ -47,7 +47,7 @@ def test_view_keys_and_averaging():
 def test_plan_supports_covers_every_cell():
     keys = [f"k{i}" for i in range(6)]
     labels = np.array([0, 0, 0, 1, 1, 2])
-    sets, short = plan_supports(keys, labels, shots=[1, 2], seeds=[1, 2], n_classes=3)
+    sets, short = plan_supports(keys, labels, shots=[1, 2], seeds=[1, 2], n_classes=3, sampling="per_class")
     assert sorted(sets) == ["1-1", "1-2", "2-1", "2-2"]
     assert all(len(v) == 3 for k, v in sets.items() if k.startswith("1-"))
     assert short == {"2-1": {2: 1}, "2-2": {2: 1}}  # class 2 has one sample: all of it is used

@@ -24,7 +24,7 @@ def test_demo_pipeline_outputs(demo_run):
     assert q("SELECT count(*) AS n, count(DISTINCT shard) AS s FROM image_embeddings") == [{"n": 30, "s": 3}]
     assert q("SELECT count(*) AS n FROM image_embeddings WHERE status <> 'ok'") == [{"n": 0}]
     n_texts = q("SELECT count(*) AS n FROM texts WHERE text_type = 'template'")[0]["n"]
-    assert n_texts == 10 * 18  # demo classes x default templates
+    assert n_texts == 10 * 80  # demo classes x default templates (CLIP's 80 ImageNet templates)
     names = q("SELECT text FROM texts WHERE text_type = 'name' AND source = 'name-template' ORDER BY class_index")
     assert [r["text"] for r in names][:2] == ["a photo of circle", "a photo of square"]  # CODER's one name prompt
     n_all = q("SELECT count(*) AS n FROM texts")[0]["n"]

@@ -25,7 +25,7 @@ def test_every_paper_dataset_has_a_valid_preset_citing_its_sources():
         for key, value in flat.items():
             got = cfg
             for part in key.split("."):
-                got = getattr(got, part)
+                got = got[part] if isinstance(got, dict) else getattr(got, part)  # fewshot.texts is a mapping
             assert got == (tuple(value) if isinstance(value, list) else value), (name, key)
 
 

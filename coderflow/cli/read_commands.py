@@ -15,6 +15,7 @@ from rich.markup import escape as markup_escape
 
 from coderflow.cli.app import TableFormat, Workdir, app, console, err_console
 from coderflow.console import print_rows, printable, printable_table
+from coderflow.presets.benchmarks import BENCHMARKS, DEFAULT_BENCHMARK_BASE
 from coderflow.storage.atomic import atomic_path
 from coderflow.storage.db import QUERIES_DIR, canned_queries, check_workdir, csv_ready, query, sql_file
 from coderflow.storage.doctor import diagnose, repair
@@ -254,3 +255,18 @@ def doctor_cmd(
     left = len(findings) - len(fixed)
     print(f"{layout.root}: {checked} stored files checked, {len(findings)} problems, {len(fixed)} fixed, {left} left")
     return 1 if left else 0
+
+
+@app.command(name="datasets")
+def datasets_cmd(*, fmt: TableFormat = "table") -> None:
+    """The CLIP_benchmark datasets `--benchmark NAME` reads by name: one line each with its splits, number of classes
+    and the preset that applies to it."""
+    rows = [b.row() for b in BENCHMARKS.values()]
+    if fmt == "json":
+        console.print_json(json.dumps(rows))
+        return
+    print_rows(
+        rows,
+        title=f"{len(rows)} datasets for `coderflow run --benchmark NAME` (vtab/ may be left out), read from "
+        f"<base>/wds_<NAME with / as -> (base: --dataset.benchmark-base, default {DEFAULT_BENCHMARK_BASE})",
+    )

@@ -14,6 +14,25 @@ from coderflow.storage.shards import image_entry, iter_samples, sample_label
 from coderflow.tasks.embed.encode import decode_image
 
 
+def training_preprocess(preprocess: Callable[[Any], torch.Tensor], normalize: bool) -> Callable[[Any], torch.Tensor]:
+    """The model's eval preprocess for training, with or without its mean/std Normalize step.
+
+    IMO trains its adapters on unnormalised pixels in [0, 1] (CLIP_fewshot_imo supervised_train.py:83-89: Resize,
+    CenterCrop, RGB, ToTensor, the Normalize line commented out), so `normalize=False` drops every Normalize of a
+    torchvision Compose; `normalize=True` keeps the preprocess as it is (what the embeddings see)."""
+    if normalize:
+        return preprocess
+    from torchvision.transforms import Compose, Normalize
+
+    steps = getattr(preprocess, "transforms", None)
+    if not isinstance(preprocess, Compose) or steps is None or not any(isinstance(t, Normalize) for t in steps):
+        raise TypeError(
+            f"cannot drop the Normalize step of {type(preprocess).__name__}: expected a torchvision Compose ending "
+            "in Normalize (open_clip's preprocess); set adapter.train_normalize: true to train on it as it is"
+        )
+    return Compose([t for t in steps if not isinstance(t, Normalize)])
+
+
 class ShardBatches:
     """(images, labels) batches over shards, iterable once per epoch; epoch e shuffles with seed (seed, e).
 

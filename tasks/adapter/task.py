@@ -15,7 +15,7 @@ from coderflow.storage.arrays import load_images
 from coderflow.storage.atomic import atomic_path
 from coderflow.storage.layout import Layout, content_id, model_id
 from coderflow.storage.shards import list_shards
-from coderflow.tasks.adapter.data import ShardBatches
+from coderflow.tasks.adapter.data import ShardBatches, training_preprocess
 from coderflow.tasks.adapter.overlap import overlap_stats
 from coderflow.tasks.adapter.train import make_head, train_adapters
 from coderflow.tasks.embed.adapters import adapter_id, adapter_state_dict, add_adapters, load_adapters
@@ -25,6 +25,11 @@ from coderflow.tasks.texts.task import dataset_classes
 def _save(obj: Any, path: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def train_inputs(normalize: bool) -> str:
+    """What the adapter was trained on, part of its id: 'normalized' (CLIP's mean/std) or 'pixels' (IMO's [0, 1])."""
+    return "normalized" if normalize else "pixels"
 
 
 @task(name="train-adapter")
@@ -53,7 +58,8 @@ def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir:
         head.load_state_dict(ckpt["head"])
         start_epoch, optimizer_state = int(ckpt["epoch"]), ckpt["optimizer"]
         log.info("resuming adapter training from %s (epoch %d)", checkpoints[-1].name, start_epoch)
-    batches = ShardBatches(shards, preprocess, cfg.batch_size, len(classnames), seed=cfg.seed)
+    train_preprocess = training_preprocess(preprocess, cfg.train_normalize)  # IMO: unnormalised pixels by default
+    batches = ShardBatches(shards, train_preprocess, cfg.batch_size, len(classnames), seed=cfg.seed)
     batches.epoch = start_epoch
 
     def on_epoch_end(epoch: int, ckpt: dict[str, Any]) -> None:
@@ -68,10 +74,11 @@ def train_adapter(dataset: str, model: ModelConfig, cfg: AdapterConfig, workdir:
     )  # fmt: skip
     seconds = time.perf_counter() - started
     state = adapter_state_dict(net)
-    aid = adapter_id(state, base)
+    aid = adapter_id(state, base, train_inputs(cfg.train_normalize))
     payload = {
         "adapter_id": aid,
         "base_model_id": base,
+        "train_inputs": train_inputs(cfg.train_normalize),
         "bottleneck": cfg.bottleneck,
         "scale": cfg.scale,
         "dropout": cfg.dropout,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -207,18 +208,46 @@ def dclip_scores(
     return mean_cosine_scores(x, t[keep], ci[keep], n_classes)
 
 
+CUPL_SOURCE = "import:cupl:"  # the `source` of the rows `coderflow texts import --format cupl` adds (CuPL sentences)
+
+
+def cupl_sentence_rows(source: np.ndarray | Sequence[str] | None, n_texts: int) -> np.ndarray:
+    """Which rows of a bank are CuPL sentences: those imported from a CuPL prompt file (source `import:cupl:...`).
+    A bank without a source column (None) has none."""
+    if source is None:
+        return np.zeros(n_texts, dtype=bool)
+    src = np.asarray(source, dtype=object)
+    if src.shape != (n_texts,):
+        raise ValueError(f"source has shape {src.shape} for {n_texts} texts: pass one entry per text-bank row")
+    return np.array([str(v).startswith(CUPL_SOURCE) for v in src.tolist()], dtype=bool)
+
+
 def cupl_scores(
     images: np.ndarray,
     texts: np.ndarray,
     class_index: np.ndarray,
     text_type: np.ndarray | Sequence[str],
     n_classes: int,
+    sentences: np.ndarray,
+    mode: Literal["sentences", "both"] = "sentences",
 ) -> np.ndarray:
-    """CuPL (Pratt et al. 2023): cosine to the normalised mean of all the class's texts except 'ovo' ones."""
+    """CuPL (Pratt et al. 2023; sarahpratt/CuPL classify_imagenet.py zeroshot_classifier_gpt): cosine to the
+    normalised mean of the class's L2-normalised CuPL sentences (`sentences`: the rows flagged in `sentences`, see
+    cupl_sentence_rows), with its `template` prompts added to the mean when mode="both" (use_both=True). No other
+    row (name, att, ana, syno, ovo) counts. A class without CuPL sentences is scored on its template prompts alone
+    (CLIP's classifier for it)."""
     x, t = _embeddings(images, texts)
-    keep = _text_type(text_type, len(t)) != "ovo"
+    tt = _text_type(text_type, len(t))
     ci = _class_index(class_index, len(t), n_classes)
-    return x @ class_mean_embeddings(t[keep], ci[keep], n_classes).T
+    if mode not in ("sentences", "both"):
+        raise ValueError(f"classify.cupl_mode must be 'sentences' or 'both', got {mode!r}")
+    sent = np.asarray(sentences, dtype=bool)
+    if sent.shape != (len(t),):
+        raise ValueError(f"sentences has shape {sent.shape} for {len(t)} texts: pass one flag per text-bank row")
+    has_sentences = np.bincount(ci[sent], minlength=n_classes) > 0
+    template = tt == "template"
+    keep = sent | (template & ~has_sentences[ci]) if mode == "sentences" else sent | template
+    return x @ class_mean_embeddings(l2_normalize(t[keep]), ci[keep], n_classes).T
 
 
 def waffle_shape(classnames: Sequence[str]) -> tuple[int, int, int, int]:

@@ -14,6 +14,7 @@ from coderflow.storage.layout import Layout
 from coderflow.storage.parquet_io import write_stream
 from coderflow.storage.schemas import PREDICTIONS
 from coderflow.storage.shards import ingest_info
+from coderflow.tasks.classify.methods import cupl_sentence_rows
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.classify.zeroshot import check_methods, run_methods
 
@@ -47,6 +48,13 @@ def classify_zero_shot(
                 "this dataset (`coderflow texts import --dataset ...`)"
             )
     info: dict[str, dict[str, float]] = {}
+    cupl_bank = others.get("cupl", bank)
+    if "cupl" in methods and not cupl_sentence_rows(cupl_bank.source, len(cupl_bank.t)).any():
+        get_run_logger().warning(
+            "cupl: bank %s has no CuPL sentences, so every class is scored on its template prompts (as clip): import "
+            "CuPL's prompts (`coderflow texts import FILE --format cupl`) and pass --classify.banks cupl=<bank id>",
+            (method_banks or {}).get("cupl", textbank_id),
+        )
 
     def tables() -> Iterator[pa.Table]:
         # images in chunks: memory holds one chunk's image-to-text cosines, whatever the size of the split

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -16,6 +16,7 @@ class ZeroShotParams(Protocol):
     """The settings scorers read (ClassifyConfig in coderflow/sections.py has them): the registry imports no config."""
 
     waffle_seed: int
+    cupl_mode: Literal["sentences", "both"]
     rerank_threshold: float
     rerank_k: int
 
@@ -68,7 +69,9 @@ def _dclip(name: str, i: Inputs) -> list[MethodResult]:
 
 def _cupl(name: str, i: Inputs) -> list[MethodResult]:
     b = i.bank_of(name)
-    return [MethodResult(name, m.cupl_scores(i.x, b.t, b.class_index, b.text_type, b.n_classes), logits=False)]
+    sentences = m.cupl_sentence_rows(b.source, len(b.t))
+    scores = m.cupl_scores(i.x, b.t, b.class_index, b.text_type, b.n_classes, sentences, i.classify.cupl_mode)
+    return [MethodResult(name, scores, logits=False)]
 
 
 def _waffle(name: str, i: Inputs) -> list[MethodResult]:
@@ -106,7 +109,7 @@ Scorer = Callable[[str, Inputs], list[MethodResult]]
 SCORERS: dict[str, Scorer] = {
     "clip": _clip,  # CLIP's prompt ensemble (tasks/classify/methods.py:clip_logits)
     "dclip": _dclip,  # DCLIP: mean over a class's descriptor sentences
-    "cupl": _cupl,  # CuPL: mean over LLM-written prompts
+    "cupl": _cupl,  # CuPL: mean over its LLM-written sentences (imported), plus the templates with cupl_mode both
     "waffle": _waffle,  # WaffleCLIP: random words and characters, seeded banks of its own
     "coder": _coder,  # CODER zero-shot: mean(att, ana) + max(name, syno)
     "coder_rerank": _coder_rerank,  # CODER*: uncertain images re-ranked by one-vs-one texts

@@ -140,9 +140,12 @@ def load_adapters(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None
     model.load_state_dict(state_dict, strict=False)
 
 
-def adapter_id(state_dict: dict[str, torch.Tensor], base_model_id: str) -> str:
-    """Content id of adapter weights on a base model: 'adapter-' + 16 hex digits of sha256(base id, names, tensors)."""
+def adapter_id(state_dict: dict[str, torch.Tensor], base_model_id: str, train_inputs: str = "") -> str:
+    """Content id of adapter weights on a base model: 'adapter-' + 16 hex digits of sha256(base id, names, tensors),
+    with `train_inputs` (what it was trained on: 'pixels' or 'normalized') hashed too when given."""
     h = hashlib.sha256(base_model_id.encode())
+    if train_inputs:
+        h.update(f"\0train_inputs={train_inputs}".encode())
     for key in sorted(state_dict):
         t = state_dict[key].detach().cpu().contiguous()
         h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())

@@ -17,6 +17,8 @@ import numpy as np
 
 from coderflow.tasks.classify.methods import l2_normalize, softmax
 
+SearchOrder = Literal["beta_first", "alpha_first"]  # loop nesting of a grid search, outermost first (tie order)
+
 CHUNK_ROWS = 4096  # query rows per block, bounds the affinity matrix held in memory
 SEARCH_CELLS = 1 << 24  # rows x alphas x classes evaluated at once by the grid search (64 MiB of float32)
 
@@ -182,19 +184,25 @@ def tune_alpha_beta(
     val_kl: np.ndarray | None = None,
     gammas: Sequence[float] = (0.0,),
     gamma: float = 0.0,
+    order: SearchOrder = "beta_first",
 ) -> AlphaBeta:
     """Choose (alpha, beta[, gamma]) maximising validation top-1 of
     val_zero_shot + gamma * val_kl + alpha * cache_logits(val_affinity, beta).
 
     Takes validation arrays only (never test data). val_affinity is tip_affinity or coder_affinity of the validation
-    queries to the support keys; val_kl (Tip-X) is tip_x_kl_logits of the same queries. mode="grid" searches
-    betas x gammas x alphas (ties: the first in that order, as the references' loops with a strict `>`); with
-    refine_steps > 0 a second grid of refine_steps x refine_steps points spans the grid neighbours (grids ascending)
-    of the coarse best alpha and beta and replaces it only when strictly better. mode="fixed" returns the values as
-    given, with their validation accuracy when validation arrays are passed.
+    queries to the support keys; val_kl (Tip-X) is tip_x_kl_logits of the same queries. mode="grid" searches the
+    grids and breaks ties as the reference's nested loops with a strict `>` do, keeping the first maximum in loop
+    order: `order="beta_first"` loops betas, then gammas, then alphas (Tip-Adapter utils.py:109-110, CODER
+    classify_few_shot.py:56-57); `order="alpha_first"` loops alphas, then betas, then gammas (IMO run.py:281-282,
+    343-345). With refine_steps > 0 a second grid of refine_steps x refine_steps points spans the grid neighbours
+    (grids ascending) of the coarse best alpha and beta, searched in the same order, and replaces it only when
+    strictly better. mode="fixed" returns the values as given, with their validation accuracy when validation arrays
+    are passed.
     """
     if mode not in ("grid", "fixed"):
         raise ValueError(f"mode must be 'grid' or 'fixed', got {mode!r}")
+    if order not in ("beta_first", "alpha_first"):
+        raise ValueError(f"order must be 'beta_first' or 'alpha_first', got {order!r}")
     have_val = val_zero_shot is not None and val_affinity is not None and val_labels is not None
     if mode == "fixed":
         if not have_val:
@@ -207,21 +215,30 @@ def tune_alpha_beta(
         raise ValueError(f"grid search needs non-empty grids, got {list(alphas)}, {list(betas)}, {list(gammas)}")
     alphas, betas, gammas = [float(a) for a in alphas], [float(b) for b in betas], [float(g) for g in gammas]
     accs = grid_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, alphas, betas, val_kl, gammas)
-    ib, ig, ia = np.unravel_index(int(np.argmax(accs)), accs.shape)
+    ib, ig, ia = first_maximum(accs, order)
     best = AlphaBeta(alphas[ia], betas[ib], float(accs[ib, ig, ia]), "grid", accs.size, gammas[ig])
     if refine_steps > 0:
         fine_a = _between_neighbours(alphas, ia, refine_steps)
         fine_b = _between_neighbours(betas, ib, refine_steps)
         fine = grid_accuracies(
             val_zero_shot, val_affinity, support_labels, val_labels, fine_a, fine_b, val_kl, [best.gamma]
-        )[:, 0, :]
-        jb, ja = np.unravel_index(int(np.argmax(fine)), fine.shape)
+        )
+        jb, _, ja = first_maximum(fine, order)
+        fine = fine[:, 0, :]
         evaluated = accs.size + fine.size
         if fine[jb, ja] > best.val_accuracy:
             best = AlphaBeta(fine_a[ja], fine_b[jb], float(fine[jb, ja]), "grid", evaluated, best.gamma)
         else:
             best = AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated, best.gamma)
     return best
+
+
+def first_maximum(accs: np.ndarray, order: SearchOrder = "beta_first") -> tuple[int, int, int]:
+    """(beta, gamma, alpha) indices of the first maximum of a [betas, gammas, alphas] accuracy grid in the loop order
+    of `order` (see tune_alpha_beta): the point a reference's nested loops keep with `if acc > best_acc`."""
+    scan = accs if order == "beta_first" else accs.transpose(2, 0, 1)  # alpha_first: [alphas, betas, gammas]
+    i, j, k = (int(v) for v in np.unravel_index(int(np.argmax(scan)), scan.shape))  # argmax: first in C order
+    return (i, j, k) if order == "beta_first" else (j, k, i)
 
 
 def coder_adapter_search(
@@ -237,21 +254,23 @@ def coder_adapter_search(
 ) -> AlphaBeta:
     """CODER-Adapter's search (CVPR24-CODER classify_few_shot.py:37-70): a grid of steps[0] betas x steps[1] alphas
     over [min, max) (endpoint excluded), then `rounds - 1` more grids over [0.5, 1.5] x the best values; validation
-    data only. The best point over all rounds is returned (each refined range contains the previous best, so this
-    equals the reference's last-round best up to ties).
+    data only. As the reference, each round keeps its own best (betas outer, alphas inner, the first maximum; a round
+    where no point beats accuracy 0 keeps (0, 0)), the next round zooms around it, and the last round's best is
+    returned, even when an earlier round scored higher.
     """
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: search at least one round")
     (b_lo, b_hi), (a_lo, a_hi) = beta_range, alpha_range
+    labels = (support_labels, val_labels)
     best: AlphaBeta | None = None
     evaluated = 0
     for _ in range(rounds):
         betas = [i * (b_hi - b_lo) / steps[0] + b_lo for i in range(steps[0])]
         alphas = [i * (a_hi - a_lo) / steps[1] + a_lo for i in range(steps[1])]
-        found = tune_alpha_beta(val_zero_shot, val_affinity, support_labels, val_labels, alphas=alphas, betas=betas)
-        evaluated += found.evaluated
-        if best is None or found.val_accuracy > best.val_accuracy:
-            best = found
+        best = tune_alpha_beta(val_zero_shot, val_affinity, *labels, alphas=alphas, betas=betas, order="beta_first")
+        evaluated += best.evaluated
+        if not best.val_accuracy:  # the reference's `best_beta, best_alpha = 0, 0` when nothing beats 0
+            best = tune_alpha_beta(val_zero_shot, val_affinity, *labels, mode="fixed", alpha=0.0, beta=0.0)
         (b_lo, b_hi), (a_lo, a_hi) = (0.5 * best.beta, 1.5 * best.beta), (0.5 * best.alpha, 1.5 * best.alpha)
     assert best is not None
     return AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torchvision.transforms.functional as TF
@@ -13,7 +15,8 @@ from torchvision.transforms import InterpolationMode
 
 @dataclass(frozen=True)
 class SupportSet:
-    """Indices into the train labels (grouped by class, ascending class) and the classes that had fewer than K."""
+    """Indices into the train labels, grouped by class, and the classes that had fewer than K (per_class: ascending
+    class, indices ascending; reference: classes in order of first appearance, indices in the order drawn)."""
 
     indices: np.ndarray
     labels: np.ndarray
@@ -48,6 +51,54 @@ def sample_support(labels: np.ndarray, shots: int, seed: int, num_classes: int |
         chosen.append(pick)
     indices = np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
     return SupportSet(indices=indices, labels=labels[indices], shots=shots, seed=seed, short_classes=short)
+
+
+def reference_support(labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None) -> SupportSet:
+    """Draw the support set as CoOp, Tip-Adapter and CODER do (generate_fewshot_dataset, repeat=True).
+
+    Python's `random` seeded with `seed` (their set_seed / random.seed; nothing draws from it before the support
+    set), the train items grouped by label in order of first appearance (split_dataset_by_label), then per class
+    `random.sample(items, shots)`, or `random.choices(items, k=shots)` (with repetition) when a class has fewer.
+    A private random.Random(seed) draws the same numbers as the seeded module-level functions. Classes of
+    0..num_classes-1 with no train item are reported in short_classes with 0 (the references skip them too).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}; pass one integer label per train sample")
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    rng = random.Random(seed)
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(labels.tolist()):
+        groups.setdefault(int(c), []).append(i)
+    chosen: list[int] = []
+    short: dict[int, int] = {}
+    for c, items in groups.items():
+        if len(items) >= shots:
+            chosen += rng.sample(items, shots)
+        else:
+            short[c] = len(items)
+            chosen += rng.choices(items, k=shots)
+    for c in range(num_classes or 0):
+        if c not in groups:
+            short[c] = 0
+    indices = np.asarray(chosen, dtype=np.int64)
+    return SupportSet(indices=indices, labels=labels[indices], shots=shots, seed=seed, short_classes=short)
+
+
+Sampling = Literal["reference", "per_class"]
+
+
+def draw_support(
+    labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None, sampling: Sampling = "reference"
+) -> SupportSet:
+    """The support set of (shots, seed) under a sampling rule: `reference` (reference_support, the references' draw
+    over the train order) or `per_class` (sample_support, one numpy generator per class)."""
+    if sampling == "reference":
+        return reference_support(labels, shots, seed, num_classes)
+    if sampling == "per_class":
+        return sample_support(labels, shots, seed, num_classes)
+    raise ValueError(f"fewshot.sampling {sampling!r}: use reference or per_class")
 
 
 def augmentation_seed(seed: int, sample: int, view: int) -> int:

@@ -74,8 +74,9 @@ def tip_adapter(c: Cell, name: str, f: Features) -> None:
     betas, alphas = (
         (fm.IMO_BETAS, fm.IMO_ALPHAS) if c.imo_grid else fm.tip_grid(c.cfg.tip_search_scale, c.cfg.tip_search_steps)
     )
+    order = "alpha_first" if c.imo_grid else "beta_first"  # IMO run.py:281-282 / Tip-Adapter utils.py:109-110
     chosen = fm.tune_alpha_beta(
-        c.zs_val, aff_val, f.support_labels, f.val.labels, refine_steps=c.cfg.refine_steps,
+        c.zs_val, aff_val, f.support_labels, f.val.labels, refine_steps=c.cfg.refine_steps, order=order,
         **_grids(c.cfg, betas, alphas),
     )  # fmt: skip
     c.record(name, c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta), True, chosen)
@@ -112,7 +113,7 @@ def tip_x(c: Cell, name: str, f: Features) -> None:
     kl_test = fm.tip_x_kl_logits(c.dist["test"], c.dist["support"], aff_test, c.onehot)
     chosen = fm.tune_alpha_beta(
         c.zs_val, aff_val, f.support_labels, f.val.labels, val_kl=kl_val, gammas=c.cfg.gammas or fm.IMO_GAMMAS,
-        **_grids(c.cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),
+        order="alpha_first", **_grids(c.cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),  # IMO run.py:343-351: alpha, beta, gamma
     )  # fmt: skip
     scores = fm.tip_x_logits(c.zs_test, aff_test, kl_test, f.support_labels, chosen.alpha, chosen.beta, chosen.gamma)
     c.record(name, scores, True, chosen)

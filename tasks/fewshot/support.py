@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -13,23 +14,41 @@ import numpy as np
 from coderflow.storage.shards import image_entry
 from coderflow.tasks.embed.encode import decode_image
 from coderflow.tasks.fewshot.methods import l2_normalize
-from coderflow.tasks.fewshot.sampling import augment_image, sample_support
+from coderflow.tasks.fewshot.sampling import Sampling, augment_image, draw_support
 
 _VIEW = re.compile(r"^(?P<key>.+)_v(?P<view>\d{3})$")
 
 
 def plan_supports(
-    keys: Sequence[str], labels: np.ndarray, shots: Sequence[int], seeds: Sequence[int], n_classes: int
+    keys: Sequence[str],
+    labels: np.ndarray,
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    n_classes: int,
+    sampling: Sampling = "reference",
 ) -> tuple[dict[str, list[str]], dict[str, dict[int, int]]]:
-    """Support keys per '<shots>-<seed>' grid cell, and the classes short of samples in each cell."""
+    """Support keys per '<shots>-<seed>' grid cell (drawn by `sampling` from the keys in their train order; a key
+    repeats where `reference` draws with repetition), and the classes short of samples in each cell."""
     sets, short = {}, {}
     for k in shots:
         for seed in seeds:
-            s = sample_support(np.asarray(labels), k, seed, n_classes)
+            s = draw_support(np.asarray(labels), k, seed, n_classes, sampling)
             sets[f"{k}-{seed}"] = [keys[i] for i in s.indices]
             if s.short_classes:
                 short[f"{k}-{seed}"] = s.short_classes
     return sets, short
+
+
+def sample_source_path(sample: dict[str, Any]) -> str:
+    """The image's path as its source names it: `json.path` as ingest stored it (an image folder's path under the
+    folder, a CoOp split file's path), else the sample key (WebDataset sources, the demo)."""
+    raw = sample.get("json")
+    try:
+        meta = json.loads(raw) if isinstance(raw, bytes | str) else raw
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    path = meta.get("path") if isinstance(meta, dict) else None
+    return str(path) if isinstance(path, str) and path else str(sample["__key__"])
 
 
 def view_key(key: str, view: int) -> str:

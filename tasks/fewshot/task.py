@@ -32,7 +32,13 @@ from coderflow.tasks.classify.methods import ensemble_classifier
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.scorers import SCORERS, Cell, stored_name
-from coderflow.tasks.fewshot.support import augmented_samples, average_views, plan_supports, source_key
+from coderflow.tasks.fewshot.support import (
+    augmented_samples,
+    average_views,
+    plan_supports,
+    sample_source_path,
+    source_key,
+)
 from coderflow.tasks.ingest.checks import check_distinct_splits, check_same_classes
 from coderflow.tasks.report.tables import markdown_escape
 
@@ -62,18 +68,21 @@ def plan_support_sets(dataset: str, train_split: str, n_classes: int, cfg: FewSh
     shards = list_shards(Layout.at(workdir).shard_dir(dataset, train_split))
     if not shards:
         raise FileNotFoundError(f"no shards for {dataset}/{train_split}: ingest the train split first")
-    keys, labels = [], []
-    for shard in shards:
+    keys, labels, paths = [], [], []
+    for shard in shards:  # the train order: shard order, samples in their order (a CoOp split file's order)
         for s in iter_samples(shard):
             label = sample_label(s)
             if label is not None and 0 <= label < n_classes:
                 keys.append(s["__key__"])
                 labels.append(label)
-    sets, short = plan_supports(keys, np.asarray(labels), cfg.shots, cfg.seeds, n_classes)
+                paths.append(sample_source_path(s))
+    sets, short = plan_supports(keys, np.asarray(labels), cfg.shots, cfg.seeds, n_classes, cfg.sampling)
     if short:
-        get_run_logger().warning("classes with fewer train samples than shots (took all): %s", short)
+        took = "drew with repetition" if cfg.sampling == "reference" else "took all"
+        get_run_logger().warning("classes with fewer train samples than shots (%s): %s", took, short)
     pool = sorted({k for ks in sets.values() for k in ks})
-    return SupportPlan(sets, pool, short)
+    path_of = dict(zip(keys, paths, strict=True))
+    return SupportPlan(sets, pool, short, {k: path_of[k] for k in pool})
 
 
 @task(name="write-augmented-split")
@@ -152,6 +161,7 @@ def fewshot_predict(
     cfg: FewShotConfig,
     workdir: str,
     zero_shot: bool = False,
+    source_paths: dict[str, str] | None = None,
 ) -> CellPredictions:
     """Every few-shot method for one (shots, seed): hyper-parameters from val only, predictions on test; with
     `zero_shot` (one cell of a run) also the zero-shot baseline as method `clip` (shots and seed null).
@@ -160,7 +170,8 @@ def fewshot_predict(
     each cache method runs again as `<method>_adapted` with the cache affinity from the adapted features (IMO,
     CLIP_fewshot_imo run.py:255-420), Tip-X's KL from the original ones, and both Tip-Adapter variants are searched on
     IMO's grid (run.py:42-47) so that they differ only in their features; the original one is stored as
-    `tip_adapter_imo` (scorers.stored_name), never mixed with `tip_adapter` on its own grid.
+    `tip_adapter_imo` (scorers.stored_name), never mixed with `tip_adapter` on its own grid. The support rows
+    record the sampling rule and each image's `source_paths` entry (its key where there is none).
     """
     layout = Layout.at(workdir)
     shots, seed = (int(v) for v in cell.split("-"))
@@ -214,11 +225,12 @@ def fewshot_predict(
             spec.score(cell_inputs, stored_name(method, suffix, cell_inputs.imo_grid), f)
     part = layout.run_file(run_id, f"fewshot/part-{shots:03d}-{seed:04d}.parquet")
     write_table(pa.concat_tables(tables), part, PREDICTIONS)
+    n_support, paths = len(orig.support_keys), source_paths or {}
     support = pa.table(
         {
-            "run_id": [run_id] * len(orig.support_keys), "shots": [shots] * len(orig.support_keys),
-            "seed": [seed] * len(orig.support_keys), "sample_key": orig.support_keys,
-            "label": orig.support_labels.astype(np.int32),
+            "run_id": [run_id] * n_support, "shots": [shots] * n_support, "seed": [seed] * n_support,
+            "sample_key": orig.support_keys, "label": orig.support_labels.astype(np.int32),
+            "sampling": [cfg.sampling] * n_support, "source_path": [paths.get(k, k) for k in orig.support_keys],
         }
     )  # fmt: skip
     support_part = layout.run_file(run_id, f"fewshot/support-{shots:03d}-{seed:04d}.parquet")

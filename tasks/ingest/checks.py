@@ -11,6 +11,7 @@ import fsspec
 from coderflow.config import DatasetConfig
 from coderflow.storage.layout import Layout
 from coderflow.storage.shards import DamagedFile, ingest_info, label_problem, read_json, sample_error
+from coderflow.tasks.ingest.coop import IMAGENET_FOLDERS, coop_listing, is_coop_imagenet, read_coop_split
 from coderflow.tasks.ingest.sources import class_folders, folder_images, wds_shard_urls
 
 
@@ -70,6 +71,8 @@ def check_samples(
 def source_identity(cfg: DatasetConfig) -> dict[str, Any]:
     """What a dataset name stands for: its name as given, kind and source (a local path made absolute)."""
     source = cfg.source
+    if source and cfg.kind == "coop":  # one data root holds many CoOp datasets: the dataset's folder is the source
+        source = str(Path(source) / str(cfg.coop_dir))
     if source and "://" not in source:
         source = str(Path(source).expanduser().resolve())
     return {"name": cfg.name, "kind": cfg.kind, "source": source.rstrip("/") if source else None}
@@ -162,6 +165,12 @@ def check_split_definitions(cfg: DatasetConfig, splits: list[str], workdir: str 
 def check_distinct_splits(cfg: DatasetConfig, splits: list[str]) -> None:
     """Refuse splits that would read the same images (a folder source without `{split}` and no split_ratio); the
     content check after ingest (storage.shards.split_overlaps) catches copies across folders."""
+    if is_coop_imagenet(cfg) and len({IMAGENET_FOLDERS.get(s, s) for s in splits}) < len(set(splits)):
+        raise ValueError(
+            f"CoOp's ImageNet has no test split of its own: splits {', '.join(splits)} would read images/val/ twice "
+            "(the references test and search on it; coderflow searches on val and reports test): run it zero-shot "
+            "(`coderflow run --split test`), or give its images as a folder split with --split-ratio"
+        )
     if cfg.kind != "folder" or "{split}" in str(cfg.source) or cfg.split_ratio or len(set(splits)) < 2:
         return
     raise ValueError(
@@ -197,6 +206,11 @@ def check_same_classes(cfg: DatasetConfig, splits: list[str]) -> None:
     )
 
 
+# What tells a file's version, by file system: S3 and web servers' ETag, local and SFTP mtime, S3's LastModified, a
+# plain web server's Last-Modified (http.server sends no ETag), the Hugging Face hub's git blob id.
+VERSION_KEYS = ("ETag", "etag", "mtime", "LastModified", "Last-Modified", "blob_id")
+
+
 def _stat_entry(size: int, mtime: float | int | None) -> list[Any]:
     return [int(size), mtime]
 
@@ -206,10 +220,15 @@ def source_listing(cfg: DatasetConfig) -> dict[str, list[Any]]:
 
     Folder: every image under the class folders (relative path) and the classnames file; CLIP_benchmark root: the
     split's shards and the class/template files (size and ETag or modification time, as the file system gives);
-    demo: its generation settings.
+    CoOp layout: every image the split file names (path as named) and the split file; demo: its generation settings.
     """
     if cfg.kind == "demo":
         return {"demo": [cfg.demo_images_per_class, cfg.demo_image_size, cfg.seed, cfg.split]}
+    if cfg.kind == "coop":  # every image the split file names, and the split file
+        split = read_coop_split(
+            str(cfg.source), str(cfg.coop_dir), str(cfg.coop_split_file), cfg.coop_image_dir, cfg.split
+        )
+        return coop_listing(split)
     out: dict[str, list[Any]] = {}
     if cfg.kind == "folder":
         root = Path(str(cfg.source).replace("{split}", cfg.split)).expanduser()
@@ -231,7 +250,7 @@ def source_listing(cfg: DatasetConfig) -> dict[str, list[Any]]:
             info = fs.info(path)
         except FileNotFoundError:
             continue
-        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        version = next((info[k] for k in VERSION_KEYS if info.get(k)), None)
         out[f"@{url}"] = _stat_entry(info.get("size") or 0, str(version) if version is not None else None)
     return out
 

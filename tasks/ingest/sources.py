@@ -1,4 +1,4 @@
-"""Dataset sources as plain sample iterators: the procedural demo, an image folder, CLIP_benchmark shards."""
+"""Dataset sources as plain sample iterators: the procedural demo, an image folder, CLIP_benchmark shards, CoOp."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from coderflow.storage.shards import (
     shard_error_sample,
     validate_classnames,
 )
+from coderflow.tasks.ingest.coop import coop_samples, read_coop_split
 
 DEMO_CLASSES: tuple[str, ...] = (
     "circle",
@@ -314,4 +315,15 @@ def make_source(cfg: DatasetConfig) -> Source:
         return folder_source(
             cfg.source.replace("{split}", cfg.split), cfg.classnames_file, cfg.split, cfg.split_ratio, cfg.seed
         )
+    if cfg.kind == "coop":
+        return coop_source(cfg)
     return wds_source(cfg.source, cfg.split, cfg.classnames_file, cfg.templates_file)
+
+
+# CoOp layout ---------------------------------------------------------------------------------------------
+def coop_source(cfg: DatasetConfig) -> Source:
+    """A dataset in CoOp's layout (dataset.source: the data root; coop_dir, coop_split_file, coop_image_dir: the
+    dataset's folder, split file and image folder): the split's images in split-file order (tasks/ingest/coop.py)."""
+    split = read_coop_split(str(cfg.source), str(cfg.coop_dir), str(cfg.coop_split_file), cfg.coop_image_dir, cfg.split)
+    info = {"kind": "coop", "root": str(cfg.source), "split_file": str(split.split_file), "images": len(split.paths)}
+    return Source(split.classnames, [], coop_samples(split), info)

@@ -12,28 +12,22 @@ import pyarrow as pa
 
 from coderflow.storage.layout import content_id, text_id
 from coderflow.storage.schemas import TEXT_TYPES, TEXTS
+from coderflow.tasks.texts.clip_templates import OPENAI_IMAGENET_TEMPLATES
 
-# CLIP's short ImageNet ensemble; used when a dataset ships no templates.
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {c}.",
-    "a bad photo of a {c}.",
-    "a photo of many {c}.",
-    "a sculpture of a {c}.",
-    "a rendering of a {c}.",
-    "graffiti of a {c}.",
-    "a cropped photo of the {c}.",
-    "a tattoo of a {c}.",
-    "the embroidered {c}.",
-    "a bright photo of a {c}.",
-    "a photo of a clean {c}.",
-    "a photo of a dirty {c}.",
-    "a dark photo of the {c}.",
-    "a drawing of a {c}.",
-    "a photo of my {c}.",
-    "the plastic {c}.",
-    "a photo of the cool {c}.",
-    "a close-up photo of a {c}.",
-)
+# CLIP's 80 ImageNet templates; used when a dataset ships no templates.
+DEFAULT_TEMPLATES: tuple[str, ...] = OPENAI_IMAGENET_TEMPLATES
+
+
+def text_classnames(override: Sequence[str] | None, classnames: Sequence[str]) -> list[str]:
+    """The class names the texts are written with: `override` (texts.classnames, in class order) or the dataset's."""
+    if not override:
+        return list(classnames)
+    if len(override) != len(classnames):
+        raise ValueError(
+            f"texts.classnames has {len(override)} names for {len(classnames)} classes ({list(classnames)[:5]}...): "
+            "give one name per class, in the dataset's class order"
+        )
+    return list(override)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def filter_analogies(
     candidates: Sequence[Sequence[str]],
     embed: Embed | None = None,
     max_cosine: float = 0.9,
-    template: str = DEFAULT_TEMPLATES[0],
+    template: str = "a photo of a {c}.",
 ) -> tuple[list[list[str]], list[dict[str, Any]]]:
     """Drop look-alikes that are a class of the dataset, or near one: the cosine between the candidate's prompt and
     any class's prompt (both `template` filled) above `max_cosine`. Returns (kept per class, dropped records)."""

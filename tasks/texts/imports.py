@@ -44,10 +44,12 @@ def match_classes(classnames: Sequence[str], keys: Sequence[str]) -> tuple[dict[
 
 
 def imported_texts(
-    classnames: Sequence[str], data: dict[str, list[str]], fmt: Format, source: str
+    classnames: Sequence[str], data: dict[str, list[str]], fmt: Format, source: str, after_text: str = ""
 ) -> tuple[list[Text], dict[str, Any]]:
-    """Rows of a bank from a class -> phrases file: DCLIP descriptors as 'att' rows "{c}, which (is/has/...) {d}",
-    CuPL sentences as 'att' rows embedded as they are; and a report of what matched."""
+    """Rows of a bank from a class -> phrases file: DCLIP descriptors as 'att' rows "{c}, which (is/has/...) {d}"
+    followed by `after_text` (DCLIP load.py: before_text + class + ', ' + sentence + after_text, after_text '.' for
+    ImageNet), CuPL sentences as 'att' rows embedded as they are (their `source` marks them for `cupl`); and a report
+    of what matched."""
     matched, missing, extra = match_classes(classnames, list(data))
     texts = []
     for ci, key in matched.items():
@@ -55,12 +57,12 @@ def imported_texts(
             item = " ".join(item.split())
             if not item:
                 continue
-            text = f"{classnames[ci]}, {descriptor_sentence(item)}" if fmt == "dclip" else item
+            text = f"{classnames[ci]}, {descriptor_sentence(item)}{after_text}" if fmt == "dclip" else item
             texts.append(Text(ci, "att", text, source))
     empty = sorted({classnames[t] for t in matched} - {classnames[t.class_index] for t in texts})
     report = {
         "format": fmt, "matched": len(matched), "unmatched_classes": missing, "unmatched_keys": extra,
-        "classes_without_texts": empty,  # matched, but the file lists nothing for them: scored on the name prompt
+        "classes_without_texts": empty,  # matched, but nothing listed: dclip scores the name prompt, cupl the templates
     }  # fmt: skip
     return texts, report
 

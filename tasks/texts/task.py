@@ -28,6 +28,7 @@ from coderflow.tasks.texts.bank import (
     build_bank,
     name_texts,
     template_texts,
+    text_classnames,
     why_without,
 )
 from coderflow.tasks.texts.imports import FORMATS, clip_benchmark_templates, imported_texts, read_json_lists
@@ -59,7 +60,8 @@ def build_text_bank(
     layout = Layout.at(workdir)
     log = get_run_logger()
     classnames, stored = dataset_classes(layout, dataset)
-    chosen = list(templates or stored)
+    classnames = text_classnames(texts.classnames, classnames)
+    chosen = list(templates or stored or DEFAULT_TEMPLATES)  # the fallback too is an input of the bank
     mid = configured_model_id(model, workdir)
     classify = classify or ClassifyConfig()
     rerank = (classify.rerank_threshold, classify.rerank_k)
@@ -184,7 +186,8 @@ def import_text_bank(
         rows = template_texts(classnames, templates, texts.grammar == "all")
         report: dict[str, Any] = {"format": fmt, "key": key or dataset, "templates": len(templates)}
     elif fmt in ("dclip", "cupl"):
-        imported, report = imported_texts(classnames, data, fmt, source)  # type: ignore[arg-type]
+        after = texts.dclip_after_text
+        imported, report = imported_texts(classnames, data, fmt, source, after)  # type: ignore[arg-type]
         rows = template_texts(classnames, stored or DEFAULT_TEMPLATES, texts.grammar == "all") + imported
         if report["unmatched_classes"]:
             log.warning("%d classes have no texts in %s: %s", len(report["unmatched_classes"]), path,
