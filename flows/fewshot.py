@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from prefect import flow, unmapped
@@ -102,6 +103,6 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
         params = [row for p in parts for row in p.params]
         evaluate_run(run_id, mid, bank.n_classes, workdir, params)
         plot = plot_accuracy_vs_shots(run_id, workdir, bank.n_classes)
-        extra |= {"plot": plot, "augmented_images": augmented}
+        extra |= {"plot": plot, "augmented_images": [asdict(a) for a in augmented]}
     table = accuracy_table(run_id, workdir)
     return FewShotResult(run_id, plot, len(parts), table, flow_run_id())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -93,6 +94,9 @@ def test_fewshot_flow(prefect_server, tmp_path):
     assert "## Accuracy against shots" in text and "| tip_adapter | 2 |" in text  # mean and spread over the seeds
     n_views = q("SELECT count(*) AS n FROM image_embeddings WHERE split LIKE 'train-aug-%'")[0]["n"]
     assert n_views == 2 * len({k for ks in _support_keys(layout, result.run_id) for k in ks})
+    manifest = json.loads(layout.run_file(result.run_id, "manifest.json").read_text())
+    embedded = manifest["augmented_images"]  # the augmented split's embedding, as fields, not a repr string
+    assert len(embedded) == 1 and embedded[0]["rows"] == n_views and embedded[0]["errors"] == 0
 
     # augment_views 0: the support features are the train images' stored embeddings, no augmented split
     plain = cfg.model_copy(
