@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coderflow.fewshot_sections import AdapterConfig, FewShotConfig, default_fewshot_methods
 from coderflow.presets.benchmarks import benchmark_preset
 from coderflow.sections import (
     CODER_OVO_TEMPLATES,
@@ -20,16 +21,13 @@ from coderflow.sections import (
     MAX_IMAGE_PIXELS,
     SPLIT_NAMES,
     TEXT_TYPES,
-    AdapterConfig,
     ClassifyConfig,
     CoderConfig,
     DatasetConfig,
-    FewShotConfig,
     LLMConfig,
     ModelConfig,
     TextsConfig,
     default_dataset_name,
-    default_fewshot_methods,
     default_methods,
     parse_mapping,
 )

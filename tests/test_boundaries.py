@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "coderflow.config",
             "coderflow.sections",
+            "coderflow.fewshot_sections",
             "coderflow.presets",
             "coderflow.console",
             "coderflow.interrupt",
