@@ -30,6 +30,7 @@ from coderflow.sections import (
     default_dataset_name,
     default_methods,
     parse_mapping,
+    with_inferred_kind,
 )
 from coderflow.tasks.classify import zeroshot
 
@@ -59,6 +60,7 @@ __all__ = [
     "load_yaml",
     "merge_settings",
     "parse_mapping",
+    "with_inferred_kind",
 ]
 
 # Short names of the most used flags (each setting's own flag is its dotted key: --dataset.source); CLIP_benchmark's
@@ -81,11 +83,8 @@ def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
                 out[key] = merge_settings(out[key], value)
             else:
                 out[key] = value
-    ds = out.get("dataset")
-    if isinstance(ds, dict) and ds.get("source") and "kind" not in ds:
-        src = Path(str(ds["source"]).replace("{split}", str(ds.get("split") or "test"))).expanduser()
-        ds["kind"] = "folder" if src.is_dir() and not (src / "classnames.txt").exists() else "wds"
-        ds["kind"] = "coop" if ds.get("coop_dir") or ds.get("coop_split_file") else ds["kind"]
+    if isinstance(out.get("dataset"), dict):
+        out["dataset"] = with_inferred_kind(out["dataset"])
     return out
 
 

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from coderflow.sections import StrictSection, TextsConfig, parse_mapping
+from coderflow.presets.benchmarks import DEFAULT_BENCHMARK_BASE, find_benchmark, unknown_benchmark
+from coderflow.sections import DatasetConfig, StrictSection, TextsConfig, parse_mapping, with_inferred_kind
+from coderflow.storage.layout import safe_name
 from coderflow.tasks.fewshot import scorers
 
 
@@ -58,6 +60,12 @@ class FewShotConfig(StrictSection):
     coder_search_steps: tuple[int, int] = Field((500, 50), description="CODER-Adapter (beta, alpha) grid sizes")
     coder_search_rounds: int = Field(3, ge=1, description="CODER-Adapter: 1 grid + refinements on [0.5, 1.5] x best")
     kl_temperature: float = Field(0.5, gt=0, description="Tip-X: softmax temperature of the class distributions")
+    test_datasets: tuple[str, ...] = Field(
+        (),
+        description="distribution shift: also test on these datasets with the support set and the hyper-parameters "
+        "chosen on val: benchmark names (imagenetv2, imagenet-a; `coderflow datasets`) or NAME=SOURCE (a folder or "
+        "CLIP_benchmark root); classes are matched by name, scores restricted to each one's classes",
+    )
     texts: dict[str, Any] = Field(
         default_factory=dict,
         description="`texts` settings of the few-shot bank only, over the run's (CODER's few-shot wordings: Pets and "
@@ -68,6 +76,14 @@ class FewShotConfig(StrictSection):
     @classmethod
     def _registered(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         scorers.check_methods(v)
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("test_datasets")
+    @classmethod
+    def _test_datasets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        names = [test_dataset(entry).name for entry in v]  # each entry is valid on its own
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"test datasets named twice: {twice}: give each NAME=SOURCE a name of its own")
         return tuple(dict.fromkeys(v))
 
     @field_validator("shots", "seeds")
@@ -97,6 +113,17 @@ class FewShotConfig(StrictSection):
         """The texts settings of the few-shot bank: the run's, with `fewshot.texts` laid over them."""
         return TextsConfig.model_validate({**texts.model_dump(), **self.texts}) if self.texts else texts
 
+    def target_datasets(self, source: DatasetConfig) -> list[DatasetConfig]:
+        """The shifted test sets (`test_datasets`) as dataset settings; benchmarks are read from the source's
+        benchmark_base. A test set named as the source is refused."""
+        targets = [test_dataset(entry, source.benchmark_base) for entry in self.test_datasets]
+        if any(t.name == source.name for t in targets):
+            raise ValueError(
+                f"fewshot.test_datasets names the source dataset {source.name!r}: its test split is always scored; "
+                "give other datasets, or NAME=SOURCE with another NAME"
+            )
+        return targets
+
 
 class AdapterConfig(StrictSection):
     """IMO adapter training (Kravets & Namboodiri 2024): bottleneck adapters in the image encoder, cross-entropy."""
@@ -121,3 +148,19 @@ class AdapterConfig(StrictSection):
     seed: int = Field(0, description="seed of initialisation and batch order")
     overlap_bins: int = Field(100, ge=2, description="histogram bins of the cosine distributions")
     overlap_max_pairs: int = Field(2_000_000, ge=1, description="image pairs sampled for the overlap at most")
+
+
+def test_dataset(entry: str, benchmark_base: str = DEFAULT_BENCHMARK_BASE) -> DatasetConfig:
+    """One `fewshot.test_datasets` entry as dataset settings (its `test` split): a benchmark name, or NAME=SOURCE."""
+    name, eq, source = (part.strip() for part in entry.partition("="))
+    if eq:
+        if not (name and source):
+            raise ValueError(
+                f"test dataset {entry!r}: give NAME=SOURCE (a folder or CLIP_benchmark root), e.g. sketch=/data/sketch"
+            )
+        return DatasetConfig.model_validate(
+            with_inferred_kind({"name": safe_name(name), "source": source, "split": "test"})
+        )
+    if find_benchmark(name) is None:
+        raise ValueError(f"test dataset {entry!r}: {unknown_benchmark(name)}; or give NAME=SOURCE")
+    return DatasetConfig(benchmark=name, benchmark_base=benchmark_base, split="test")

@@ -129,6 +129,20 @@ def check_ingested(cfg: PipelineConfig, split: str) -> None:
         )
 
 
+def check_test_classes(cfg: PipelineConfig) -> None:
+    """fewshot.test_datasets: every class of each shifted test set is a class of the source, by name (its class list
+    only: no image is opened)."""
+    targets = cfg.fewshot.target_datasets(cfg.dataset)
+    if not targets:
+        return
+    from coderflow.tasks.fewshot.shift import class_columns
+    from coderflow.tasks.ingest.sources import make_source
+
+    source = make_source(cfg.dataset.model_copy(update={"split": cfg.fewshot.test_split})).classnames
+    for target in targets:
+        class_columns(source, make_source(target).classnames, target.name, cfg.dataset.name)
+
+
 def check_class_sizes(cfg: PipelineConfig, splits: Sequence[str], shots: Sequence[int] = ()) -> None:
     """An image folder split by --split-ratio: every class has images in each split asked for, and at least the
     smallest K of `shots` in the few-shot train split (counted from the file listing, no image opened)."""

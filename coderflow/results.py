@@ -97,6 +97,7 @@ class FewShotResult(StageResult):
     cells: int
     table: list[dict[str, Any]]
     flow_run_id: str | None = None
+    shift: list[dict[str, Any]] = field(default_factory=list)  # fewshot.test_datasets: tasks/report/shift.py rows
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,16 @@ class SupportPlan:
     pool: list[str]
     short: dict[str, dict[int, int]]
     paths: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShiftTarget:
+    """A shifted test set of a few-shot run (fewshot.test_datasets): its dataset and split, and for each of its
+    classes, in its own order, the index of the source class of the same name (`columns`)."""
+
+    dataset: str
+    split: str
+    columns: list[int]
 
 
 @dataclass(frozen=True)

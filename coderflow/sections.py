@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -67,6 +68,16 @@ SPLIT_NAMES = ("train", "val", "test")
 DATASET_ACTIONS = frozenset({"reingest", "replace"})
 # Which benchmark, from which base: the source, kind and name they set say it already (left out of every fingerprint).
 DATASET_BENCHMARK = frozenset({"benchmark", "benchmark_base"})
+
+
+def with_inferred_kind(ds: dict[str, Any]) -> dict[str, Any]:
+    """Dataset settings with the kind inferred from the source when not given: a folder without classnames.txt is
+    `folder`, any other source a CLIP_benchmark root (`wds`), a CoOp folder or split file `coop`."""
+    if not ds.get("source") or "kind" in ds:
+        return ds
+    src = Path(str(ds["source"]).replace("{split}", str(ds.get("split") or "test"))).expanduser()
+    kind = "folder" if src.is_dir() and not (src / "classnames.txt").exists() else "wds"
+    return {**ds, "kind": "coop" if ds.get("coop_dir") or ds.get("coop_split_file") else kind}
 
 
 class DatasetConfig(StrictSection):

@@ -11,7 +11,7 @@ from coderflow.config import PipelineConfig
 from coderflow.flows.bookkeeping import flow_run_id, recorded_run, refreshed_on_error, resolved_workdir
 from coderflow.flows.naming import run_namer, tag_flow_run
 from coderflow.flows.pipeline import embed_images, ingest_dataset, text_bank
-from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat
+from coderflow.flows.runners import holds_workdir_lock, subflows_share_heartbeat, with_runner
 from coderflow.results import FewShotResult
 from coderflow.storage.runs import new_run_id
 from coderflow.tasks.embed.task import describe_model
@@ -20,10 +20,12 @@ from coderflow.tasks.fewshot.task import (
     accuracy_table,
     collect_predictions,
     fewshot_predict,
+    map_test_classes,
     plan_support_sets,
     plot_accuracy_vs_shots,
     refuse_overlapping_splits,
     refuse_shared_splits,
+    shift_summary,
     write_augmented_split,
 )
 
@@ -48,11 +50,15 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
     for ds in splits.values():
         ingest_dataset(ds, workdir)
     refuse_overlapping_splits(config.dataset.name, list(splits), workdir)
+    targets = fs.target_datasets(config.dataset)  # distribution shift: other test sets, same support and search
+    for target in targets:
+        ingest_dataset(target, workdir)
+    shift = map_test_classes(config.dataset.name, targets, workdir)
     original = model.model_copy(update={"adapter": None})  # the zero-shot term and Tip-X's KL use these features
     models = [original, model] if model.adapter else [original]
     for m in models:
-        for name in (fs.val_split, fs.test_split):
-            embed_images(splits[name], m, workdir, config.max_failure_rate)
+        for ds in [splits[fs.val_split], splits[fs.test_split], *targets]:
+            with_runner(embed_images, config)(ds, m, workdir, config.max_failure_rate)
     bank = text_bank(
         splits[fs.test_split],
         original,
@@ -70,7 +76,9 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
     else:  # no augmentation: the support features are the train images' own embeddings
         support_split = fs.train_split
     augmented = [
-        embed_images(config.dataset.model_copy(update={"split": support_split}), m, workdir, config.max_failure_rate)
+        with_runner(embed_images, config)(
+            config.dataset.model_copy(update={"split": support_split}), m, workdir, config.max_failure_rate
+        )
         for m in models
     ]
     described = describe_model(original, workdir)
@@ -89,6 +97,7 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
             "support_split": support_split,
             "short_classes": plan.short,
             "adapted_model_id": adapted_mid,
+            "test_datasets": [t.dataset for t in shift],
         },
     }
     with recorded_run(run_id, workdir, record) as extra:
@@ -96,13 +105,14 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
         futures = fewshot_predict.map(
             unmapped(run_id), cells, [plan.sets[c] for c in cells], unmapped(config.dataset.name),
             unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank.textbank_id), unmapped(fs),
-            unmapped(workdir), [i == 0 for i in range(len(cells))], unmapped(plan.paths),
+            unmapped(workdir), [i == 0 for i in range(len(cells))], unmapped(plan.paths), unmapped(shift),
         )  # fmt: skip
         parts = [f.result() for f in futures]
         collect_predictions(run_id, [p.part for p in parts], [p.support_part for p in parts], workdir)
         params = [row for p in parts for row in p.params]
         evaluate_run(run_id, mid, bank.n_classes, workdir, params)
-        plot = plot_accuracy_vs_shots(run_id, workdir, bank.n_classes)
+        plot = plot_accuracy_vs_shots(run_id, workdir, bank.n_classes, config.dataset.name)
         extra |= {"plot": plot, "augmented_images": [asdict(a) for a in augmented]}
-    table = accuracy_table(run_id, workdir)
-    return FewShotResult(run_id, plot, len(parts), table, flow_run_id())
+    table = accuracy_table(run_id, workdir, config.dataset.name)
+    shifted = shift_summary(run_id, workdir) if shift else []
+    return FewShotResult(run_id, plot, len(parts), table, flow_run_id(), shifted)

@@ -80,14 +80,14 @@ def test_first_maximum_on_a_fixed_grid():
         fm.tune_alpha_beta(ZS, AFF, SUPPORT_Y, VAL_Y, alphas=[1.0], betas=[1.0], order="gamma_first")  # type: ignore[arg-type]
 
 
-def _cell(imo_grid: bool, recorded: dict) -> SimpleNamespace:
+def _cell(imo_grid: bool, recorded: dict) -> scorers.Cell:
     cfg = SimpleNamespace(
         search="grid", alpha=1.0, beta=1.0, gamma=0.0, alphas=None, betas=None, gammas=None,
         tip_search_scale=(7.0, 3.0), tip_search_steps=(200, 20), refine_steps=0,
     )  # fmt: skip
     record = lambda name, scores, logits, chosen, **kw: recorded.update({name: chosen})  # noqa: E731
     onehot = fm.one_hot(SUPPORT_Y, 2)
-    return SimpleNamespace(cfg=cfg, n_classes=2, zs_val=ZS, zs_test=ZS, onehot=onehot, imo_grid=imo_grid, record=record)
+    return scorers.Cell(cfg, 2, ZS, ZS, onehot, np.zeros((0, 2)), {}, imo_grid, record)  # type: ignore[arg-type]
 
 
 def test_tip_adapter_on_imos_grid_loops_as_imo():

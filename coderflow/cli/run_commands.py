@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import yaml
 from cyclopts import App, Parameter
@@ -12,7 +13,7 @@ from coderflow.cli.app import Force, Options, TextBank, app, command, console, l
 from coderflow.cli.texts_commands import newest_bank, texts_app
 from coderflow.config import PipelineConfig
 from coderflow.console import metrics_table, print_rows
-from coderflow.preflight import preflight
+from coderflow.preflight import check_test_classes, preflight
 from coderflow.storage.db import QUERIES_DIR, query, sql_file
 from coderflow.storage.layout import Layout
 from coderflow.tasks.report.tables import without_trivial_top5
@@ -147,12 +148,18 @@ def fewshot(*, options: Options = None) -> None:
     cfg = load_config(options)
     splits = [cfg.fewshot.train_split, cfg.fewshot.val_split, cfg.fewshot.test_split]
     cfg = preflight(cfg, ingests=splits, embeds=True, shots=cfg.fewshot.shots)
+    for target in cfg.fewshot.target_datasets(cfg.dataset):  # distribution shift: each test set checked as well
+        preflight(cfg.model_copy(update={"dataset": target}), ingests=[target.split])
+    check_test_classes(cfg)
     from coderflow.flows.fewshot import fewshot as fewshot_flow
+    from coderflow.flows.runners import with_runner
 
     start = time.perf_counter()
-    result = fewshot_flow(cfg)
+    result = with_runner(fewshot_flow, cfg)(cfg)
     rows = [{k: r[k] for k in ("method", "shots", "seeds", "top1_mean", "top1_std")} for r in result.table]
     print_rows(rows, title=f"few-shot run {result.run_id} (test top-1 over seeds)")
+    if result.shift:
+        print_rows(result.shift, title=f"distribution shift of run {result.run_id} (test top-1, mean over seeds)")
     console.print(f"finished in {time.perf_counter() - start:.1f} s; plot: {result.plot}")
     _note_random_weights(cfg)
 
@@ -190,14 +197,28 @@ def adapter_overlap(*, options: Options = None) -> None:
 @command("serve")
 def serve(
     *,
-    cron: Annotated[str, Parameter(help="cron schedule of the end-to-end pipeline ('' for none)")] = "0 2 * * *",
+    cron: Annotated[
+        str, Parameter(help="cron schedule of the end-to-end pipeline, or of the suite with --suite ('' for none)")
+    ] = "0 2 * * *",
     name: Annotated[str, Parameter(help="deployment name of every served flow")] = "laptop",
+    suite: Annotated[
+        Optional[Path],  # noqa: UP045
+        Parameter(help="a suite file (docs/suites.md): served as the `suite` deployment on --cron"),
+    ] = None,
     options: Options = None,
 ) -> None:
-    """Serve every flow as a deployment (the pipeline on a cron schedule) until Ctrl-C; runs show in the UI."""
+    """Serve every flow as a deployment (the pipeline, or a suite, on a cron schedule) until Ctrl-C; runs show in the
+    UI."""
     from coderflow.flows.serve import serve_flows
 
-    serve_flows(preflight(load_config(options)), name=name, cron=cron or None)
+    spec = None
+    if suite is not None:
+        from coderflow.flows.suite_inputs import check_cells
+        from coderflow.suite_config import expand, read_suite
+
+        spec = read_suite(suite, options.model_dump(exclude_none=True) if options is not None else {})
+        check_cells(expand(spec))
+    serve_flows(preflight(load_config(options)), name=name, cron=cron or None, suite=spec)
 
 
 @command("config")

@@ -84,8 +84,9 @@ def run_against_reference(layout: Any, run_id: str) -> tuple[tuple[str, str, str
 
     from coderflow.storage.db import query, sql_file
 
-    runs = query(layout, "SELECT config FROM runs WHERE run_id = ?", params=[run_id]).to_pylist()
+    runs = query(layout, "SELECT config, dataset FROM runs WHERE run_id = ?", params=[run_id]).to_pylist()
     if not runs:
         raise ValueError(f"no run {run_id!r} in {layout.root}: list the runs with `coderflow runs`")
-    metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}).to_pylist()
+    own = {"run_id": run_id, "dataset": runs[0]["dataset"]}  # not a shifted test set's (fewshot.test_datasets)
+    metrics = query(layout, sql_file("accuracy_per_method"), own).to_pylist()
     return stored_against_reference(layout, json.loads(runs[0]["config"] or "{}"), metrics)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -41,8 +41,14 @@ class Features(Protocol):
 
 @dataclass
 class Cell:
-    """What every scorer reads: the zero-shot logits (original features), the support labels one-hot, CODER's
-    texts, Tip-X's class distributions, and `record(method, scores, logits, chosen, **extra)` for its predictions."""
+    """What every scorer reads for one test set of a cell: the zero-shot logits (original features, every class of
+    the source), the support labels one-hot, CODER's texts, Tip-X's class distributions, and `record(method, scores,
+    logits, chosen, **extra)` for its predictions.
+
+    The hyper-parameters are chosen on the source's val split once per cell (`fit`) and then applied to each test set:
+    the source's own test split and any shifted ones (fewshot.test_datasets). `dist` holds 'val' and 'support' (over
+    every source class) for the search, and 'test' and 'support_test' (over the test set's classes) for Tip-X's KL.
+    """
 
     cfg: FewShotParams
     n_classes: int
@@ -53,6 +59,13 @@ class Cell:
     dist: dict[str, np.ndarray]
     imo_grid: bool  # an adapter run: both Tip-Adapter variants are searched on IMO's grid (run.py:42-47)
     record: Callable[..., None]
+    fitted: dict[str, Any] = field(default_factory=dict)  # method name -> what `fit` chose (shared by test sets)
+
+    def fit(self, name: str, search: Callable[[], Any]) -> Any:
+        """The hyper-parameters of method `name`, searched on val the first time only."""
+        if name not in self.fitted:
+            self.fitted[name] = search()
+        return self.fitted[name]
 
 
 def _grids(cfg: FewShotParams, betas: Sequence[float], alphas: Sequence[float]) -> dict[str, Any]:
@@ -70,15 +83,19 @@ def prototype(c: Cell, name: str, f: Features) -> None:
 
 def tip_adapter(c: Cell, name: str, f: Features) -> None:
     """Tip-Adapter (Tip-Adapter main.py): zero-shot logits + alpha * cache logits, (alpha, beta) from val."""
-    aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
-    betas, alphas = (
-        (fm.IMO_BETAS, fm.IMO_ALPHAS) if c.imo_grid else fm.tip_grid(c.cfg.tip_search_scale, c.cfg.tip_search_steps)
-    )
-    order = "alpha_first" if c.imo_grid else "beta_first"  # IMO run.py:281-282 / Tip-Adapter utils.py:109-110
-    chosen = fm.tune_alpha_beta(
-        c.zs_val, aff_val, f.support_labels, f.val.labels, refine_steps=c.cfg.refine_steps, order=order,
-        **_grids(c.cfg, betas, alphas),
-    )  # fmt: skip
+
+    def search() -> fm.AlphaBeta:
+        betas, alphas = (
+            (fm.IMO_BETAS, fm.IMO_ALPHAS) if c.imo_grid else fm.tip_grid(c.cfg.tip_search_scale, c.cfg.tip_search_steps)
+        )
+        order = "alpha_first" if c.imo_grid else "beta_first"  # IMO run.py:281-282 / Tip-Adapter utils.py:109-110
+        return fm.tune_alpha_beta(
+            c.zs_val, fm.tip_affinity(f.val.x, f.support), f.support_labels, f.val.labels,
+            refine_steps=c.cfg.refine_steps, order=order, **_grids(c.cfg, betas, alphas),
+        )  # fmt: skip
+
+    chosen = c.fit(name, search)
+    aff_test = fm.tip_affinity(f.test.x, f.support)
     c.record(name, c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta), True, chosen)
 
 
@@ -87,34 +104,44 @@ def coder_adapter(c: Cell, name: str, f: Features) -> None:
     (alpha, beta) is kept only when it beats the initial pair on val."""
     cfg = c.cfg
     keys = fm.l2_normalize(fm.l2_normalize(f.support) @ c.t_coder.T)
-    aff_val = fm.coder_affinity(fm.l2_normalize(f.val.x @ c.t_coder.T), keys)
+
+    def search() -> tuple[fm.AlphaBeta, fm.AlphaBeta]:
+        aff_val = fm.coder_affinity(fm.l2_normalize(f.val.x @ c.t_coder.T), keys)
+        labels = (f.support_labels, f.val.labels)
+        init_alpha, init_beta = cfg.coder_init
+        init = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=init_alpha, beta=init_beta)
+        if cfg.search == "fixed":
+            chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=cfg.alpha, beta=cfg.beta)
+        elif cfg.alphas or cfg.betas:
+            chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, **_grids(cfg, [init_beta], [init_alpha]))
+        else:
+            chosen = fm.coder_adapter_search(
+                c.zs_val, aff_val, *labels, steps=cfg.coder_search_steps, rounds=cfg.coder_search_rounds
+            )
+        if cfg.search == "grid" and init.val_accuracy > chosen.val_accuracy:  # both judged on val only
+            chosen = init
+        return chosen, init
+
+    chosen, init = c.fit(name, search)
     aff_test = fm.coder_affinity(fm.l2_normalize(f.test.x @ c.t_coder.T), keys)
-    labels = (f.support_labels, f.val.labels)
-    init_alpha, init_beta = cfg.coder_init
-    init = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=init_alpha, beta=init_beta)
-    if cfg.search == "fixed":
-        chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=cfg.alpha, beta=cfg.beta)
-    elif cfg.alphas or cfg.betas:
-        chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, **_grids(cfg, [init_beta], [init_alpha]))
-    else:
-        chosen = fm.coder_adapter_search(
-            c.zs_val, aff_val, *labels, steps=cfg.coder_search_steps, rounds=cfg.coder_search_rounds
-        )
-    if cfg.search == "grid" and init.val_accuracy > chosen.val_accuracy:  # both judged on val only
-        chosen = init
     scores = c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta)
     c.record(name, scores, True, chosen, val_accuracy_init=init.val_accuracy)
 
 
 def tip_x(c: Cell, name: str, f: Features) -> None:
     """Tip-X (IMO run.py): Tip-Adapter plus gamma * KL-divergence logits between class distributions."""
-    aff_val, aff_test = fm.tip_affinity(f.val.x, f.support), fm.tip_affinity(f.test.x, f.support)
-    kl_val = fm.tip_x_kl_logits(c.dist["val"], c.dist["support"], aff_val, c.onehot)
-    kl_test = fm.tip_x_kl_logits(c.dist["test"], c.dist["support"], aff_test, c.onehot)
-    chosen = fm.tune_alpha_beta(
-        c.zs_val, aff_val, f.support_labels, f.val.labels, val_kl=kl_val, gammas=c.cfg.gammas or fm.IMO_GAMMAS,
-        order="alpha_first", **_grids(c.cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),  # IMO run.py:343-351: alpha, beta, gamma
-    )  # fmt: skip
+
+    def search() -> fm.AlphaBeta:
+        aff_val = fm.tip_affinity(f.val.x, f.support)
+        kl_val = fm.tip_x_kl_logits(c.dist["val"], c.dist["support"], aff_val, c.onehot)
+        return fm.tune_alpha_beta(
+            c.zs_val, aff_val, f.support_labels, f.val.labels, val_kl=kl_val, gammas=c.cfg.gammas or fm.IMO_GAMMAS,
+            order="alpha_first", **_grids(c.cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),  # IMO run.py:343-351: alpha, beta, gamma
+        )  # fmt: skip
+
+    chosen = c.fit(name, search)
+    aff_test = fm.tip_affinity(f.test.x, f.support)
+    kl_test = fm.tip_x_kl_logits(c.dist["test"], c.dist["support_test"], aff_test, c.onehot)
     scores = fm.tip_x_logits(c.zs_test, aff_test, kl_test, f.support_labels, chosen.alpha, chosen.beta, chosen.gamma)
     c.record(name, scores, True, chosen)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from coderflow.config import DatasetConfig, FewShotConfig
-from coderflow.results import CellPredictions, SupportPlan
+from coderflow.results import CellPredictions, ShiftTarget, SupportPlan
 from coderflow.storage.arrays import ImageSet, load_images, load_texts
 from coderflow.storage.atomic import atomic_path, write_text
 from coderflow.storage.db import query, sql_file
@@ -24,6 +25,7 @@ from coderflow.storage.shards import (
     ingest_info,
     iter_samples,
     list_shards,
+    read_class_file,
     sample_label,
     split_overlaps,
     write_split,
@@ -32,6 +34,7 @@ from coderflow.tasks.classify.methods import ensemble_classifier
 from coderflow.tasks.classify.predict import prediction_table
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot.scorers import SCORERS, Cell, stored_name
+from coderflow.tasks.fewshot.shift import class_columns
 from coderflow.tasks.fewshot.support import (
     augmented_samples,
     average_views,
@@ -40,6 +43,7 @@ from coderflow.tasks.fewshot.support import (
     source_key,
 )
 from coderflow.tasks.ingest.checks import check_distinct_splits, check_same_classes
+from coderflow.tasks.report.shift import SHIFT_NOTE, shift_table
 from coderflow.tasks.report.tables import markdown_escape
 
 
@@ -60,6 +64,20 @@ def refuse_overlapping_splits(dataset: str, splits: list[str], workdir: str) -> 
             f"dataset {dataset!r}: {shared} (same image content): few-shot figures would be measured on images "
             "seen in the support set or the search; give disjoint splits or use --split-ratio on one folder"
         )
+
+
+@task(name="map-test-classes")
+def map_test_classes(dataset: str, targets: list[DatasetConfig], workdir: str) -> list[ShiftTarget]:
+    """After ingest, before embedding: each shifted test set's classes as source classes, matched by name."""
+    layout = Layout.at(workdir)
+    source = read_class_file(str(layout.classnames_file(dataset))) or []
+    return [
+        ShiftTarget(
+            t.name, t.split,
+            class_columns(source, read_class_file(str(layout.classnames_file(t.name))) or [], t.name, dataset),
+        )
+        for t in targets
+    ]  # fmt: skip
 
 
 @task(name="plan-support-sets")
@@ -143,6 +161,53 @@ def _features(
     )
 
 
+@dataclass
+class _CellOutput:
+    """What one few-shot cell stores: prediction tables (one per method and test set) and the chosen
+    hyper-parameters as metric rows."""
+
+    run_id: str
+    shots: int
+    seed: int
+    tables: list[pa.Table] = field(default_factory=list)
+    params: list[dict[str, Any]] = field(default_factory=list)
+
+    def predictions(
+        self, test: ShiftTarget, images: ImageSet, method: str, scores: np.ndarray, logits: bool, cell: bool = True
+    ) -> None:
+        """`scores` (over every source class) as predictions on `test`: restricted to its classes, in its label
+        order; `cell` False: a result of no (shots, seed), e.g. the zero-shot baseline."""
+        self.tables.append(
+            prediction_table(
+                scores[:, np.asarray(test.columns, dtype=np.int64)], images.keys, images.labels, run_id=self.run_id,
+                method=method, dataset=test.dataset, split=test.split, logits=logits, image_hash=images.hashes,
+                shots=self.shots if cell else None, seed=self.seed if cell else None,
+            )
+        )  # fmt: skip
+
+    def recorder(self, test: ShiftTarget, images: ImageSet, params: bool) -> Callable[..., None]:
+        """The scorers' `record(method, scores, logits, chosen, **extra)` for one test set; with `params`, the chosen
+        alpha, beta (gamma) and val accuracy, and any `extra` values, are stored too."""
+
+        def record(method: str, scores: np.ndarray, logits: bool, chosen: Any = None, **extra: float) -> None:
+            self.predictions(test, images, method, scores, logits)
+            if not params:
+                return
+            values = (
+                {}
+                if chosen is None
+                else {"alpha": chosen.alpha, "beta": chosen.beta, "val_accuracy": chosen.val_accuracy}
+            )
+            if chosen is not None and method.startswith("tip_x"):
+                values["gamma"] = chosen.gamma
+            self.params += [
+                {"method": method, "shots": self.shots, "seed": self.seed, "metric": metric, "value": float(value)}
+                for metric, value in {**values, **extra}.items() if value is not None
+            ]  # fmt: skip
+
+        return record
+
+
 def _cell_run_name(parameters: dict[str, Any]) -> str:
     shots, seed = str(parameters["cell"]).split("-", 1)  # cells are '<shots>-<seed>'
     return f"few-shot-predict {shots}-shot seed {seed}"
@@ -162,6 +227,7 @@ def fewshot_predict(
     workdir: str,
     zero_shot: bool = False,
     source_paths: dict[str, str] | None = None,
+    targets: list[ShiftTarget] | None = None,
 ) -> CellPredictions:
     """Every few-shot method for one (shots, seed): hyper-parameters from val only, predictions on test; with
     `zero_shot` (one cell of a run) also the zero-shot baseline as method `clip` (shots and seed null).
@@ -172,6 +238,9 @@ def fewshot_predict(
     IMO's grid (run.py:42-47) so that they differ only in their features; the original one is stored as
     `tip_adapter_imo` (scorers.stored_name), never mixed with `tip_adapter` on its own grid. The support rows
     record the sampling rule and each image's `source_paths` entry (its key where there is none).
+
+    Each of `targets` (fewshot.test_datasets) is scored with the hyper-parameters chosen on the source's val, its
+    scores restricted to the classes it has (in its own label order), and stored under its own dataset name.
     """
     layout = Layout.at(workdir)
     shots, seed = (int(v) for v in cell.split("-"))
@@ -184,47 +253,39 @@ def fewshot_predict(
         if variants["_adapted"].test.keys != orig.test.keys or variants["_adapted"].val.keys != orig.val.keys:
             raise ValueError("original and adapted embeddings cover different images: re-run `coderflow embed`")
     w = ensemble_classifier(bank.t, bank.class_index, bank.text_type, n)
-    zs_val, zs_test = fm.zero_shot_logits(orig.val.x, w), fm.zero_shot_logits(orig.test.x, w)
+    zs_val = fm.zero_shot_logits(orig.val.x, w)
     onehot = fm.one_hot(orig.support_labels, n)
     coder_rows = np.isin(bank.text_type, ("name", "att", "ana"))  # CODER-Adapter's texts (classify_few_shot.py:129)
     t_coder = bank.t[coder_rows]
-    dist = {  # Tip-X class distributions, original features
-        k: fm.class_distribution(x, w, cfg.kl_temperature)
-        for k, x in (("val", orig.val.x), ("test", orig.test.x), ("support", orig.support))
+    dist = {  # Tip-X class distributions over every source class, original features: the search on val
+        "val": fm.class_distribution(orig.val.x, w, cfg.kl_temperature),
+        "support": fm.class_distribution(orig.support, w, cfg.kl_temperature),
     }
-
-    tables, params = [], []
-
-    def record(method: str, scores: np.ndarray, logits: bool, chosen: Any = None, **extra: float) -> None:
-        tables.append(
-            prediction_table(
-                scores, orig.test.keys, orig.test.labels, run_id=run_id, method=method, dataset=dataset,
-                split=cfg.test_split, logits=logits, shots=shots, seed=seed, image_hash=orig.test.hashes,
-            )
-        )  # fmt: skip
-        values = (
-            {} if chosen is None else {"alpha": chosen.alpha, "beta": chosen.beta, "val_accuracy": chosen.val_accuracy}
+    out = _CellOutput(run_id, shots, seed)
+    fitted: dict[str, Any] = {}  # each method's hyper-parameters, chosen on val once for all test sets
+    for i, test in enumerate([ShiftTarget(dataset, cfg.test_split, list(range(n))), *(targets or [])]):
+        source, cols = i == 0, np.asarray(test.columns, dtype=np.int64)
+        images = {  # this test set's features per image encoder
+            suffix: f.test if source else load_images(layout, mid, test.dataset, test.split)
+            for suffix, f, mid in zip(variants, variants.values(), (model_id, adapted_model_id), strict=False)
+        }
+        zs_test = fm.zero_shot_logits(images[""].x, w)
+        test_dist = {  # Tip-X's KL on a test set: distributions over the classes it has (the source's: all)
+            "test": fm.class_distribution(images[""].x, w[cols], cfg.kl_temperature),
+            "support_test": fm.class_distribution(orig.support, w[cols], cfg.kl_temperature),
+        }
+        if zero_shot:  # the baseline every few-shot method starts from: the same in every cell, so stored once
+            out.predictions(test, images[""], "clip", zs_test, logits=True, cell=False)
+        record = out.recorder(test, images[""], params=source)  # the chosen values are the source's: recorded once
+        inputs = Cell(
+            cfg, n, zs_val, zs_test, onehot, t_coder, {**dist, **test_dist}, bool(adapted_model_id), record, fitted
         )
-        if chosen is not None and method.startswith("tip_x"):
-            values["gamma"] = chosen.gamma
-        for metric, value in {**values, **extra}.items():
-            if value is not None:
-                params.append({"method": method, "shots": shots, "seed": seed, "metric": metric, "value": float(value)})
-
-    if zero_shot:  # the baseline every few-shot method starts from: the same in every cell, so stored once
-        tables.append(
-            prediction_table(
-                zs_test, orig.test.keys, orig.test.labels, run_id=run_id, method="clip", dataset=dataset,
-                split=cfg.test_split, logits=True, image_hash=orig.test.hashes,
-            )
-        )  # fmt: skip
-    cell_inputs = Cell(cfg, n, zs_val, zs_test, onehot, t_coder, dist, bool(adapted_model_id), record)
-    for method in cfg.methods:
-        spec = SCORERS[method]
-        for suffix, f in variants.items() if spec.cache else [("", orig)]:
-            spec.score(cell_inputs, stored_name(method, suffix, cell_inputs.imo_grid), f)
+        for method in cfg.methods:
+            spec = SCORERS[method]
+            for suffix, f in variants.items() if spec.cache else [("", orig)]:
+                spec.score(inputs, stored_name(method, suffix, inputs.imo_grid), replace(f, test=images[suffix]))
     part = layout.run_file(run_id, f"fewshot/part-{shots:03d}-{seed:04d}.parquet")
-    write_table(pa.concat_tables(tables), part, PREDICTIONS)
+    write_table(pa.concat_tables(out.tables), part, PREDICTIONS)
     n_support, paths = len(orig.support_keys), source_paths or {}
     support = pa.table(
         {
@@ -235,7 +296,7 @@ def fewshot_predict(
     )  # fmt: skip
     support_part = layout.run_file(run_id, f"fewshot/support-{shots:03d}-{seed:04d}.parquet")
     write_table(support, support_part, FEWSHOT_SUPPORT)
-    return CellPredictions(str(part), str(support_part), params, support=len(orig.support_keys), n_classes=n)
+    return CellPredictions(str(part), str(support_part), out.params, support=len(orig.support_keys), n_classes=n)
 
 
 @task(name="collect-predictions")
@@ -250,9 +311,10 @@ def collect_predictions(run_id: str, parts: list[str], support_parts: list[str],
 
 
 @task(name="plot-accuracy-vs-shots")
-def plot_accuracy_vs_shots(run_id: str, workdir: str, n_classes: int | None = None) -> str:
+def plot_accuracy_vs_shots(run_id: str, workdir: str, n_classes: int | None = None, dataset: str | None = None) -> str:
     """accuracy_vs_shots.png beside the run: mean top-1 over seeds per method, with the spread as error bars, the
-    zero-shot CLIP baseline and (given `n_classes`) the chance level.
+    zero-shot CLIP baseline and (given `n_classes`) the chance level; with `dataset`, of that test set only (a run's
+    shifted test sets have their own table in the report).
 
     The same PNG goes to the Prefect UI as an image artifact (`few-shot-accuracy-plot`, a data: URL: the UI cannot
     read files from the work directory).
@@ -263,7 +325,10 @@ def plot_accuracy_vs_shots(run_id: str, workdir: str, n_classes: int | None = No
 
     layout = Layout.at(workdir)
     metrics = read_table(layout.run_file(run_id, "metrics.parquet")).to_pylist()
-    summary, zero = plots.shots_curves(r for r in metrics if r["metric"] == "top1" and r["class_index"] is None)
+    summary, zero = plots.shots_curves(
+        r for r in metrics
+        if r["metric"] == "top1" and r["class_index"] is None and dataset in (None, r["dataset"])
+    )  # fmt: skip
     fig = plots.accuracy_vs_shots(summary, f"few-shot run {run_id}", zero, 1 / n_classes if n_classes else None)
     png = plots.render(fig, "png")
     path = layout.run_file(run_id, "accuracy_vs_shots.png")
@@ -279,13 +344,14 @@ def plot_accuracy_vs_shots(run_id: str, workdir: str, n_classes: int | None = No
 
 
 @task(name="few-shot-summary")
-def accuracy_table(run_id: str, workdir: str) -> list[dict[str, Any]]:
-    """Mean and std over seeds per method and shots (storage/sql/fewshot_summary.sql), also as a UI artifact."""
+def accuracy_table(run_id: str, workdir: str, dataset: str | None = None) -> list[dict[str, Any]]:
+    """Mean and std over seeds per method and shots (storage/sql/fewshot_summary.sql), also as a UI artifact; with
+    `dataset`, of that test set only."""
     from prefect.artifacts import create_markdown_artifact
 
     layout = Layout.at(workdir)
     sql = sql_file("fewshot_summary").rstrip().rstrip(";")
-    rows = query(layout, sql, {"run_id": run_id}).to_pylist()
+    rows = query(layout, sql, {"run_id": run_id} | ({"dataset": dataset} if dataset else {})).to_pylist()
     lines = ["| method | shots | seeds | top-1 mean | std |", "|---|---|---|---|---|"]
     cells = [(r["method"], r["shots"], r["seeds"], r["top1_mean"], r["top1_std"]) for r in rows]
     lines += ["| " + " | ".join(map(markdown_escape, c)) + " |" for c in cells]
@@ -293,3 +359,24 @@ def accuracy_table(run_id: str, workdir: str) -> list[dict[str, Any]]:
     lines.append(f"\nAccuracy vs shots plot: `{plot}`")
     create_markdown_artifact("\n".join(lines), key="few-shot-accuracy", description=f"few-shot run {run_id}")
     return rows
+
+
+@task(name="few-shot-shift")
+def shift_summary(run_id: str, workdir: str) -> list[dict[str, Any]]:
+    """The distribution-shift table (tasks/report/shift.py: source, each shifted test set, their average), also as a
+    UI artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    rows = shift_table(Layout.at(workdir), run_id)
+    if rows:
+        columns = list(rows[0])
+        lines = ["| " + " | ".join(map(markdown_escape, columns)) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(markdown_escape(_cell_text(r[c])) for c in columns) + " |" for r in rows]
+        create_markdown_artifact(
+            "\n".join([SHIFT_NOTE, "", *lines]), key="few-shot-shift", description=f"few-shot run {run_id}: shift"
+        )
+    return rows
+
+
+def _cell_text(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

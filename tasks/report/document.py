@@ -23,6 +23,7 @@ from coderflow.tasks.evaluate.compare import BOOTSTRAP_RESAMPLES, against_clip, 
 from coderflow.tasks.evaluate.metrics import expected_calibration_error, reliability, seed_std
 from coderflow.tasks.evaluate.reference import reference_warnings, stored_against_reference
 from coderflow.tasks.report import plots
+from coderflow.tasks.report.shift import SHIFT_NOTE, shift_table
 from coderflow.tasks.report.tables import TRIVIAL_TOP5_CLASSES, markdown_escape, markdown_table, without_trivial_top5
 
 MAX_RECALL_CLASSES = 30  # per-class recall bars: all classes up to this many, else the worst and best halves
@@ -75,7 +76,8 @@ def collect(layout: Layout, run_id: str, resamples: int = BOOTSTRAP_RESAMPLES) -
     """The report's title, sections and warnings for one run, read from the work directory."""
     run = _run(layout, run_id)
     config = json.loads(run["config"] or "{}")
-    metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
+    own = {"run_id": run_id, "dataset": run["dataset"]}  # its own test set; shifted ones: the shift section
+    metrics = query(layout, sql_file("accuracy_per_method"), own, "method, shots").to_pylist()
     title = f"coderflow report: run {run_id}"
     sections = [_summary(run, config)]
     warnings: list[str] = []
@@ -86,9 +88,11 @@ def collect(layout: Layout, run_id: str, resamples: int = BOOTSTRAP_RESAMPLES) -
         n_preds = query(layout, "SELECT count(*) AS n FROM predictions WHERE run_id = ?", params=[run_id])["n"][0]
         if n_preds.as_py():  # an adapter-overlap run stores metrics only
             sections += _class_sections(layout, run_id, run["dataset"], metrics)
-            sections.append(_calibration_section(layout, run_id))
+            sections.append(_calibration_section(layout, run_id, run["dataset"]))
         if any(m["shots"] is not None for m in metrics):
             sections.append(_shots_section(layout, run_id, run["dataset"]))
+        if shift := shift_table(layout, run_id):
+            sections.append(Section("Distribution shift", [SHIFT_NOTE], [(shift, list(shift[0]))]))
     else:
         sections.append(Section("Metrics", ["This run stored no accuracy metrics."]))
     return title, sections, warnings
@@ -155,7 +159,8 @@ def metric_rows(
         diffs = {r["method_a"]: r for r in rows if r["shots"] is None}
     seeds = query(
         layout, "SELECT method, shots, list(value) AS v FROM metrics WHERE run_id = ? AND metric = 'top1' AND "
-        "class_index IS NULL AND shots IS NOT NULL GROUP BY ALL", params=[run_id],
+        "class_index IS NULL AND shots IS NOT NULL AND dataset = (SELECT dataset FROM runs WHERE run_id = ?) "
+        "GROUP BY ALL", params=[run_id, run_id],
     ).to_pylist()  # fmt: skip
     spread = {(r["method"], r["shots"]): r["v"] for r in seeds}
     table = []
@@ -224,8 +229,8 @@ def _class_sections(layout: Layout, run_id: str, dataset: str, metrics: list[dic
     shown = [best] + (["clip"] if best != "clip" and any(m["method"] == "clip" for m in metrics) else [])
     recall_rows = query(
         layout, "SELECT method, class_index, avg(value) AS recall FROM metrics WHERE run_id = ? AND metric = 'recall' "
-        "AND coalesce(shots, -1) = (SELECT coalesce(max(shots), -1) FROM metrics m2 WHERE m2.run_id = metrics.run_id "
-        "AND m2.method = metrics.method) GROUP BY ALL", params=[run_id],
+        "AND dataset = ? AND coalesce(shots, -1) = (SELECT coalesce(max(shots), -1) FROM metrics m2 WHERE "
+        "m2.run_id = metrics.run_id AND m2.method = metrics.method) GROUP BY ALL", params=[run_id, dataset],
     ).to_pylist()  # fmt: skip
     recall = {(r["method"], r["class_index"]): r["recall"] for r in recall_rows}
     classes = sorted({c for m, c in recall if m == best}, key=lambda c: (recall[(best, c)], c))
@@ -242,7 +247,7 @@ def _class_sections(layout: Layout, run_id: str, dataset: str, metrics: list[dic
         out.append(Section("Per-class recall", note, figures=[Figure("per-class recall", plots.render(fig))]))
     pairs = query(
         layout, f"SELECT label, pred, count(*) AS n FROM predictions WHERE run_id = ? AND method = ? AND "
-        f"label IS NOT NULL AND {ONE_CELL} GROUP BY ALL", params=[run_id, best],
+        f"dataset = ? AND label IS NOT NULL AND {ONE_CELL} GROUP BY ALL", params=[run_id, best, dataset],
     ).to_pylist()  # fmt: skip
     wrong = sorted((p for p in pairs if p["label"] != p["pred"]), key=lambda p: -p["n"])
     if not wrong:
@@ -267,10 +272,10 @@ def _class_sections(layout: Layout, run_id: str, dataset: str, metrics: list[dic
     return out
 
 
-def _calibration_section(layout: Layout, run_id: str) -> Section:
+def _calibration_section(layout: Layout, run_id: str, dataset: str) -> Section:
     rows = query(
         layout, f"SELECT method, confidence, pred = label AS correct FROM predictions WHERE run_id = ? AND "
-        f"label IS NOT NULL AND {ONE_CELL}", params=[run_id],
+        f"dataset = ? AND label IS NOT NULL AND {ONE_CELL}", params=[run_id, dataset],
     )  # fmt: skip
     if "confidence" not in rows.column_names or rows.num_rows == 0 or rows["confidence"].null_count == rows.num_rows:
         return Section("Calibration", ["This run stored no confidences (it predates them): re-run it to see them."])
@@ -292,8 +297,8 @@ def _calibration_section(layout: Layout, run_id: str) -> Section:
 
 def _shots_section(layout: Layout, run_id: str, dataset: str) -> Section:
     rows = query(
-        layout, "SELECT method, shots, seed, value FROM metrics WHERE run_id = ? AND metric = 'top1' AND "
-        "class_index IS NULL", params=[run_id],
+        layout, "SELECT method, shots, seed, value FROM metrics WHERE run_id = ? AND dataset = ? AND metric = 'top1' "
+        "AND class_index IS NULL", params=[run_id, dataset],
     ).to_pylist()  # fmt: skip
     curves, zero = plots.shots_curves(rows)
     n_classes = query(layout, "SELECT count(*) AS n FROM classes WHERE dataset = ?", params=[dataset])["n"][0].as_py()
@@ -455,7 +460,8 @@ def build_report(
         raise ValueError(f"--format {fmt!r}: choose {', '.join(REPORT_FORMATS)}")
     if fmt in ("latex", "csv"):
         run = _run(layout, run_id)
-        metrics = query(layout, sql_file("accuracy_per_method"), {"run_id": run_id}, "method, shots").to_pylist()
+        own = {"run_id": run_id, "dataset": run["dataset"]}
+        metrics = query(layout, sql_file("accuracy_per_method"), own, "method, shots").to_pylist()
         rows = metric_rows(layout, run_id, metrics, resamples, _n_classes(layout, run["dataset"])) if metrics else []
         return Report((to_latex if fmt == "latex" else to_csv)(run, rows), [])
     title, sections, warnings = collect(layout, run_id, resamples)
