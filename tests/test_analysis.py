@@ -292,7 +292,7 @@ def test_api_rescoring_reproduces_the_stored_predictions(demo_run):
         "p.method = predictions.method)", params=[run_id, run_id],
     ).to_pylist()  # fmt: skip
     methods = sorted({r["method"] for r in stored})
-    assert {"clip", "coder", "coder_rerank", "waffle", "dclip", "cupl"} <= set(methods)
+    assert {"clip", "coder", "coder_rerank", "waffle", "dclip"} <= set(methods)
     for method in methods:
         want = {r["sample_key"]: r["pred"] for r in stored if r["method"] == method}
         got = dict(zip(run.images.keys, run.score(method).pred.tolist(), strict=True))

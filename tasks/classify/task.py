@@ -50,11 +50,13 @@ def classify_zero_shot(
     info: dict[str, dict[str, float]] = {}
     cupl_bank = others.get("cupl", bank)
     if "cupl" in methods and not cupl_sentence_rows(cupl_bank.source, len(cupl_bank.t)).any():
+        # no number rather than clip's number under cupl's name: every class would fall back to its templates
         get_run_logger().warning(
-            "cupl: bank %s has no CuPL sentences, so every class is scored on its template prompts (as clip): import "
-            "CuPL's prompts (`coderflow texts import FILE --format cupl`) and pass --classify.banks cupl=<bank id>",
+            "cupl left out of this run: bank %s has no CuPL sentences (its scores would be clip's): import CuPL's "
+            "prompts (`coderflow texts import FILE --format cupl`) and pass --classify.banks cupl=<bank id>",
             (method_banks or {}).get("cupl", textbank_id),
         )
+        methods = [m for m in methods if m != "cupl"]
 
     def tables() -> Iterator[pa.Table]:
         # images in chunks: memory holds one chunk's image-to-text cosines, whatever the size of the split
