@@ -108,6 +108,12 @@ class DatasetConfig(StrictSection):
         description="where --benchmark datasets are read: the Hugging Face hub organisation, or a mirror of it (a "
         "folder or fsspec URL holding the wds_* roots)",
     )
+    class_subset: int | None = Field(
+        None,
+        ge=1,
+        description="keep this many classes of the source (a seeded draw by `seed`, nested: the classes of a smaller "
+        "subset are among those of a larger one), labels renumbered in the source's class order",
+    )
     samples_per_shard: int = Field(100, ge=1, description="images per WebDataset shard written by ingest")
     demo_images_per_class: int = Field(20, ge=1, description="demo dataset: images drawn per class")
     demo_image_size: int = Field(64, ge=16, description="demo dataset: image side in pixels")
@@ -328,6 +334,9 @@ class ClassifyConfig(StrictSection):
         description="CODER*: re-rank when top1 - top2 probability is below (CODER: per dataset, ImageNet 0.1)",
     )
     rerank_k: int = Field(5, ge=2, description="CODER*: candidates re-ranked by one-vs-one texts")
+    rerank_thresholds: tuple[float, ...] = Field(
+        (), description="CODER*: thresholds the suite report re-scores CODER* at, from the stored embeddings"
+    )
     waffle_pairs: int = Field(15, ge=1, description="WaffleCLIP: (random words, random characters) prompt pairs")
     waffle_seed: int = Field(0, description="WaffleCLIP: seed of the random words and characters")
     cupl_mode: Literal["sentences", "both"] = Field(

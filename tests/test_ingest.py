@@ -83,3 +83,25 @@ def test_clip_benchmark_over_http(http_root: str):
     src = wds_source(http_root, "test")
     assert src.classnames == ["cat", "dog"]
     assert len(list(src.samples)) == 6
+
+
+def test_class_subsets_are_nested_seeded_and_renumbered(tmp_path):
+    """dataset.class_subset: a seeded draw of k classes; for one seed the smaller subset lies in the larger one."""
+    from coderflow.config import DatasetConfig
+    from coderflow.storage.shards import sample_label
+    from coderflow.tasks.ingest.sources import make_source
+
+    def subset(k: int | None, seed: int = 0) -> tuple[list[str], list[tuple[str, int]]]:
+        src = make_source(DatasetConfig(demo_images_per_class=2, class_subset=k, seed=seed))
+        return src.classnames, [(s["json"]["class_name"], sample_label(s)) for s in src.samples]
+
+    everything, _ = subset(None)
+    small, small_samples = subset(3)
+    large, large_samples = subset(7)
+    assert len(small) == 3 and set(small) < set(large) and len(large) == 7
+    assert small == [c for c in everything if c in small]  # the source's class order
+    assert {name: label for name, label in small_samples} == {c: i for i, c in enumerate(small)}  # renumbered
+    assert len(small_samples) == 3 * 2 and len(large_samples) == 7 * 2  # every image of a kept class, no other
+    assert subset(3, seed=1)[0] != small or subset(3, seed=2)[0] != small  # the draw follows the seed
+    with pytest.raises(ValueError, match=r"class_subset=11: the source has 10 classes"):
+        subset(11)

@@ -20,6 +20,7 @@ from coderflow.storage.shards import (
     IMAGE_EXTENSIONS,
     read_class_file,
     read_tar_samples,
+    sample_label,
     shard_error_sample,
     validate_classnames,
 )
@@ -308,7 +309,34 @@ def wds_source(root: str, split: str, classnames_file: str | None = None, templa
 
 
 def make_source(cfg: DatasetConfig) -> Source:
-    """The configured dataset as a Source (class names, templates, lazy samples)."""
+    """The configured dataset as a Source (class names, templates, lazy samples), restricted to `class_subset`
+    classes when set."""
+    source = _whole_source(cfg)
+    return source if cfg.class_subset is None else subset_classes(source, cfg.class_subset, cfg.seed)
+
+
+def subset_classes(source: Source, k: int, seed: int) -> Source:
+    """The first k classes of one seeded permutation of the source's classes (so subsets of one seed are nested),
+    kept in the source's class order and renumbered 0..k-1; samples of other classes are dropped."""
+    n = len(source.classnames)
+    if k > n:
+        raise ValueError(f"dataset.class_subset={k}: the source has {n} classes: give at most {n}")
+    keep = sorted(np.random.default_rng(seed).permutation(n)[:k].tolist())
+    label_of = {old: new for new, old in enumerate(keep)}
+
+    def samples() -> Iterator[dict[str, Any]]:
+        for s in source.samples:
+            label = sample_label(s)
+            if label is None:  # an unreadable or unlabelled sample: kept, ingest records its problem as before
+                yield s
+            elif label in label_of:
+                yield {**s, "cls": label_of[label]}
+
+    info = {**source.info, "class_subset": k, "classes_kept": keep}
+    return Source([source.classnames[i] for i in keep], source.templates, samples(), info)
+
+
+def _whole_source(cfg: DatasetConfig) -> Source:
     if cfg.kind == "demo":
         return demo_source(cfg.demo_images_per_class, cfg.demo_image_size, cfg.seed, cfg.split)
     if cfg.kind == "folder":  # one folder per split, or one folder split by ratio
