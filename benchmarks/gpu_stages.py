@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 
 
-def timed(stage: str, fn: Callable[[], Any], log: dict[str, Any]) -> Any:
-    """Run fn, print one JSON line with its seconds (CUDA synchronised around it), return its value."""
+def timed(stage: str, log: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run fn(*args, **kwargs), print one JSON line with its seconds (CUDA synchronised around it), return its
+    value."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    value = fn()
+    value = fn(*args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     print(json.dumps({**log, "stage": stage, "seconds": round(time.perf_counter() - start, 4)}), flush=True)
@@ -78,21 +79,19 @@ def main() -> None:
     print(json.dumps(info), flush=True)
     source = demo_source(args.images_per_class, args.image_size, 0, "test")
     log = {"precision": None, "model": args.model}
-    samples = timed("ingest (demo images generated)", lambda: list(source.samples), log)
+    samples = timed("ingest (demo images generated)", log, list, source.samples)
     texts, index, kind = bank(source.classnames)
     n = len(source.classnames)
+    meta = {"dataset": "demo", "split": "test", "shard": "all", "shard_hash": "-"}
     for precision in args.precision.split(","):
         log = {"precision": precision, "model": args.model, "images": len(samples), "texts": len(texts)}
-        lm = timed("load model", lambda p=precision: load_model(args.model, args.pretrained, args.device, p), log)
-        meta = {"dataset": "demo", "split": "test", "shard": "all", "shard_hash": "-"}
-        images = timed(
-            "embed images", lambda lm=lm: embed_samples(samples, lm, args.batch_size, meta, n_classes=n), log
-        )
+        lm = timed("load model", log, load_model, args.model, args.pretrained, args.device, precision)
+        images = timed("embed images", log, embed_samples, samples, lm, args.batch_size, meta, n_classes=n)
         x = np.stack(images["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
-        t = timed("embed texts", lambda lm=lm: encode_texts(texts, lm), log)
-        cosines = timed("coder vectors", lambda: coder_matrix(x, t), log)
-        timed("classify clip", lambda: clip_logits(x, t, index, kind, n), log)
-        timed("classify coder", lambda: coder_scores(cosines, index, kind, n), log)
+        t = timed("embed texts", log, encode_texts, texts, lm)
+        cosines = timed("coder vectors", log, coder_matrix, x, t)
+        timed("classify clip", log, clip_logits, x, t, index, kind, n)
+        timed("classify coder", log, coder_scores, cosines, index, kind, n)
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**30
             print(json.dumps({**log, "stage": "peak GPU memory", "GiB": round(peak, 2)}), flush=True)
