@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from coderflow.config import PipelineConfig
+from coderflow.storage.layout import safe_name
+from coderflow.suite_config import SuiteFile
 
 DEFAULT_CRON = "0 2 * * *"  # nightly, 02:00
 
@@ -37,20 +39,41 @@ def stage_parameters(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def deployments(cfg: PipelineConfig, name: str = "laptop", cron: str | None = DEFAULT_CRON) -> list[Any]:
-    """One deployment per flow; the end-to-end pipeline on `cron` (None: no schedule), the others on demand. Runs
-    import their flow by module path (`coderflow.flows.pipeline.pipeline`), so an installed package serves too."""
+def suite_deployment(suite: SuiteFile, cron: str | None = DEFAULT_CRON) -> Any:
+    """The `suite` flow as a deployment named after the suite, on `cron`: its parameter is the whole suite file as
+    validated (the grid and every cell's settings), so a run needs no file where it runs."""
+    from prefect.types.entrypoint import EntrypointType
+
+    from coderflow.flows.suite import suite as suite_flow
+
+    return suite_flow.to_deployment(
+        name=safe_name(suite.suite.name),
+        parameters={"spec": suite.model_dump(mode="json")},
+        tags=["coderflow", "suite"],
+        cron=cron,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        description=f"coderflow suite {suite.suite.name} from {suite.source} (served by `coderflow serve --suite`)",
+    )
+
+
+def deployments(
+    cfg: PipelineConfig, name: str = "laptop", cron: str | None = DEFAULT_CRON, suite: SuiteFile | None = None
+) -> list[Any]:
+    """One deployment per flow; the end-to-end pipeline on `cron` (None: no schedule), the others on demand. With a
+    suite, its deployment is on `cron` instead (see `suite_deployment`). Runs import their flow by module path
+    (`coderflow.flows.pipeline.pipeline`), so an installed package serves too."""
     from prefect.types.entrypoint import EntrypointType
 
     flows = _flows()  # the pipeline's task runner comes from config.runner
     params = stage_parameters(cfg)
     tags = ["coderflow"]  # a run is tagged from the configuration it runs with (`tag_flow_run`), not the default
-    return [
+    served = [suite_deployment(suite, cron)] if suite is not None else []
+    return served + [
         flow.to_deployment(
             name=name,
             parameters=params[key],
             tags=tags,
-            cron=cron if key == "pipeline" and cron else None,
+            cron=cron if key == "pipeline" and cron and suite is None else None,
             entrypoint_type=EntrypointType.MODULE_PATH,
             description=f"coderflow {key} on {cfg.dataset.name} with {cfg.model.name} (served by `coderflow serve`)",
         )
@@ -58,8 +81,14 @@ def deployments(cfg: PipelineConfig, name: str = "laptop", cron: str | None = DE
     ]
 
 
-def serve_flows(cfg: PipelineConfig, name: str = "laptop", cron: str | None = DEFAULT_CRON, limit: int = 1) -> None:
+def serve_flows(
+    cfg: PipelineConfig,
+    name: str = "laptop",
+    cron: str | None = DEFAULT_CRON,
+    limit: int = 1,
+    suite: SuiteFile | None = None,
+) -> None:
     """Serve every flow until interrupted (Ctrl-C); scheduled and UI-triggered runs execute in this process."""
     from prefect import serve
 
-    serve(*deployments(cfg, name, cron), limit=limit)
+    serve(*deployments(cfg, name, cron, suite), limit=limit)

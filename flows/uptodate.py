@@ -65,9 +65,10 @@ def _files(workdir: StoragePath, folder: StoragePath, pattern: str) -> list[list
     return file_listing(workdir, folder.glob(pattern)) if folder.is_dir() else []
 
 
-def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
+def input_parts(cfg: PipelineConfig, bank: str | None = None) -> dict[str, Any] | None:
     """What the pipeline's result depends on, by part; None where it cannot be told (missing adapter file, a text
-    bank whose LLM requests partly failed and would be asked again)."""
+    bank whose LLM requests partly failed and would be asked again). `bank`: the text bank of the run compared with
+    (default: the dataset's newest, which a run just made)."""
     from coderflow.tasks.embed.model import adapter_path, configured_model_id  # torch-free until a model loads
 
     layout = Layout.at(cfg.workdir)
@@ -79,7 +80,8 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
         return None
     adapter = adapter_path(cfg.model, str(workdir))
     alias = layout.textbank_alias(ds.name)
-    bank = alias.read_text().strip() if alias.is_file() else None
+    if bank is None:
+        bank = alias.read_text().strip() if alias.is_file() else None
     bank_files: list[StoragePath] = []
     if bank:
         report = layout.textbank_report(bank)
@@ -115,9 +117,9 @@ def input_parts(cfg: PipelineConfig) -> dict[str, Any] | None:
     }
 
 
-def inputs_fingerprint(cfg: PipelineConfig) -> dict[str, Any] | None:
+def inputs_fingerprint(cfg: PipelineConfig, bank: str | None = None) -> dict[str, Any] | None:
     """{"fingerprint": sha256 of all parts, "parts": {part: sha256}}, or None where it cannot be told."""
-    parts = input_parts(cfg)
+    parts = input_parts(cfg, bank)
     if parts is None:
         return None
     return {

@@ -27,7 +27,7 @@ REFERENCE_FILE = Path(__file__).with_name("reference_results.csv")  # published 
 # one row naming the work directory the views were built for and their version: a copied or moved work directory,
 # or a database from another version of these views, gets its views rebuilt
 ROOT_VIEW = "coderflow_root"
-VIEWS_VERSION = 3  # 3: fewshot_support.sampling and source_path
+VIEWS_VERSION = 5  # 3: fewshot_support.sampling and source_path; 4: suite_cells; 5: suite_stats, leaderboard
 
 # one row per (image, text) cosine of the dense and top-k CODER files, with the text's id from its bank
 CODER_COSINES = """
@@ -135,7 +135,8 @@ def check_workdir(layout: Layout) -> None:
 
 def refresh_views(layout: Layout) -> Path:
     """(Re)create the views `texts`, `image_embeddings`, ... over the files now in the work directory, the derived
-    views `classes` and `coder_cosines`, the table `reference_results` and the macros of storage/macros.sql.
+    views `classes`, `coder_cosines` and `leaderboard`, the table `reference_results` and the macros of
+    storage/macros.sql.
 
     The views read absolute paths (any DuckDB client can open the file in place); the view `coderflow_root` records
     the work directory they were built for, so that readers of a copied or moved one rebuild them first.
@@ -157,6 +158,7 @@ def refresh_views(layout: Layout) -> Path:
                 log.warning("view classes left empty: %s (see `coderflow doctor`)", _short(exc))
                 con.execute(f"CREATE OR REPLACE VIEW classes AS {_empty_select(CLASSES)}")
             con.execute(f"CREATE OR REPLACE VIEW coder_cosines AS {CODER_COSINES}")
+            con.execute(f"CREATE OR REPLACE VIEW leaderboard AS {sql_file('leaderboard', QUERIES_DIR)}")
             con.register("reference_rows", reference_results())
             con.execute("CREATE OR REPLACE TABLE reference_results AS SELECT * FROM reference_rows")
             con.unregister("reference_rows")

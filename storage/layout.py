@@ -291,6 +291,30 @@ class Layout:
     def run_file(self, run_id: str, name: str) -> StoragePath:
         return self.run_dir(run_id) / name
 
+    # suites ---------------------------------------------------------------------------------------
+    @property
+    def suites_dir(self) -> StoragePath:
+        return self.root / "suites"
+
+    def suite_dir(self, suite_id: str) -> StoragePath:
+        return self.suites_dir / safe_name(suite_id)
+
+    def suite_cell_file(self, suite_id: str, cell_id: str) -> StoragePath:
+        """One cell's record (SUITE_CELLS), written when the cell ends: a killed suite keeps the cells it finished."""
+        return self.suite_dir(suite_id) / "cells" / f"{safe_name(cell_id)}.parquet"
+
+    def suite_file(self, suite_id: str, name: str) -> StoragePath:
+        """A file of a suite run: suite.yaml (the suite file as validated), plan.json (its cells in run order)."""
+        return self.suite_dir(suite_id) / name
+
+    def suite_stats_file(self, suite_id: str) -> StoragePath:
+        """Paired statistics of every cell's methods against clip (SUITE_STATS), written when the suite ends."""
+        return self.suite_dir(suite_id) / "stats.parquet"
+
+    def suite_benchmark_file(self, suite_id: str) -> StoragePath:
+        """The suite's accuracies in CLIP_benchmark's columns (one row per dataset, model, method and shots)."""
+        return self.suite_dir(suite_id) / "benchmark.csv"
+
     @property
     def is_local(self) -> bool:
         return is_local(self.root)
@@ -320,4 +344,6 @@ class Layout:
             "metrics": str(r / "runs" / "*" / "metrics.parquet"),
             "runs": str(r / "runs" / "*" / "run.parquet"),
             "fewshot_support": str(r / "runs" / "*" / "support.parquet"),
+            "suite_cells": str(r / "suites" / "*" / "cells" / "*.parquet"),
+            "suite_stats": str(r / "suites" / "*" / "stats.parquet"),
         }

@@ -125,6 +125,48 @@ RUNS = pa.schema(
     ]
 )
 
+# one row per cell of a suite run (suites/<suite_id>/cells/<cell_id>.parquet): which run answered it, or its error
+SUITE_CELLS = pa.schema(
+    [
+        ("suite_id", pa.string()),  # one id per run of a suite file
+        ("suite_name", pa.string()),
+        ("cell_id", pa.string()),  # content id of the cell's settings: the same cell in every run of the suite
+        ("kind", pa.string()),  # 'zeroshot' (a pipeline run) or 'fewshot' (a few-shot run)
+        ("dataset", pa.string()),
+        ("model", pa.string()),  # as the suite file names it, e.g. 'ViT-B-32/openai'
+        ("model_id", pa.string()),
+        ("bank", pa.string()),  # as the suite file names it, e.g. 'offline', 'llm:<model>', 'import:<file>'
+        ("textbank_id", pa.string()),
+        ("axis", pa.string()),  # a study axis value, e.g. 'classes=50' (null: none)
+        ("run_id", pa.string()),  # the run that answered the cell (null: it failed before one existed)
+        ("status", pa.string()),  # 'completed', 'reused' (an up-to-date run answered) or 'failed'
+        ("error", pa.string()),
+        ("seconds", pa.float64()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# paired statistics of each suite cell's methods against clip (suites/<suite_id>/stats.parquet, written at the end of
+# a suite by tasks/suite/stats.py): what the `leaderboard` view joins to the metrics
+SUITE_STATS = pa.schema(
+    [
+        ("suite_id", pa.string()),
+        ("cell_id", pa.string()),
+        ("run_id", pa.string()),
+        ("method", pa.string()),
+        ("shots", pa.int32()),  # null: zero-shot
+        ("n_seeds", pa.int32()),  # seeds, each paired with clip of the same shots and seed (else zero-shot clip)
+        ("n_samples", pa.int32()),  # test images paired
+        ("delta_vs_clip", pa.float64()),  # top-1 minus clip's top-1, averaged over seeds
+        ("ci_low", pa.float64()),  # paired bootstrap 95% interval of the difference (images resampled)
+        ("ci_high", pa.float64()),
+        ("p_value", pa.float64()),  # exact McNemar over the discordant (image, seed) pairs
+        ("only_method", pa.int64()),  # (image, seed) pairs only the method got right
+        ("only_clip", pa.int64()),
+    ]
+)
+
 CLASSES = pa.schema([("dataset", pa.string()), ("class_index", pa.int32()), ("class_name", pa.string())])
 
 # published numbers (storage/reference_results.csv, provenance in reference_results.md): value is a fraction
@@ -151,6 +193,8 @@ VIEWS: dict[str, pa.Schema] = {
     "metrics": METRICS,
     "runs": RUNS,
     "fewshot_support": FEWSHOT_SUPPORT,
+    "suite_cells": SUITE_CELLS,
+    "suite_stats": SUITE_STATS,
 }
 
 

@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coderflow.tasks.classify.methods",
             "coderflow.tasks.fewshot.scorers",
             "coderflow.tasks.fewshot.methods",
+            "coderflow.tasks.fewshot.device",  # the torch plumbing of fewshot.methods
         ),
     ),
     (
@@ -37,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coderflow.config",
             "coderflow.sections",
             "coderflow.fewshot_sections",
+            "coderflow.suite_config",
             "coderflow.presets",
             "coderflow.console",
             "coderflow.interrupt",

@@ -64,6 +64,7 @@ def test_every_flag_reaches_the_config():
         "dataset.templates_file": "t", "model.name": "ViT-B-32", "model.device": "cuda", "dataset.split": "val",
         "fewshot.sampling": "per_class", "classify.cupl_mode": "both", "texts.dclip_after_text": ".",
         "fewshot.texts": "att_template={c} has {x}", "fewshot.test_datasets": "sketch=/data/sketch",
+        "classify.rerank_thresholds": "0.05,0.2",
     }  # fmt: skip
     args = ["config"]
     for key in leaf_keys(PipelineConfig):

@@ -26,6 +26,7 @@ from coderflow.tasks import ConfigError
 # Importing registers the commands; error messages list them in this order (the flows first, then the readers).
 from coderflow.cli import run_commands  # noqa: F401  # isort: skip
 from coderflow.cli import read_commands  # noqa: F401  # isort: skip
+from coderflow.cli import suite_commands  # noqa: F401  # isort: skip
 
 __all__ = ["COMMAND_SECTIONS", "app", "entry", "flag_name", "main"]
 

@@ -41,10 +41,14 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
         "templates",
         "max_failure_rate",
         "run_name",
+        "runner",
+        "runner_address",
+        "runner_workers",
     ),
     "adapter train": ("workdir", "dataset", "model", "adapter", "run_name"),
     "adapter overlap": ("workdir", "dataset", "model", "adapter", "max_failure_rate", "run_name"),
     "serve": tuple(PipelineConfig.model_fields),
+    "suite": tuple(PipelineConfig.model_fields),  # the settings of every cell, over the suite file's
     "config": tuple(PipelineConfig.model_fields),
 }
 

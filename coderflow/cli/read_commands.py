@@ -179,6 +179,34 @@ def report_cmd(
         err_console.print(f"[bold yellow]warning:[/] {markup_escape(warning)}", highlight=False, soft_wrap=True)
 
 
+def suite_report_cmd(
+    suite_id: Annotated[str, Parameter(help="a suite id (see `coderflow suites`)")],
+    /,
+    *,
+    fmt: Annotated[
+        Literal["md", "html", "csv"],
+        Parameter(name="--format", help="md, html (one file) or csv (benchmark.csv's rows)"),
+    ] = "md",
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        Parameter(name=["--output", "-o"], allow_leading_hyphen=True, help="the file to write (default: stdout)"),
+    ] = None,
+    workdir: Workdir = None,
+) -> None:
+    """A suite's results in the papers' layout (per shots, methods as rows, datasets as columns and their average;
+    mean +- std over seeds, * where the difference from clip is significant, published numbers beside), failed cells
+    and studies; --format csv: benchmark.csv. Registered as `coderflow suite report` (cli/suite_commands.py)."""
+    from coderflow.tasks.suite.report import build_suite_report
+
+    text = build_suite_report(Layout.at(workdir), suite_id, fmt)
+    if output is None or str(output) == "-":
+        sys.stdout.write(printable(text))
+        return
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    console.print(f"report of suite {printable(suite_id)}: {output}", highlight=False)
+
+
 @app.command(name="ablate")
 def ablate_cmd(
     run_id: Annotated[str, Parameter(help="a zero-shot run id (see `coderflow runs`)")],

@@ -103,9 +103,10 @@ def accuracy_vs_shots(
     title: str,
     zero_shot: float | None = None,
     chance: float | None = None,
+    xlabel: str = "shots per class",
 ) -> Any:
-    """Mean top-1 over seeds per method against shots (log2 axis) with the spread as error bars; the zero-shot
-    baseline and chance level as horizontal lines."""
+    """Mean top-1 over seeds per method against shots (log2 axis; or another count named by `xlabel`, such as the
+    number of classes) with the spread as error bars; the zero-shot baseline and chance level as horizontal lines."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     all_shots: set[int] = set()
@@ -123,7 +124,7 @@ def accuracy_vs_shots(
         ax.set_xscale("log", base=2)
         ticks = sorted(all_shots)
         ax.set_xticks(ticks, [str(k) for k in ticks])
-    return _finish(fig, ax, "shots per class", "top-1 accuracy (test)", title)
+    return _finish(fig, ax, xlabel, "top-1 accuracy (test)", title)
 
 
 def reliability_diagram(bins: Mapping[str, Sequence[Mapping[str, float]]], title: str) -> Any:

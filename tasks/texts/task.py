@@ -97,7 +97,8 @@ def build_text_bank(
     path = layout.textbank_file(bank_id)
     if not intact(path):
         write_table(bank, path, TEXTS)
-    write_text(json.dumps(report, indent=2, default=str), layout.textbank_report(bank_id))
+    # unchanged content keeps its file (and mtime): another dataset with the same classes makes the same bank
+    write_text_if_changed(json.dumps(report, indent=2, default=str), layout.textbank_report(bank_id))
     generator = report.get("generator")
     if not (isinstance(generator, dict) and generator.get("failures")):  # failed requests are asked again next time
         write_text(bank_id, marker)
