@@ -105,7 +105,7 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
         futures = fewshot_predict.map(
             unmapped(run_id), cells, [plan.sets[c] for c in cells], unmapped(config.dataset.name),
             unmapped(support_split), unmapped(mid), unmapped(adapted_mid), unmapped(bank.textbank_id), unmapped(fs),
-            unmapped(workdir), [i == 0 for i in range(len(cells))], unmapped(plan.paths), unmapped(shift),
+            unmapped(workdir), [i == 0 for i in range(len(cells))], unmapped(plan.paths), unmapped(shift), unmapped(model.device),
         )  # fmt: skip
         parts = [f.result() for f in futures]
         collect_predictions(run_id, [p.part for p in parts], [p.support_part for p in parts], workdir)

@@ -1,26 +1,51 @@
-"""Training-free few-shot logits (prototype, Tip-Adapter, CODER-Adapter, Tip-X) and their searches on validation data.
+"""Training-free few-shot logits (prototype, Tip-Adapter, CODER-Adapter, Tip-X) and their searches, in torch on a device.
 
-All functions take and return numpy arrays (float32); rows are samples. Cache methods share one form:
+Cache methods share one form:
     logits = zero_shot + alpha * exp(-beta * (1 - A)) @ onehot(support_labels)
 with A the query-to-support affinity: plain cosine for Tip-Adapter (Zhang et al. 2022; gaopengcuhk/Tip-Adapter
 main.py:32-42), per-row min-max normalised cosine of CODER vectors for the CODER-Adapter (YCaigogogo/CVPR24-CODER
 utils.py:63-86). Tip-X (akres001/CLIP_fewshot_imo utils.py:132-204) adds gamma * (-scaled KL) @ onehot.
+
+Inputs and outputs are numpy arrays, rows are samples; a function with a `device` keyword ('cpu', 'cuda', 'cuda:1')
+converts its inputs there, computes there in blocks of rows sized from the device's free memory
+(torch.cuda.mem_get_info on CUDA, CPU_BUDGET on the CPU) and returns numpy. Every step keeps the dtype of the numpy
+reference (tasks/fewshot/reference_numpy.py): float32 throughout (TF32 off), except the softmax of
+class_distribution and the KL matrix, float64 as there; a float64 input stays float64 where the reference's numpy
+promotion keeps it so. Logits equal the reference's up to the rounding of the matrix products (and of exp on CUDA; on
+the CPU the cache's exp is numpy's own), within 1e-4; searches count right answers exactly as the reference's argmax
+over float32 logits would (fewshot.device.right_per_alpha) and keep the first maximum in the reference's loop order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from coderflow.tasks.classify.methods import l2_normalize, softmax
+from coderflow.tasks.classify.methods import l2_normalize as l2_normalize  # re-exported: scorers use it from here
+from coderflow.tasks.classify.methods import softmax as softmax
+from coderflow.tasks.fewshot.device import (
+    ValArrays,
+    accuracy_grid,
+    block_rows,
+    cache_product,
+    map_rows,
+    matmul,
+    minmax_rows,
+    normalize,
+    on_device,
+    to_device,
+    to_numpy,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 SearchOrder = Literal["beta_first", "alpha_first"]  # loop nesting of a grid search, outermost first (tie order)
 
-CHUNK_ROWS = 4096  # query rows per block, bounds the affinity matrix held in memory
-SEARCH_CELLS = 1 << 24  # rows x alphas x classes evaluated at once by the grid search (64 MiB of float32)
+CHUNK_ROWS = 4096  # at most this many query rows per block of tip_adapter_logits / coder_adapter_logits
 
 # IMO's grids (CLIP_fewshot_imo run.py:42-47), endpoints included
 IMO_ALPHAS: tuple[float, ...] = tuple(np.linspace(0, 20, 200).tolist())
@@ -41,6 +66,7 @@ def tip_grid(
 DEFAULT_BETAS, DEFAULT_ALPHAS = (tuple(g) for g in tip_grid())
 
 
+# logits ----------------------------------------------------------------------------------------------------
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """[S, C] float32 one-hot matrix of integer labels in [0, num_classes)."""
     labels = np.asarray(labels)
@@ -55,55 +81,74 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def zero_shot_logits(queries: np.ndarray, text_classifier: np.ndarray, scale: float = 100.0) -> np.ndarray:
+def zero_shot_logits(
+    queries: np.ndarray, text_classifier: np.ndarray, scale: float = 100.0, *, device: str = "cpu"
+) -> np.ndarray:
     """scale * cosine(query, class text embedding): [N, C]."""
     _check_dims(queries, text_classifier, "queries", "text_classifier")
-    return scale * (l2_normalize(queries) @ l2_normalize(text_classifier).T)
+    with on_device(device) as dev:
+        q, w = to_device(queries, dev, np.float32), normalize(to_device(text_classifier, dev, np.float32))
+        rows = block_rows(4 * (q.shape[1] + 2 * w.shape[0]), dev)
+        return map_rows(lambda s: scale * (normalize(q[s]) @ w.T), len(q), rows)
 
 
-def tip_affinity(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def tip_affinity(queries: np.ndarray, keys: np.ndarray, *, device: str = "cpu") -> np.ndarray:
     """Cosine similarity of each query to each support key: [N, S]."""
     _check_dims(queries, keys, "queries", "keys")
-    return l2_normalize(queries) @ l2_normalize(keys).T
+    with on_device(device) as dev:
+        q, k = to_device(queries, dev, np.float32), normalize(to_device(keys, dev, np.float32))
+        return map_rows(lambda s: normalize(q[s]) @ k.T, len(q), block_rows(4 * (q.shape[1] + 2 * len(k)), dev))
 
 
-def coder_affinity(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def coder_affinity(queries: np.ndarray, keys: np.ndarray, *, device: str = "cpu") -> np.ndarray:
     """Cosine of CODER vectors, min-max normalised per query row: (A - min_row) / (max_row - min_row).
 
     A row whose cosines are all equal becomes all zeros.
     """
-    a = tip_affinity(queries, keys)
-    lo = a.min(axis=1, keepdims=True)
-    span = a.max(axis=1, keepdims=True) - lo
-    return np.divide(a - lo, span, out=np.zeros_like(a), where=span > 0)
+    _check_dims(queries, keys, "queries", "keys")
+    with on_device(device) as dev:
+        q, k = to_device(queries, dev, np.float32), normalize(to_device(keys, dev, np.float32))
+        rows = block_rows(4 * (q.shape[1] + 4 * len(k)), dev)
+        return map_rows(lambda s: minmax_rows(normalize(q[s]) @ k.T), len(q), rows)
 
 
-def cache_logits(affinity: np.ndarray, support_onehot: np.ndarray, beta: float) -> np.ndarray:
+def cache_logits(affinity: np.ndarray, support_onehot: np.ndarray, beta: float, *, device: str = "cpu") -> np.ndarray:
     """Tip-Adapter cache scores exp(-beta * (1 - A)) @ onehot: [N, C]."""
     if affinity.shape[1] != support_onehot.shape[0]:
         raise ValueError(
             f"affinity has {affinity.shape[1]} support columns but support_onehot has {support_onehot.shape[0]} rows; "
             "compute both from the same support set"
         )
-    return np.exp(-beta * (1.0 - affinity)).astype(np.float32) @ support_onehot
+    work = (-beta * (1.0 - np.asarray(affinity)[:0])).dtype  # the reference's dtype for the exp (numpy promotion)
+    with on_device(device) as dev:
+        a, onehot = to_device(affinity, dev, work), to_device(support_onehot, dev)
+        rows = block_rows(a.element_size() * 3 * a.shape[1] + 8 * onehot.shape[1], dev)
+        return map_rows(lambda s: cache_product(a[s], onehot, float(beta)), len(a), rows)
 
 
-def class_prototypes(support: np.ndarray, support_labels: np.ndarray, num_classes: int) -> np.ndarray:
+def class_prototypes(
+    support: np.ndarray, support_labels: np.ndarray, num_classes: int, *, device: str = "cpu"
+) -> np.ndarray:
     """L2-normalised mean of the L2-normalised support embeddings of each class: [C, D]."""
     onehot = one_hot(support_labels, num_classes)
     counts = onehot.sum(axis=0)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()
         raise ValueError(f"classes {missing[:10]} have no support sample; sample at least one shot per class")
-    return l2_normalize((onehot.T @ l2_normalize(support)) / counts[:, None])
+    with on_device(device) as dev:
+        sums = to_device(onehot, dev).T @ normalize(to_device(support, dev, np.float32))
+        return to_numpy(normalize(sums / to_device(counts, dev)[:, None]))
 
 
 def prototype_logits(
-    queries: np.ndarray, support: np.ndarray, support_labels: np.ndarray, num_classes: int
+    queries: np.ndarray, support: np.ndarray, support_labels: np.ndarray, num_classes: int, *, device: str = "cpu"
 ) -> np.ndarray:
     """Cosine similarity of each query to each class prototype: [N, C]."""
     _check_dims(queries, support, "queries", "support")
-    return l2_normalize(queries) @ class_prototypes(support, support_labels, num_classes).T
+    protos = class_prototypes(support, support_labels, num_classes, device=device)
+    with on_device(device) as dev:
+        q, p = to_device(queries, dev, np.float32), to_device(protos, dev)
+        return map_rows(lambda s: normalize(q[s]) @ p.T, len(q), block_rows(4 * (q.shape[1] + 2 * len(p)), dev))
 
 
 def tip_adapter_logits(
@@ -114,15 +159,22 @@ def tip_adapter_logits(
     alpha: float,
     beta: float,
     chunk_rows: int = CHUNK_ROWS,
+    *,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Tip-Adapter: 100 * X @ W.T + alpha * exp(-beta * (1 - X @ K.T)) @ onehot, all of X, W, K row-normalised."""
-    onehot = one_hot(support_labels, text_classifier.shape[0])
-    keys = l2_normalize(support)
-    out = [
-        zero_shot_logits(q, text_classifier) + alpha * cache_logits(tip_affinity(q, keys), onehot, beta)
-        for q in _row_chunks(queries, chunk_rows)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, text_classifier.shape[0]), dtype=np.float32)
+    _check_dims(queries, text_classifier, "queries", "text_classifier")
+    _check_dims(queries, support, "queries", "support")
+    with on_device(device) as dev:
+        onehot = to_device(one_hot(support_labels, text_classifier.shape[0]), dev)
+        keys = normalize(normalize(to_device(support, dev, np.float32)))  # the reference normalises the keys twice
+        w, q = normalize(to_device(text_classifier, dev, np.float32)), to_device(queries, dev, np.float32)
+
+        def block(s: slice) -> torch.Tensor:
+            x = normalize(q[s])
+            return 100.0 * (x @ w.T) + alpha * cache_product(x @ keys.T, onehot, float(beta))
+
+        return map_rows(block, len(q), block_rows(4 * (q.shape[1] + 3 * len(keys) + 3 * len(w)), dev, chunk_rows))
 
 
 def coder_adapter_logits(
@@ -133,6 +185,8 @@ def coder_adapter_logits(
     alpha: float,
     beta: float,
     chunk_rows: int = CHUNK_ROWS,
+    *,
+    device: str = "cpu",
 ) -> np.ndarray:
     """CODER-Adapter: zero_shot + alpha * exp(-beta * (1 - minmax_row(Q @ K.T))) @ onehot on CODER vectors.
 
@@ -141,11 +195,16 @@ def coder_adapter_logits(
     zero_shot = np.asarray(zero_shot, dtype=np.float32)
     if zero_shot.shape[0] != len(queries):
         raise ValueError(f"zero_shot has {zero_shot.shape[0]} rows for {len(queries)} queries; pass scores per query")
-    onehot = one_hot(support_labels, zero_shot.shape[1])
-    keys = l2_normalize(support)
-    out = [cache_logits(coder_affinity(q, keys), onehot, beta) for q in _row_chunks(queries, chunk_rows)]
-    cache = np.concatenate(out) if out else np.zeros_like(zero_shot)
-    return zero_shot + alpha * cache
+    _check_dims(queries, support, "queries", "support")
+    with on_device(device) as dev:
+        onehot = to_device(one_hot(support_labels, zero_shot.shape[1]), dev)
+        keys = normalize(normalize(to_device(support, dev, np.float32)))
+        q, zs = to_device(queries, dev, np.float32), to_device(zero_shot, dev)
+
+        def block(s: slice) -> torch.Tensor:
+            return zs[s] + alpha * cache_product(minmax_rows(normalize(q[s]) @ keys.T), onehot, float(beta))
+
+        return map_rows(block, len(q), block_rows(4 * (q.shape[1] + 4 * len(keys) + 3 * zs.shape[1]), dev, chunk_rows))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -156,6 +215,7 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((np.argmax(logits, axis=1) == labels).mean())
 
 
+# searches --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AlphaBeta:
     """Chosen cache weight alpha, sharpness beta and KL weight gamma (Tip-X; 0 otherwise), with the validation
@@ -167,6 +227,63 @@ class AlphaBeta:
     mode: str
     evaluated: int = 0  # number of (alpha, beta[, gamma]) points tried
     gamma: float = 0.0
+
+
+def _val(
+    zero_shot: np.ndarray, affinity: np.ndarray, support_labels: np.ndarray, labels: np.ndarray, kl: Any, dev: Any
+) -> ValArrays:
+    zero_shot, affinity, labels = (
+        np.asarray(zero_shot, np.float32),
+        np.asarray(affinity, np.float32),
+        np.asarray(labels),
+    )
+    if not (zero_shot.shape[0] == affinity.shape[0] == len(labels)):
+        raise ValueError(
+            f"validation arrays disagree on rows: zero_shot {zero_shot.shape}, affinity {affinity.shape}, "
+            f"labels {labels.shape}; compute them from the same validation samples"
+        )
+    if kl is not None and np.shape(kl) != zero_shot.shape:
+        raise ValueError(f"kl_logits {np.shape(kl)} must have the zero-shot shape {zero_shot.shape}")
+    onehot = one_hot(support_labels, zero_shot.shape[1])
+    kl_t = None if kl is None else to_device(kl, dev)
+    return ValArrays(
+        to_device(zero_shot, dev),
+        to_device(affinity, dev),
+        to_device(onehot, dev),
+        to_device(labels, dev, np.int64),
+        kl_t,
+    )
+
+
+def _fixed(v: ValArrays, alpha: float, beta: float, gamma: float) -> AlphaBeta:
+    return AlphaBeta(alpha, beta, float(accuracy_grid(v, [alpha], [beta], [gamma])[0, 0, 0]), "fixed", 1, gamma)
+
+
+def _search(
+    v: ValArrays,
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    gammas: Sequence[float],
+    refine: int,
+    order: SearchOrder,
+) -> AlphaBeta:
+    if len(alphas) == 0 or len(betas) == 0 or len(gammas) == 0:
+        raise ValueError(f"grid search needs non-empty grids, got {list(alphas)}, {list(betas)}, {list(gammas)}")
+    alphas, betas, gammas = [float(a) for a in alphas], [float(b) for b in betas], [float(g) for g in gammas]
+    accs = accuracy_grid(v, alphas, betas, gammas)
+    ib, ig, ia = first_maximum(accs, order)
+    best = AlphaBeta(alphas[ia], betas[ib], float(accs[ib, ig, ia]), "grid", accs.size, gammas[ig])
+    if refine > 0:
+        fine_a, fine_b = _between_neighbours(alphas, ia, refine), _between_neighbours(betas, ib, refine)
+        fine = accuracy_grid(v, fine_a, fine_b, [best.gamma])
+        jb, _, ja = first_maximum(fine, order)
+        fine = fine[:, 0, :]
+        evaluated = accs.size + fine.size
+        if fine[jb, ja] > best.val_accuracy:
+            best = AlphaBeta(fine_a[ja], fine_b[jb], float(fine[jb, ja]), "grid", evaluated, best.gamma)
+        else:
+            best = AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated, best.gamma)
+    return best
 
 
 def tune_alpha_beta(
@@ -185,6 +302,7 @@ def tune_alpha_beta(
     gammas: Sequence[float] = (0.0,),
     gamma: float = 0.0,
     order: SearchOrder = "beta_first",
+    device: str = "cpu",
 ) -> AlphaBeta:
     """Choose (alpha, beta[, gamma]) maximising validation top-1 of
     val_zero_shot + gamma * val_kl + alpha * cache_logits(val_affinity, beta).
@@ -197,40 +315,22 @@ def tune_alpha_beta(
     343-345). With refine_steps > 0 a second grid of refine_steps x refine_steps points spans the grid neighbours
     (grids ascending) of the coarse best alpha and beta, searched in the same order, and replaces it only when
     strictly better. mode="fixed" returns the values as given, with their validation accuracy when validation arrays
-    are passed.
+    are passed. Logits are float32 (float64 where val_kl is float64), as in the numpy reference.
     """
     if mode not in ("grid", "fixed"):
         raise ValueError(f"mode must be 'grid' or 'fixed', got {mode!r}")
     if order not in ("beta_first", "alpha_first"):
         raise ValueError(f"order must be 'beta_first' or 'alpha_first', got {order!r}")
     have_val = val_zero_shot is not None and val_affinity is not None and val_labels is not None
-    if mode == "fixed":
-        if not have_val:
-            return AlphaBeta(alpha, beta, None, "fixed", 0, gamma)
-        acc = grid_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, [alpha], [beta], val_kl, [gamma])
-        return AlphaBeta(alpha, beta, float(acc[0, 0, 0]), "fixed", 1, gamma)
+    if mode == "fixed" and not have_val:
+        return AlphaBeta(alpha, beta, None, "fixed", 0, gamma)
     if not have_val:
         raise ValueError("mode='grid' needs val_zero_shot, val_affinity and val_labels; or use mode='fixed'")
-    if len(alphas) == 0 or len(betas) == 0 or len(gammas) == 0:
-        raise ValueError(f"grid search needs non-empty grids, got {list(alphas)}, {list(betas)}, {list(gammas)}")
-    alphas, betas, gammas = [float(a) for a in alphas], [float(b) for b in betas], [float(g) for g in gammas]
-    accs = grid_accuracies(val_zero_shot, val_affinity, support_labels, val_labels, alphas, betas, val_kl, gammas)
-    ib, ig, ia = first_maximum(accs, order)
-    best = AlphaBeta(alphas[ia], betas[ib], float(accs[ib, ig, ia]), "grid", accs.size, gammas[ig])
-    if refine_steps > 0:
-        fine_a = _between_neighbours(alphas, ia, refine_steps)
-        fine_b = _between_neighbours(betas, ib, refine_steps)
-        fine = grid_accuracies(
-            val_zero_shot, val_affinity, support_labels, val_labels, fine_a, fine_b, val_kl, [best.gamma]
-        )
-        jb, _, ja = first_maximum(fine, order)
-        fine = fine[:, 0, :]
-        evaluated = accs.size + fine.size
-        if fine[jb, ja] > best.val_accuracy:
-            best = AlphaBeta(fine_a[ja], fine_b[jb], float(fine[jb, ja]), "grid", evaluated, best.gamma)
-        else:
-            best = AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated, best.gamma)
-    return best
+    with on_device(device) as dev:
+        v = _val(val_zero_shot, val_affinity, support_labels, val_labels, val_kl, dev)
+        if mode == "fixed":
+            return _fixed(v, alpha, beta, gamma)
+        return _search(v, alphas, betas, gammas, refine_steps, order)
 
 
 def first_maximum(accs: np.ndarray, order: SearchOrder = "beta_first") -> tuple[int, int, int]:
@@ -251,27 +351,29 @@ def coder_adapter_search(
     alpha_range: tuple[float, float] = (0.1, 20.0),
     steps: tuple[int, int] = (500, 50),
     rounds: int = 3,
+    device: str = "cpu",
 ) -> AlphaBeta:
     """CODER-Adapter's search (CVPR24-CODER classify_few_shot.py:37-70): a grid of steps[0] betas x steps[1] alphas
     over [min, max) (endpoint excluded), then `rounds - 1` more grids over [0.5, 1.5] x the best values; validation
     data only. As the reference, each round keeps its own best (betas outer, alphas inner, the first maximum; a round
     where no point beats accuracy 0 keeps (0, 0)), the next round zooms around it, and the last round's best is
-    returned, even when an earlier round scored higher.
+    returned, even when an earlier round scored higher. The validation arrays go to the device once.
     """
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: search at least one round")
     (b_lo, b_hi), (a_lo, a_hi) = beta_range, alpha_range
-    labels = (support_labels, val_labels)
     best: AlphaBeta | None = None
     evaluated = 0
-    for _ in range(rounds):
-        betas = [i * (b_hi - b_lo) / steps[0] + b_lo for i in range(steps[0])]
-        alphas = [i * (a_hi - a_lo) / steps[1] + a_lo for i in range(steps[1])]
-        best = tune_alpha_beta(val_zero_shot, val_affinity, *labels, alphas=alphas, betas=betas, order="beta_first")
-        evaluated += best.evaluated
-        if not best.val_accuracy:  # the reference's `best_beta, best_alpha = 0, 0` when nothing beats 0
-            best = tune_alpha_beta(val_zero_shot, val_affinity, *labels, mode="fixed", alpha=0.0, beta=0.0)
-        (b_lo, b_hi), (a_lo, a_hi) = (0.5 * best.beta, 1.5 * best.beta), (0.5 * best.alpha, 1.5 * best.alpha)
+    with on_device(device) as dev:
+        v = _val(val_zero_shot, val_affinity, support_labels, val_labels, None, dev)
+        for _ in range(rounds):
+            betas = [i * (b_hi - b_lo) / steps[0] + b_lo for i in range(steps[0])]
+            alphas = [i * (a_hi - a_lo) / steps[1] + a_lo for i in range(steps[1])]
+            best = _search(v, alphas, betas, [0.0], 0, "beta_first")
+            evaluated += best.evaluated
+            if not best.val_accuracy:  # the reference's `best_beta, best_alpha = 0, 0` when nothing beats 0
+                best = _fixed(v, 0.0, 0.0, 0.0)
+            (b_lo, b_hi), (a_lo, a_hi) = (0.5 * best.beta, 1.5 * best.beta), (0.5 * best.alpha, 1.5 * best.alpha)
     assert best is not None
     return AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated)
 
@@ -285,48 +387,47 @@ def grid_accuracies(
     betas: Sequence[float],
     kl_logits: np.ndarray | None = None,
     gammas: Sequence[float] = (0.0,),
+    *,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """[len(betas), len(gammas), len(alphas)] validation accuracies of zero_shot + gamma * kl_logits + alpha * cache,
-    all alphas of a (beta, gamma) at once, in blocks of rows bounded by SEARCH_CELLS."""
-    zero_shot = np.asarray(zero_shot, dtype=np.float32)
-    affinity = np.asarray(affinity, dtype=np.float32)
-    labels = np.asarray(labels)
-    if not (zero_shot.shape[0] == affinity.shape[0] == len(labels)):
-        raise ValueError(
-            f"validation arrays disagree on rows: zero_shot {zero_shot.shape}, affinity {affinity.shape}, "
-            f"labels {labels.shape}; compute them from the same validation samples"
-        )
-    if kl_logits is not None and np.shape(kl_logits) != zero_shot.shape:
-        raise ValueError(f"kl_logits {np.shape(kl_logits)} must have the zero-shot shape {zero_shot.shape}")
-    onehot = one_hot(support_labels, zero_shot.shape[1])
-    a = np.asarray(alphas, dtype=np.float32)
-    rows = max(1, SEARCH_CELLS // max(1, len(a) * zero_shot.shape[1]))
-    correct = np.zeros((len(betas), len(gammas), len(a)), dtype=np.int64)
-    for ib, b in enumerate(betas):
-        cache = cache_logits(affinity, onehot, b)
-        for ig, g in enumerate(gammas):
-            base = zero_shot if kl_logits is None or g == 0 else zero_shot + np.float32(g) * kl_logits
-            for i in range(0, len(labels), rows):
-                sl = slice(i, i + rows)
-                logits = base[sl, None, :] + a[None, :, None] * cache[sl, None, :]  # (rows, alphas, classes)
-                correct[ib, ig] += (logits.argmax(axis=2) == labels[sl, None]).sum(axis=0)
-    return correct / max(1, len(labels))
+    """[len(betas), len(gammas), len(alphas)] validation accuracies of zero_shot + gamma * kl_logits + alpha * cache:
+    each beta's exp once per block of rows, all alphas of a (beta, gamma) as one broadcast, counted on the device."""
+    with on_device(device) as dev:
+        return accuracy_grid(_val(zero_shot, affinity, support_labels, labels, kl_logits, dev), alphas, betas, gammas)
 
 
 # Tip-X ---------------------------------------------------------------------------------------------------
-def class_distribution(x: np.ndarray, text_classifier: np.ndarray, temperature: float = 0.5) -> np.ndarray:
+def class_distribution(
+    x: np.ndarray, text_classifier: np.ndarray, temperature: float = 0.5, *, device: str = "cpu"
+) -> np.ndarray:
     """softmax(cos(x, W) / temperature): Tip-X's class distribution of each image (CLIP_fewshot_imo utils.py:171-186,
-    temp 0.5, no x100)."""
+    temp 0.5, no x100); the softmax in float64 as the reference's."""
     _check_dims(x, text_classifier, "x", "text_classifier")
-    return softmax((l2_normalize(x) @ l2_normalize(text_classifier).T) / temperature).astype(np.float32)
+    with on_device(device) as dev:
+        q, w = to_device(x, dev, np.float32), normalize(to_device(text_classifier, dev, np.float32))
+
+        def block(s: slice) -> torch.Tensor:
+            z = ((normalize(q[s]) @ w.T) / temperature).double()
+            z = (z - z.amax(dim=1, keepdim=True)).exp_()
+            return (z / z.sum(dim=1, keepdim=True)).float()
+
+        return map_rows(block, len(q), block_rows(4 * q.shape[1] + 32 * len(w), dev))
 
 
-def kl_matrix(query_dist: np.ndarray, support_dist: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """KL(p_query || p_support) for every (query, support) pair: [N, S] (CLIP_fewshot_imo utils.py:152-168, every row
-    computed; the reference leaves the last N mod 100 rows at zero)."""
-    p = np.clip(np.asarray(query_dist, dtype=np.float64), eps, None)
-    q = np.clip(np.asarray(support_dist, dtype=np.float64), eps, None)
-    return ((p * np.log(p)).sum(axis=1, keepdims=True) - p @ np.log(q).T).astype(np.float32)
+def kl_matrix(
+    query_dist: np.ndarray, support_dist: np.ndarray, eps: float = 1e-12, *, device: str = "cpu"
+) -> np.ndarray:
+    """KL(p_query || p_support) for every (query, support) pair: [N, S], in float64 blocks of rows, returned float32
+    (CLIP_fewshot_imo utils.py:152-168, every row computed; the reference leaves the last N mod 100 rows at zero)."""
+    with on_device(device) as dev:
+        p, q = to_device(query_dist, dev, np.float64), to_device(support_dist, dev, np.float64)
+        log_q = q.clamp_min(eps).log_()
+
+        def block(s: slice) -> torch.Tensor:
+            ps = p[s].clamp_min(eps)
+            return ((ps * ps.log()).sum(dim=1, keepdim=True) - ps @ log_q.T).float()
+
+        return map_rows(block, len(p), block_rows(8 * (3 * p.shape[1] + 2 * len(q)), dev))
 
 
 def scale_into(x: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -338,11 +439,30 @@ def scale_into(x: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def tip_x_kl_logits(
-    query_dist: np.ndarray, support_dist: np.ndarray, affinity: np.ndarray, support_onehot: np.ndarray
+    query_dist: np.ndarray,
+    support_dist: np.ndarray,
+    affinity: np.ndarray,
+    support_onehot: np.ndarray,
+    *,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Tip-X's KL term before gamma: (-scale_into(KL, affinity)) @ onehot, [N, C]; `affinity` is the same queries'
-    cache affinity (its range is the target of the scaling)."""
-    return -scale_into(kl_matrix(query_dist, support_dist), affinity) @ support_onehot
+    cache affinity (its range is the target of the scaling). The KL matrix is computed in blocks and held on the host
+    between its global min-max and the product."""
+    kl = kl_matrix(query_dist, support_dist, device=device)
+    target = np.asarray(affinity)
+    lo, span = kl.min(), kl.max() - kl.min()
+    width, t_lo = target.max() - target.min(), target.min()
+    wide = (np.zeros(1, np.float32) * width + t_lo).dtype == np.float64  # the reference's promotion
+    with on_device(device) as dev:
+        onehot = to_device(support_onehot, dev)
+
+        def block(s: slice) -> torch.Tensor:
+            k = to_device(kl[s], dev)
+            unit = (k - float(lo)) / float(span) if span > 0 else k.new_zeros(k.shape)
+            return matmul(-((unit.double() if wide else unit) * float(width) + float(t_lo)), onehot)
+
+        return map_rows(block, len(kl), block_rows(24 * kl.shape[1] + 8 * onehot.shape[1], dev))
 
 
 def tip_x_logits(
@@ -353,22 +473,22 @@ def tip_x_logits(
     alpha: float,
     beta: float,
     gamma: float,
+    *,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Tip-X: zero_shot + gamma * kl_logits + alpha * exp(-beta * (1 - A)) @ onehot (CLIP_fewshot_imo
     utils.py:198-204)."""
     onehot = one_hot(support_labels, np.shape(zero_shot)[1])
-    return zero_shot + gamma * kl_logits + alpha * cache_logits(affinity, onehot, beta)
+    cache = cache_logits(np.asarray(affinity), onehot, beta, device=device)
+    with on_device(device) as dev:
+        zs, kl, ca = to_device(zero_shot, dev), to_device(kl_logits, dev), to_device(cache, dev)
+        return to_numpy(zs + gamma * kl + alpha * ca)
 
 
 def _between_neighbours(values: list[float], i: int, steps: int) -> list[float]:
     """`steps` evenly spaced values from the grid neighbour before values[i] to the one after (duplicates dropped)."""
     lo, hi = values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]
     return list(dict.fromkeys(np.linspace(lo, hi, steps).tolist()))
-
-
-def _row_chunks(x: np.ndarray, rows: int) -> list[np.ndarray]:
-    x = np.asarray(x, dtype=np.float32)
-    return [x[i : i + rows] for i in range(0, len(x), rows)]
 
 
 def _check_dims(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:

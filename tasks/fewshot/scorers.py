@@ -60,6 +60,7 @@ class Cell:
     imo_grid: bool  # an adapter run: both Tip-Adapter variants are searched on IMO's grid (run.py:42-47)
     record: Callable[..., None]
     fitted: dict[str, Any] = field(default_factory=dict)  # method name -> what `fit` chose (shared by test sets)
+    device: str = "cpu"  # where the products and searches run (model.device)
 
     def fit(self, name: str, search: Callable[[], Any]) -> Any:
         """The hyper-parameters of method `name`, searched on val the first time only."""
@@ -78,7 +79,9 @@ def _grids(cfg: FewShotParams, betas: Sequence[float], alphas: Sequence[float]) 
 
 def prototype(c: Cell, name: str, f: Features) -> None:
     """Nearest class mean of the support features (no text)."""
-    c.record(name, fm.prototype_logits(f.test.x, f.support, f.support_labels, c.n_classes), logits=False)
+    c.record(
+        name, fm.prototype_logits(f.test.x, f.support, f.support_labels, c.n_classes, device=c.device), logits=False
+    )
 
 
 def tip_adapter(c: Cell, name: str, f: Features) -> None:
@@ -90,13 +93,15 @@ def tip_adapter(c: Cell, name: str, f: Features) -> None:
         )
         order = "alpha_first" if c.imo_grid else "beta_first"  # IMO run.py:281-282 / Tip-Adapter utils.py:109-110
         return fm.tune_alpha_beta(
-            c.zs_val, fm.tip_affinity(f.val.x, f.support), f.support_labels, f.val.labels,
-            refine_steps=c.cfg.refine_steps, order=order, **_grids(c.cfg, betas, alphas),
+            c.zs_val, fm.tip_affinity(f.val.x, f.support, device=c.device), f.support_labels, f.val.labels,
+            refine_steps=c.cfg.refine_steps, order=order, device=c.device, **_grids(c.cfg, betas, alphas),
         )  # fmt: skip
 
     chosen = c.fit(name, search)
-    aff_test = fm.tip_affinity(f.test.x, f.support)
-    c.record(name, c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta), True, chosen)
+    aff_test = fm.tip_affinity(f.test.x, f.support, device=c.device)
+    c.record(
+        name, c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta, device=c.device), True, chosen
+    )
 
 
 def coder_adapter(c: Cell, name: str, f: Features) -> None:
@@ -106,25 +111,36 @@ def coder_adapter(c: Cell, name: str, f: Features) -> None:
     keys = fm.l2_normalize(fm.l2_normalize(f.support) @ c.t_coder.T)
 
     def search() -> tuple[fm.AlphaBeta, fm.AlphaBeta]:
-        aff_val = fm.coder_affinity(fm.l2_normalize(f.val.x @ c.t_coder.T), keys)
+        aff_val = fm.coder_affinity(fm.l2_normalize(f.val.x @ c.t_coder.T), keys, device=c.device)
         labels = (f.support_labels, f.val.labels)
         init_alpha, init_beta = cfg.coder_init
-        init = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=init_alpha, beta=init_beta)
+        init = fm.tune_alpha_beta(
+            c.zs_val, aff_val, *labels, mode="fixed", alpha=init_alpha, beta=init_beta, device=c.device
+        )
         if cfg.search == "fixed":
-            chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, mode="fixed", alpha=cfg.alpha, beta=cfg.beta)
+            chosen = fm.tune_alpha_beta(
+                c.zs_val, aff_val, *labels, mode="fixed", alpha=cfg.alpha, beta=cfg.beta, device=c.device
+            )
         elif cfg.alphas or cfg.betas:
-            chosen = fm.tune_alpha_beta(c.zs_val, aff_val, *labels, **_grids(cfg, [init_beta], [init_alpha]))
+            chosen = fm.tune_alpha_beta(
+                c.zs_val, aff_val, *labels, device=c.device, **_grids(cfg, [init_beta], [init_alpha])
+            )
         else:
             chosen = fm.coder_adapter_search(
-                c.zs_val, aff_val, *labels, steps=cfg.coder_search_steps, rounds=cfg.coder_search_rounds
+                c.zs_val,
+                aff_val,
+                *labels,
+                steps=cfg.coder_search_steps,
+                rounds=cfg.coder_search_rounds,
+                device=c.device,
             )
         if cfg.search == "grid" and init.val_accuracy > chosen.val_accuracy:  # both judged on val only
             chosen = init
         return chosen, init
 
     chosen, init = c.fit(name, search)
-    aff_test = fm.coder_affinity(fm.l2_normalize(f.test.x @ c.t_coder.T), keys)
-    scores = c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta)
+    aff_test = fm.coder_affinity(fm.l2_normalize(f.test.x @ c.t_coder.T), keys, device=c.device)
+    scores = c.zs_test + chosen.alpha * fm.cache_logits(aff_test, c.onehot, chosen.beta, device=c.device)
     c.record(name, scores, True, chosen, val_accuracy_init=init.val_accuracy)
 
 
@@ -132,17 +148,19 @@ def tip_x(c: Cell, name: str, f: Features) -> None:
     """Tip-X (IMO run.py): Tip-Adapter plus gamma * KL-divergence logits between class distributions."""
 
     def search() -> fm.AlphaBeta:
-        aff_val = fm.tip_affinity(f.val.x, f.support)
-        kl_val = fm.tip_x_kl_logits(c.dist["val"], c.dist["support"], aff_val, c.onehot)
+        aff_val = fm.tip_affinity(f.val.x, f.support, device=c.device)
+        kl_val = fm.tip_x_kl_logits(c.dist["val"], c.dist["support"], aff_val, c.onehot, device=c.device)
         return fm.tune_alpha_beta(
             c.zs_val, aff_val, f.support_labels, f.val.labels, val_kl=kl_val, gammas=c.cfg.gammas or fm.IMO_GAMMAS,
-            order="alpha_first", **_grids(c.cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),  # IMO run.py:343-351: alpha, beta, gamma
+            order="alpha_first", device=c.device, **_grids(c.cfg, fm.IMO_BETAS, fm.IMO_ALPHAS),  # IMO run.py:343-351: alpha, beta, gamma
         )  # fmt: skip
 
     chosen = c.fit(name, search)
-    aff_test = fm.tip_affinity(f.test.x, f.support)
-    kl_test = fm.tip_x_kl_logits(c.dist["test"], c.dist["support_test"], aff_test, c.onehot)
-    scores = fm.tip_x_logits(c.zs_test, aff_test, kl_test, f.support_labels, chosen.alpha, chosen.beta, chosen.gamma)
+    aff_test = fm.tip_affinity(f.test.x, f.support, device=c.device)
+    kl_test = fm.tip_x_kl_logits(c.dist["test"], c.dist["support_test"], aff_test, c.onehot, device=c.device)
+    scores = fm.tip_x_logits(
+        c.zs_test, aff_test, kl_test, f.support_labels, chosen.alpha, chosen.beta, chosen.gamma, device=c.device
+    )
     c.record(name, scores, True, chosen)
 
 

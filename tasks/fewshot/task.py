@@ -228,6 +228,7 @@ def fewshot_predict(
     zero_shot: bool = False,
     source_paths: dict[str, str] | None = None,
     targets: list[ShiftTarget] | None = None,
+    device: str = "cpu",
 ) -> CellPredictions:
     """Every few-shot method for one (shots, seed): hyper-parameters from val only, predictions on test; with
     `zero_shot` (one cell of a run) also the zero-shot baseline as method `clip` (shots and seed null).
@@ -239,7 +240,8 @@ def fewshot_predict(
     `tip_adapter_imo` (scorers.stored_name), never mixed with `tip_adapter` on its own grid. The support rows
     record the sampling rule and each image's `source_paths` entry (its key where there is none).
 
-    Each of `targets` (fewshot.test_datasets) is scored with the hyper-parameters chosen on the source's val, its
+    The products and searches run on `device` (model.device; tasks/fewshot/methods.py). Each of `targets`
+    (fewshot.test_datasets) is scored with the hyper-parameters chosen on the source's val, its
     scores restricted to the classes it has (in its own label order), and stored under its own dataset name.
     """
     layout = Layout.at(workdir)
@@ -253,13 +255,13 @@ def fewshot_predict(
         if variants["_adapted"].test.keys != orig.test.keys or variants["_adapted"].val.keys != orig.val.keys:
             raise ValueError("original and adapted embeddings cover different images: re-run `coderflow embed`")
     w = ensemble_classifier(bank.t, bank.class_index, bank.text_type, n)
-    zs_val = fm.zero_shot_logits(orig.val.x, w)
+    zs_val = fm.zero_shot_logits(orig.val.x, w, device=device)
     onehot = fm.one_hot(orig.support_labels, n)
     coder_rows = np.isin(bank.text_type, ("name", "att", "ana"))  # CODER-Adapter's texts (classify_few_shot.py:129)
     t_coder = bank.t[coder_rows]
     dist = {  # Tip-X class distributions over every source class, original features: the search on val
-        "val": fm.class_distribution(orig.val.x, w, cfg.kl_temperature),
-        "support": fm.class_distribution(orig.support, w, cfg.kl_temperature),
+        "val": fm.class_distribution(orig.val.x, w, cfg.kl_temperature, device=device),
+        "support": fm.class_distribution(orig.support, w, cfg.kl_temperature, device=device),
     }
     out = _CellOutput(run_id, shots, seed)
     fitted: dict[str, Any] = {}  # each method's hyper-parameters, chosen on val once for all test sets
@@ -269,17 +271,18 @@ def fewshot_predict(
             suffix: f.test if source else load_images(layout, mid, test.dataset, test.split)
             for suffix, f, mid in zip(variants, variants.values(), (model_id, adapted_model_id), strict=False)
         }
-        zs_test = fm.zero_shot_logits(images[""].x, w)
+        zs_test = fm.zero_shot_logits(images[""].x, w, device=device)
         test_dist = {  # Tip-X's KL on a test set: distributions over the classes it has (the source's: all)
-            "test": fm.class_distribution(images[""].x, w[cols], cfg.kl_temperature),
-            "support_test": fm.class_distribution(orig.support, w[cols], cfg.kl_temperature),
+            "test": fm.class_distribution(images[""].x, w[cols], cfg.kl_temperature, device=device),
+            "support_test": fm.class_distribution(orig.support, w[cols], cfg.kl_temperature, device=device),
         }
         if zero_shot:  # the baseline every few-shot method starts from: the same in every cell, so stored once
             out.predictions(test, images[""], "clip", zs_test, logits=True, cell=False)
         record = out.recorder(test, images[""], params=source)  # the chosen values are the source's: recorded once
         inputs = Cell(
-            cfg, n, zs_val, zs_test, onehot, t_coder, {**dist, **test_dist}, bool(adapted_model_id), record, fitted
-        )
+            cfg, n, zs_val, zs_test, onehot, t_coder, {**dist, **test_dist}, bool(adapted_model_id), record, fitted,
+            device,
+        )  # fmt: skip
         for method in cfg.methods:
             spec = SCORERS[method]
             for suffix, f in variants.items() if spec.cache else [("", orig)]:
