@@ -127,3 +127,21 @@ def test_errors_name_the_fix() -> None:
         coder_dense(pa.concat_tables([dense, table]), n_texts=3)
     with pytest.raises(ValueError, match="n_texts=4"):
         coder_dense(dense, n_texts=4)
+
+
+def test_device_products_equal_the_numpy_ones() -> None:
+    """The torch path (any device but the CPU; run here on torch's CPU) gives numpy's cosines and the same top-k."""
+    import torch
+
+    from coderflow.tasks.coder.build import device_blocks
+
+    x, t = _random(37, 23, 16, seed=3)
+    blocks = list(device_blocks(x, t, 10, "cpu"))
+    assert [s for s, _ in blocks] == [0, 10, 20, 30]
+    np.testing.assert_allclose(np.concatenate([b for _, b in blocks]), x @ t.T, atol=1e-6)
+    devices = ["cuda"] if torch.cuda.is_available() else []
+    for device in devices:  # on a GPU machine the real device path too
+        dense = np.concatenate([b.vector for b in iter_coder(x, t, 10, device=device)])
+        np.testing.assert_allclose(dense, x @ t.T, atol=1e-5)
+        top = next(iter_coder(x, t, 64, top_k=5, device=device))
+        assert (top.indices == top_k_sparse(x @ t.T, 5)[0]).mean() > 0.99

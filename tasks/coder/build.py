@@ -65,12 +65,13 @@ def top_k_sparse(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def iter_coder(
-    images: np.ndarray, texts: np.ndarray, batch_size: int = 4096, top_k: int | None = None
+    images: np.ndarray, texts: np.ndarray, batch_size: int = 4096, top_k: int | None = None, device: str = "cpu"
 ) -> Iterator[CoderBatch]:
     """CODER vectors C = images @ texts.T, one matrix product per batch of image rows.
 
     images (N x D) and texts (M x D) are L2-normalised rows, so C holds cosines. top_k=None yields dense batches;
-    top_k=k yields the k largest cosines per image (indices + values).
+    top_k=k yields the k largest cosines per image (indices + values). On a `device` other than the CPU (model.device)
+    the products run there in fp32 (no TF32), the texts copied once; the blocks come back as numpy.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: use a positive number of images per batch")
@@ -78,14 +79,36 @@ def iter_coder(
     t = _check_matrix("texts", texts, dim=x.shape[1])
     if top_k is not None and not 1 <= top_k <= len(t):
         raise ValueError(f"top_k={top_k} is out of range for {len(t)} texts: use 1 <= top_k <= {len(t)}, or None")
-    t_transposed = np.ascontiguousarray(t.T)
-    for start in range(0, len(x), batch_size):
-        block = x[start : start + batch_size] @ t_transposed
+    blocks = _numpy_blocks(x, t, batch_size) if device == "cpu" else device_blocks(x, t, batch_size, device)
+    for start, block in blocks:
         if top_k is None:
             yield CoderBatch(start, vector=block)
         else:
             indices, values = top_k_sparse(block, top_k)
             yield CoderBatch(start, indices=indices, values=values)
+
+
+def _numpy_blocks(x: np.ndarray, t: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    t_transposed = np.ascontiguousarray(t.T)
+    for start in range(0, len(x), batch_size):
+        yield start, x[start : start + batch_size] @ t_transposed
+
+
+def device_blocks(x: np.ndarray, t: np.ndarray, batch_size: int, device: str) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, x[start:start + batch_size] @ t.T) computed by torch on `device` in full fp32 precision."""
+    import torch
+
+    dev = torch.device(device)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # no TF32: cosines equal the CPU's to float32 rounding
+    try:
+        with torch.no_grad():
+            t_dev = torch.as_tensor(t).to(dev)
+            for start in range(0, len(x), batch_size):
+                block = torch.as_tensor(x[start : start + batch_size]).to(dev, non_blocking=True) @ t_dev.T
+                yield start, block.cpu().numpy()
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def coder_matrix(images: np.ndarray, texts: np.ndarray, batch_size: int = 4096) -> np.ndarray:

@@ -26,9 +26,17 @@ def _texts(workdir: str, textbank_id: str, model_id: str) -> TextSet:
 
 @task(name="build-coder-shard", task_run_name=named_after_shard("build-coder-shard", "image_part"))
 def build_coder_shard(
-    image_part: str, textbank_id: str, model_id: str, dataset: str, split: str, cfg: CoderConfig, workdir: str
+    image_part: str,
+    textbank_id: str,
+    model_id: str,
+    dataset: str,
+    split: str,
+    cfg: CoderConfig,
+    workdir: str,
+    device: str = "cpu",
 ) -> ShardResult:
-    """Cosines of every successfully embedded image of the shard to every text of the bank, streamed per batch."""
+    """Cosines of every successfully embedded image of the shard to every text of the bank, streamed per batch (the
+    products on `device`, model.device)."""
     layout = Layout.at(workdir)
     texts = _texts(str(layout.root), textbank_id, model_id)
     top_k = min(cfg.top_k, len(texts.text_ids)) if cfg.format == "sparse" else None
@@ -45,7 +53,7 @@ def build_coder_shard(
         coder_table(
             b, keys[b.start : b.start + len(b)], labels[b.start : b.start + len(b)], **meta, shard_hash=shard_hash
         )
-        for b in iter_coder(x, texts.t, cfg.batch_size, top_k)
+        for b in iter_coder(x, texts.t, cfg.batch_size, top_k, device)
     )
     rows = write_stream(batches, CODER, out, compression="lz4" if top_k else "uncompressed")  # floats: no gain
     return ShardResult(str(out), rows, skipped=False)
