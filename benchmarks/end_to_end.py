@@ -8,13 +8,20 @@ os.wait4's rusage (the largest of the process and its waited-for children, i.e. 
 Runs that start Prefect are broken down by flow and task from the Prefect database they wrote (start/end times).
 Target: re-run < 10% of the first run's wall time.
 
+Small splits (`--small-split 40,160,480`): the embedding stage of a split of N photo-like JPEGs (500x375), each
+measured in a fresh process so that starting decode workers is paid as in a first run: as the embedding task decides
+(`decode_workers(None, N)`: threads below MIN_IMAGES_FOR_WORKERS or on 2 cores), with worker processes forced (one per core), and
+the model alone on the already-decoded images. Target: the stage within 2x its model time + 2 s.
+
     python benchmarks/end_to_end.py                       # 20 images per class (the demo's default)
     python benchmarks/end_to_end.py --images-per-class 100 --reruns 2
+    python benchmarks/end_to_end.py --small-split 40,160,480 --only-small-split
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import subprocess
@@ -77,13 +84,88 @@ def first_flow_start(prefect_home: Path, since: datetime) -> datetime | None:
     return min(starts) if starts else None
 
 
+def embed_child(mode: str, n: int, repeats: int) -> dict[str, float]:
+    """In a fresh process: seconds to embed `n` JPEGs with the decode workers `mode` gives ('auto': as embed_shard
+    decides, 'workers': one per core), and the model's seconds alone on the same images decoded beforehand."""
+    import torch
+    from decode_images import photo_like_jpegs
+
+    from coderflow.config import ModelConfig
+    from coderflow.tasks.embed.encode import decode_image, decode_workers, embed_samples, encode_images
+    from coderflow.tasks.embed.model import load_configured
+
+    with tempfile.TemporaryDirectory(prefix="bench-small-") as tmp:
+        lm = load_configured(ModelConfig(name="ViT-S-32-alt", pretrained=None, batch_size=64), tmp)
+    samples = [{"__key__": f"k{i:05d}", "jpg": b, "cls": 0} for i, b in enumerate(photo_like_jpegs(n))]
+    workers = decode_workers(None, n) if mode == "auto" else decode_workers()
+    start = time.perf_counter()
+    table = embed_samples(samples, lm, 64, {}, workers=workers)  # the first: a worker start is paid here
+    stage = time.perf_counter() - start
+    assert table.num_rows == n
+    images = torch.stack([lm.preprocess(decode_image(s["jpg"])) for s in samples])
+    model = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, n, 64):
+            encode_images(images[i : i + 64], lm)
+        model = min(model, time.perf_counter() - start)
+    return {"stage": stage, "model": model, "workers": workers}
+
+
+def small_splits(sizes: list[int], repeats: int) -> None:
+    """The embedding stage of small splits against the model's own time (see the module docstring)."""
+    from coderflow.tasks.embed.encode import MIN_IMAGES_FOR_WORKERS
+
+    print(f"  small splits: decode workers from {MIN_IMAGES_FOR_WORKERS} images on more than 2 cores; fresh processes")
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    for n in sizes:
+        got = {}
+        for mode in ("auto", "workers"):
+            times = []
+            for _ in range(repeats):
+                cmd = [sys.executable, __file__, "--embed-child", mode, str(n)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+                times.append(json.loads(out.splitlines()[-1]))
+            got[mode] = min(times, key=lambda t: t["stage"])
+        model = min(got["auto"]["model"], got["workers"]["model"])
+        auto, forced = got["auto"], got["workers"]
+        print(
+            f"  {n} images: stage {auto['stage']:.1f} s with {auto['workers']} decode workers (as embed_shard), "
+            f"{forced['stage']:.1f} s with {forced['workers']} worker processes, model alone {model:.1f} s"
+        )
+        bound = 2 * model + 2.0
+        result_line(
+            f"end_to_end small split {n} images: embedding stage / (2 x model + 2 s)",
+            f"{auto['stage']:.1f} s",
+            f"{bound:.1f} s",
+            f"{auto['stage'] / bound:.2f}",
+            "<= 1",
+            auto["stage"] <= bound,
+        )
+        result_line(
+            f"end_to_end small split {n} images: with worker processes (info)",
+            f"{forced['stage']:.1f} s",
+            f"{auto['stage']:.1f} s",
+            f"{forced['stage'] / auto['stage']:.2f}",
+            "-",
+            None,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small-split", default="40,160,480", help="split sizes of the small-split measurement ('' skips)")
+    ap.add_argument("--only-small-split", action="store_true", help="only the small-split measurement")
+    ap.add_argument("--small-repeats", type=int, default=1, help="fresh processes per small-split figure (min kept)")
+    ap.add_argument("--embed-child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--images-per-class", type=int, default=20, help="demo images per class (10 classes)")
     ap.add_argument("--reruns", type=int, default=1, help="re-runs of the unchanged demo")
     ap.add_argument("--no-force", action="store_true", help="skip the final `--force` re-run (information only)")
     ap.add_argument("--trivial-repeats", type=int, default=2, help="repeats of the import / trivial-flow costs")
     args = ap.parse_args()
+    if args.embed_child:
+        print(json.dumps(embed_child(args.embed_child[0], int(args.embed_child[1]), 2)))
+        return
     exe = Path(sys.executable).with_name("coderflow")
     print_header(
         "end_to_end",
@@ -96,6 +178,11 @@ def main() -> None:
         },
         ("torch", "prefect", "duckdb"),
     )
+    sizes = [int(n) for n in args.small_split.split(",") if n.strip()]
+    if sizes:
+        small_splits(sizes, args.small_repeats)
+    if args.only_small_split:
+        return
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}

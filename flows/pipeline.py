@@ -77,7 +77,7 @@ def embed_images(
     shards = list_split_shards(dataset.name, dataset.split, workdir)  # (path, sha256, samples) per shard
     futures = embed_shard.map(
         [s[0] for s in shards], [s[1] for s in shards], unmapped(dataset.name), unmapped(dataset.split),
-        unmapped(model), unmapped(workdir), [s[2] for s in shards],
+        unmapped(model), unmapped(workdir), [s[2] for s in shards], unmapped(sum(s[2] for s in shards)),
     )  # fmt: skip
     done = results_with_progress(futures, f"embed {dataset.name}/{dataset.split}", "images")
     result = summarize_shards(done, max_failure_rate)
@@ -146,7 +146,7 @@ def build_coder(
     parts = list_image_parts(mid, dataset.name, dataset.split, workdir)
     futures = build_coder_shard.map(
         parts, unmapped(textbank_id), unmapped(mid), unmapped(dataset.name), unmapped(dataset.split),
-        unmapped(coder or CoderConfig()), unmapped(workdir),
+        unmapped(coder or CoderConfig()), unmapped(workdir), unmapped(model.device),
     )  # fmt: skip
     results = results_with_progress(futures, f"coder {dataset.name}/{dataset.split}", "images")
     refresh_unless_subflow(workdir)

@@ -339,4 +339,4 @@ def test_a_commands_own_option_never_reads_a_settings_variable(demo_run):
     out = run_cli(["compare", run_id, "--workdir", work, "--format", "json", "--resamples", "20"],
                   env={"CODERFLOW_METHODS": "coder,nope"})  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert len(json.loads(out.stdout)) == 5  # every method against clip
+    assert len(json.loads(out.stdout)) == 4  # every stored method against clip (no cupl: the bank has no CuPL text)

@@ -6,6 +6,7 @@ object in the bucket (`<workdir>/.coderflow.lock`) keeps them apart, as between 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -170,6 +171,87 @@ def test_a_killed_holder_of_this_machine_does_not_block_for_the_ttl(s3_workdir, 
     err = capfd.readouterr().err
     assert f"took over the lease of pid {first.pid} on " in err and "a process of this machine that is gone" in err
     assert not _waiting_lines(err)
+
+
+def test_a_killed_holder_that_looks_alive_is_taken_over_after_the_ttl(s3_workdir, tmp_path: Path):
+    """Host B cannot tell that host A's holder died: it waits until the lease's heartbeat is older than the TTL.
+
+    The killed holder is not reaped, so it stays a zombie whose pid still answers kill(pid, 0): to the waiter it looks
+    alive, as a holder on another machine does (whose pid it cannot check). Only the TTL frees the lease then.
+    """
+    url, fs = s3_workdir
+    ttl = 3.0
+    record = tmp_path / "holds.jsonl"
+    first = _hold(url, "host A", 600.0, record, _host_env(tmp_path, "a", **{ENV_TTL: str(ttl)}))
+    try:
+        assert first.stdout.readline().strip() == "held", first.stderr.read()
+        os.kill(first.pid, signal.SIGKILL)
+        killed = time.time()
+        time.sleep(0.2)
+        os.kill(first.pid, 0)  # no ProcessLookupError: the unreaped holder still has its pid
+        assert json.loads(fs.cat_file(_lease_key(url)))["pid"] == first.pid  # its lease is left behind
+        env_b = _host_env(tmp_path, "b", **{ENV_TTL: str(ttl), ENV_TIMEOUT: "60"})
+        second = _hold(url, "host B", 0.1, record, env_b)
+        _, err = second.communicate(timeout=90)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert second.returncode == 0, err
+    entered = json.loads(record.read_text().splitlines()[-1])["enter"]
+    assert entered - killed >= ttl - 1.0, (entered - killed, err)  # S3 times are whole seconds: up to 1 s early
+    assert entered - killed < ttl + 30, (entered - killed, err)
+    assert len(_waiting_lines(err)) == 1 and f"in use by pid {first.pid} on " in err, err
+    assert re.search(
+        rf"took over the lease of pid {first.pid} on \S+ \(host A, since [^)]*\), whose last heartbeat was \d+ s ago",
+        err,
+    ), err
+    assert not fs.exists(_lease_key(url))
+
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+from coderflow.storage.lock import workdir_lock
+url, name, go, record = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+while not go.exists():
+    time.sleep(0.01)
+with workdir_lock(url, name):
+    entered = time.time()
+    time.sleep(0.3)
+    left = time.time()
+with open(record, "a") as f:
+    f.write(json.dumps({"what": name, "enter": entered, "exit": left}) + "\\n")
+"""
+
+
+def test_hosts_racing_for_a_free_lease_hold_it_one_at_a_time(s3_workdir, tmp_path: Path):
+    """Four hosts ask for a free lease at the same moment: the create is conditional, so exactly one gets it at a time."""
+    url, fs = s3_workdir
+    go, record = tmp_path / "go", tmp_path / "holds.jsonl"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, url, f"host {i}", str(go), str(record)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_host_env(tmp_path, str(i)),
+        )
+        for i in range(4)
+    ]
+    try:
+        time.sleep(3.0)  # every racer imported and polls for the start
+        go.touch()
+        errs = [p.communicate(timeout=120)[1] for p in racers]
+    finally:
+        for p in racers:
+            p.kill()
+    assert all(p.returncode == 0 for p in racers), errs
+    holds = sorted(map(json.loads, record.read_text().splitlines()), key=lambda h: h["enter"])
+    assert len(holds) == 4
+    for before, after in itertools.pairwise(holds):
+        assert after["enter"] >= before["exit"], holds  # never two holders at once
+    assert sum(len(_waiting_lines(e)) for e in errs) == 3, errs  # all but the first said once that they wait
+    assert not fs.exists(_lease_key(url))
 
 
 def test_a_holder_whose_lease_was_taken_notices_and_leaves_it(s3_workdir, tmp_path: Path, monkeypatch, capfd):

@@ -159,14 +159,45 @@ def decode_pool(preprocess: Any, workers: int) -> ProcessPoolExecutor:
         return _POOL[1]
 
 
-def decode_workers(configured: int | None = None) -> int:
-    """Decode processes: the configured number, else one per core this process may use; 0 (threads) inside a
-    daemonic process (a Dask or Ray worker), which may not start processes of its own."""
+def close_decode_pool() -> None:
+    """Stop this process's decode workers, if any (a later large split starts them again)."""
+    global _POOL
+    with _POOLS_LOCK:
+        if _POOL is not None:
+            _POOL[1].shutdown(wait=True)
+            _POOL = None
+
+
+def decode_pool_running() -> bool:
+    """Whether this process's decode workers are started (then they cost nothing more to use)."""
+    return _POOL is not None
+
+
+# When `model.decode_workers` is not set, a split's images are decoded by worker processes only if it has at least
+# MIN_IMAGES_FOR_WORKERS images and this process may use more than MIN_CORES_FOR_WORKERS cores; else two threads next
+# to the model decode them. Starting the workers costs a fixed 8 s or so on 2 cores (a forkserver that imports torch
+# and open_clip, then one worker per core), and on 2 cores they also lose per image: the workers and the model's two
+# torch threads oversubscribe the cores. Measured with benchmarks/end_to_end.py --small-split (ViT-S-32-alt, batch 64,
+# 500x375 JPEGs, fresh process each, 2 vCPUs): 40 images 2.2 s in threads / 10.1 s with 2 workers (model alone
+# 0.5 s); 160 images 4.5 s / 23.0 s (model 2.3 s); 480 images 43-51 s with 2 workers (model 5.3 s). Details and the
+# threads figure in benchmarks/README.md, "Small splits". No machine of more cores was at hand: there the 1000 is an
+# estimate (a start of a few seconds against a few ms saved per image), not a measurement.
+MIN_IMAGES_FOR_WORKERS = 1000
+MIN_CORES_FOR_WORKERS = 2
+
+
+def decode_workers(configured: int | None = None, images: int | None = None) -> int:
+    """Decode processes: the configured number; else one per core this process may use, or 0 (two threads in this
+    process) for a split of `images` that is too small to repay starting them, or on a machine of too few cores (see
+    MIN_IMAGES_FOR_WORKERS), unless they are started already. Always 0 inside a daemonic process (a Dask worker),
+    which may not start processes of its own."""
     if multiprocessing.current_process().daemon:
         return 0
     if configured is not None:
         return configured
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    small = images is not None and (images < MIN_IMAGES_FOR_WORKERS or cores <= MIN_CORES_FOR_WORKERS)
+    return 0 if small and not decode_pool_running() else cores
 
 
 def _decoded_batches(

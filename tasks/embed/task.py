@@ -19,7 +19,13 @@ from coderflow.storage.parquet_io import read_table, write_table
 from coderflow.storage.schemas import IMAGE_EMBEDDINGS
 from coderflow.storage.shards import iter_samples, read_class_file, split_shards
 from coderflow.tasks import named_after_shard, retry_transient, shard_name
-from coderflow.tasks.embed.encode import DecodeLimits, decode_workers, embed_samples
+from coderflow.tasks.embed.encode import (
+    MIN_CORES_FOR_WORKERS,
+    MIN_IMAGES_FOR_WORKERS,
+    DecodeLimits,
+    decode_workers,
+    embed_samples,
+)
 from coderflow.tasks.embed.model import configured_model_id, load_configured
 from coderflow.tasks.embed.text_store import TextStore
 
@@ -77,11 +83,20 @@ class BatchProgress:
     retry_condition_fn=retry_transient,
 )
 def embed_shard(
-    shard: str, shard_hash: str, dataset: str, split: str, model: ModelConfig, workdir: str, samples: int | None = None
+    shard: str,
+    shard_hash: str,
+    dataset: str,
+    split: str,
+    model: ModelConfig,
+    workdir: str,
+    samples: int | None = None,
+    split_samples: int | None = None,
 ) -> ShardResult:
     """Embed every sample of one shard into one Parquet file keyed by the shard's content hash and the model; its
     atomic presence marks the shard done. A shard whose bytes no longer match its ingest record is refused. A
-    progress artifact follows the batches (`samples`: the shard's sample count, from its ingest record)."""
+    progress artifact follows the batches (`samples`: the shard's sample count, from its ingest record). Images are
+    decoded by worker processes only when the split (`split_samples` images) is large enough to repay starting them
+    (encode.decode_workers)."""
     layout = Layout.at(workdir)
     mid = configured_model_id(model, workdir)
     out = layout.image_embedding_part(mid, dataset, split, shard, shard_hash)
@@ -99,7 +114,13 @@ def embed_shard(
     names = read_class_file(layout.classnames_file(dataset))
     n_classes = len(names) if names is not None else None
     meta = {"dataset": dataset, "split": split, "shard": Path(shard).stem, "shard_hash": shard_hash}
-    workers = decode_workers(model.decode_workers)
+    workers = decode_workers(model.decode_workers, split_samples)
+    if workers == 0 and model.decode_workers is None and split_samples is not None:
+        get_run_logger().info(
+            "shard %s: decoding in this process, no worker processes started (split of %d images; they start from "
+            "%d images on more than %d cores)",
+            shard_name(shard), split_samples, MIN_IMAGES_FOR_WORKERS, MIN_CORES_FOR_WORKERS,
+        )  # fmt: skip
     progress = BatchProgress(f"embed {shard_name(shard)}", samples)
     limits = DecodeLimits(model.max_image_bytes, model.max_image_pixels)
     table = embed_samples(
