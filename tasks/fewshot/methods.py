@@ -85,7 +85,7 @@ def zero_shot_logits(
     queries: np.ndarray, text_classifier: np.ndarray, scale: float = 100.0, *, device: str = "cpu"
 ) -> np.ndarray:
     """scale * cosine(query, class text embedding): [N, C]."""
-    _check_dims(queries, text_classifier, "queries", "text_classifier")
+    check_dims(queries, text_classifier, "queries", "text_classifier")
     with on_device(device) as dev:
         q, w = to_device(queries, dev, np.float32), normalize(to_device(text_classifier, dev, np.float32))
         rows = block_rows(4 * (q.shape[1] + 2 * w.shape[0]), dev)
@@ -94,7 +94,7 @@ def zero_shot_logits(
 
 def tip_affinity(queries: np.ndarray, keys: np.ndarray, *, device: str = "cpu") -> np.ndarray:
     """Cosine similarity of each query to each support key: [N, S]."""
-    _check_dims(queries, keys, "queries", "keys")
+    check_dims(queries, keys, "queries", "keys")
     with on_device(device) as dev:
         q, k = to_device(queries, dev, np.float32), normalize(to_device(keys, dev, np.float32))
         return map_rows(lambda s: normalize(q[s]) @ k.T, len(q), block_rows(4 * (q.shape[1] + 2 * len(k)), dev))
@@ -105,7 +105,7 @@ def coder_affinity(queries: np.ndarray, keys: np.ndarray, *, device: str = "cpu"
 
     A row whose cosines are all equal becomes all zeros.
     """
-    _check_dims(queries, keys, "queries", "keys")
+    check_dims(queries, keys, "queries", "keys")
     with on_device(device) as dev:
         q, k = to_device(queries, dev, np.float32), normalize(to_device(keys, dev, np.float32))
         rows = block_rows(4 * (q.shape[1] + 4 * len(k)), dev)
@@ -144,7 +144,7 @@ def prototype_logits(
     queries: np.ndarray, support: np.ndarray, support_labels: np.ndarray, num_classes: int, *, device: str = "cpu"
 ) -> np.ndarray:
     """Cosine similarity of each query to each class prototype: [N, C]."""
-    _check_dims(queries, support, "queries", "support")
+    check_dims(queries, support, "queries", "support")
     protos = class_prototypes(support, support_labels, num_classes, device=device)
     with on_device(device) as dev:
         q, p = to_device(queries, dev, np.float32), to_device(protos, dev)
@@ -163,8 +163,8 @@ def tip_adapter_logits(
     device: str = "cpu",
 ) -> np.ndarray:
     """Tip-Adapter: 100 * X @ W.T + alpha * exp(-beta * (1 - X @ K.T)) @ onehot, all of X, W, K row-normalised."""
-    _check_dims(queries, text_classifier, "queries", "text_classifier")
-    _check_dims(queries, support, "queries", "support")
+    check_dims(queries, text_classifier, "queries", "text_classifier")
+    check_dims(queries, support, "queries", "support")
     with on_device(device) as dev:
         onehot = to_device(one_hot(support_labels, text_classifier.shape[0]), dev)
         keys = normalize(normalize(to_device(support, dev, np.float32)))  # the reference normalises the keys twice
@@ -195,7 +195,7 @@ def coder_adapter_logits(
     zero_shot = np.asarray(zero_shot, dtype=np.float32)
     if zero_shot.shape[0] != len(queries):
         raise ValueError(f"zero_shot has {zero_shot.shape[0]} rows for {len(queries)} queries; pass scores per query")
-    _check_dims(queries, support, "queries", "support")
+    check_dims(queries, support, "queries", "support")
     with on_device(device) as dev:
         onehot = to_device(one_hot(support_labels, zero_shot.shape[1]), dev)
         keys = normalize(normalize(to_device(support, dev, np.float32)))
@@ -274,7 +274,7 @@ def _search(
     ib, ig, ia = first_maximum(accs, order)
     best = AlphaBeta(alphas[ia], betas[ib], float(accs[ib, ig, ia]), "grid", accs.size, gammas[ig])
     if refine > 0:
-        fine_a, fine_b = _between_neighbours(alphas, ia, refine), _between_neighbours(betas, ib, refine)
+        fine_a, fine_b = between_neighbours(alphas, ia, refine), between_neighbours(betas, ib, refine)
         fine = accuracy_grid(v, fine_a, fine_b, [best.gamma])
         jb, _, ja = first_maximum(fine, order)
         fine = fine[:, 0, :]
@@ -402,7 +402,7 @@ def class_distribution(
 ) -> np.ndarray:
     """softmax(cos(x, W) / temperature): Tip-X's class distribution of each image (CLIP_fewshot_imo utils.py:171-186,
     temp 0.5, no x100); the softmax in float64 as the reference's."""
-    _check_dims(x, text_classifier, "x", "text_classifier")
+    check_dims(x, text_classifier, "x", "text_classifier")
     with on_device(device) as dev:
         q, w = to_device(x, dev, np.float32), normalize(to_device(text_classifier, dev, np.float32))
 
@@ -485,13 +485,13 @@ def tip_x_logits(
         return to_numpy(zs + gamma * kl + alpha * ca)
 
 
-def _between_neighbours(values: list[float], i: int, steps: int) -> list[float]:
+def between_neighbours(values: list[float], i: int, steps: int) -> list[float]:
     """`steps` evenly spaced values from the grid neighbour before values[i] to the one after (duplicates dropped)."""
     lo, hi = values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]
     return list(dict.fromkeys(np.linspace(lo, hi, steps).tolist()))
 
 
-def _check_dims(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+def check_dims(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if np.ndim(a) != 2 or np.ndim(b) != 2 or np.shape(a)[1] != np.shape(b)[1]:
         raise ValueError(
             f"{name_a} {np.shape(a)} and {name_b} {np.shape(b)} must be 2-D with the same embedding width; "

@@ -12,60 +12,40 @@ utils.py:63-86). Tip-X (akres001/CLIP_fewshot_imo utils.py:132-204) adds gamma *
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from coderflow.tasks.classify.methods import l2_normalize, softmax
-
-SearchOrder = Literal["beta_first", "alpha_first"]  # loop nesting of a grid search, outermost first (tie order)
+from coderflow.tasks.fewshot.methods import (  # the grids, the tie rule and the result: one definition for both
+    AlphaBeta,
+    SearchOrder,
+    between_neighbours,
+    check_dims,
+    first_maximum,
+    one_hot,
+    scale_into,
+    tip_grid,
+)
+from coderflow.tasks.fewshot.methods import (
+    accuracy as accuracy,  # re-exported: the reference's accuracy is the shared one
+)
 
 CHUNK_ROWS = 4096  # query rows per block, bounds the affinity matrix held in memory
 SEARCH_CELLS = 1 << 24  # rows x alphas x classes evaluated at once by the grid search (64 MiB of float32)
 
-# IMO's grids (CLIP_fewshot_imo run.py:42-47), endpoints included
-IMO_ALPHAS: tuple[float, ...] = tuple(np.linspace(0, 20, 200).tolist())
-IMO_BETAS: tuple[float, ...] = tuple(np.linspace(0, 20, 20).tolist())
-IMO_GAMMAS: tuple[float, ...] = tuple(np.linspace(0, 30, 50).tolist())
-
-
-def tip_grid(
-    scale: tuple[float, float] = (7.0, 3.0), steps: tuple[int, int] = (200, 20)
-) -> tuple[list[float], list[float]]:
-    """Tip-Adapter's (betas, alphas): `[i * (scale - 0.1) / steps + 0.1 for i in range(steps)]`, the endpoint excluded
-    (Tip-Adapter utils.py:103-104; `search_scale` per dataset in its configs, ImageNet [7, 3])."""
-    betas = [i * (scale[0] - 0.1) / steps[0] + 0.1 for i in range(steps[0])]
-    alphas = [i * (scale[1] - 0.1) / steps[1] + 0.1 for i in range(steps[1])]
-    return betas, alphas
-
-
 DEFAULT_BETAS, DEFAULT_ALPHAS = (tuple(g) for g in tip_grid())
-
-
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """[S, C] float32 one-hot matrix of integer labels in [0, num_classes)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
-        raise ValueError(
-            f"labels must be 1-D integers in [0, {num_classes}), got shape {labels.shape} "
-            f"with range [{labels.min() if labels.size else None}, {labels.max() if labels.size else None}]; "
-            "check num_classes matches the class list"
-        )
-    out = np.zeros((labels.size, num_classes), dtype=np.float32)
-    out[np.arange(labels.size), labels] = 1.0
-    return out
 
 
 def zero_shot_logits(queries: np.ndarray, text_classifier: np.ndarray, scale: float = 100.0) -> np.ndarray:
     """scale * cosine(query, class text embedding): [N, C]."""
-    _check_dims(queries, text_classifier, "queries", "text_classifier")
+    check_dims(queries, text_classifier, "queries", "text_classifier")
     return scale * (l2_normalize(queries) @ l2_normalize(text_classifier).T)
 
 
 def tip_affinity(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Cosine similarity of each query to each support key: [N, S]."""
-    _check_dims(queries, keys, "queries", "keys")
+    check_dims(queries, keys, "queries", "keys")
     return l2_normalize(queries) @ l2_normalize(keys).T
 
 
@@ -104,7 +84,7 @@ def prototype_logits(
     queries: np.ndarray, support: np.ndarray, support_labels: np.ndarray, num_classes: int
 ) -> np.ndarray:
     """Cosine similarity of each query to each class prototype: [N, C]."""
-    _check_dims(queries, support, "queries", "support")
+    check_dims(queries, support, "queries", "support")
     return l2_normalize(queries) @ class_prototypes(support, support_labels, num_classes).T
 
 
@@ -148,27 +128,6 @@ def coder_adapter_logits(
     out = [cache_logits(coder_affinity(q, keys), onehot, beta) for q in _row_chunks(queries, chunk_rows)]
     cache = np.concatenate(out) if out else np.zeros_like(zero_shot)
     return zero_shot + alpha * cache
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy (ties go to the lowest class index)."""
-    labels = np.asarray(labels)
-    if len(labels) == 0:
-        raise ValueError("accuracy of zero samples is undefined; pass a non-empty split")
-    return float((np.argmax(logits, axis=1) == labels).mean())
-
-
-@dataclass(frozen=True)
-class AlphaBeta:
-    """Chosen cache weight alpha, sharpness beta and KL weight gamma (Tip-X; 0 otherwise), with the validation
-    accuracy they reach (None if not measured)."""
-
-    alpha: float
-    beta: float
-    val_accuracy: float | None
-    mode: str
-    evaluated: int = 0  # number of (alpha, beta[, gamma]) points tried
-    gamma: float = 0.0
 
 
 def tune_alpha_beta(
@@ -220,8 +179,8 @@ def tune_alpha_beta(
     ib, ig, ia = first_maximum(accs, order)
     best = AlphaBeta(alphas[ia], betas[ib], float(accs[ib, ig, ia]), "grid", accs.size, gammas[ig])
     if refine_steps > 0:
-        fine_a = _between_neighbours(alphas, ia, refine_steps)
-        fine_b = _between_neighbours(betas, ib, refine_steps)
+        fine_a = between_neighbours(alphas, ia, refine_steps)
+        fine_b = between_neighbours(betas, ib, refine_steps)
         fine = grid_accuracies(
             val_zero_shot, val_affinity, support_labels, val_labels, fine_a, fine_b, val_kl, [best.gamma]
         )
@@ -233,14 +192,6 @@ def tune_alpha_beta(
         else:
             best = AlphaBeta(best.alpha, best.beta, best.val_accuracy, "grid", evaluated, best.gamma)
     return best
-
-
-def first_maximum(accs: np.ndarray, order: SearchOrder = "beta_first") -> tuple[int, int, int]:
-    """(beta, gamma, alpha) indices of the first maximum of a [betas, gammas, alphas] accuracy grid in the loop order
-    of `order` (see tune_alpha_beta): the point a reference's nested loops keep with `if acc > best_acc`."""
-    scan = accs if order == "beta_first" else accs.transpose(2, 0, 1)  # alpha_first: [alphas, betas, gammas]
-    i, j, k = (int(v) for v in np.unravel_index(int(np.argmax(scan)), scan.shape))  # argmax: first in C order
-    return (i, j, k) if order == "beta_first" else (j, k, i)
 
 
 def coder_adapter_search(
@@ -319,7 +270,7 @@ def grid_accuracies(
 def class_distribution(x: np.ndarray, text_classifier: np.ndarray, temperature: float = 0.5) -> np.ndarray:
     """softmax(cos(x, W) / temperature): Tip-X's class distribution of each image (CLIP_fewshot_imo utils.py:171-186,
     temp 0.5, no x100)."""
-    _check_dims(x, text_classifier, "x", "text_classifier")
+    check_dims(x, text_classifier, "x", "text_classifier")
     return softmax((l2_normalize(x) @ l2_normalize(text_classifier).T) / temperature).astype(np.float32)
 
 
@@ -329,14 +280,6 @@ def kl_matrix(query_dist: np.ndarray, support_dist: np.ndarray, eps: float = 1e-
     p = np.clip(np.asarray(query_dist, dtype=np.float64), eps, None)
     q = np.clip(np.asarray(support_dist, dtype=np.float64), eps, None)
     return ((p * np.log(p)).sum(axis=1, keepdims=True) - p @ np.log(q).T).astype(np.float32)
-
-
-def scale_into(x: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Global min-max of x mapped into [target.min(), target.max()] (CLIP_fewshot_imo utils.py:132-138)."""
-    x = np.asarray(x, dtype=np.float32)
-    lo, span = x.min(), x.max() - x.min()
-    unit = (x - lo) / span if span > 0 else np.zeros_like(x)
-    return unit * (target.max() - target.min()) + target.min()
 
 
 def tip_x_kl_logits(
@@ -362,20 +305,6 @@ def tip_x_logits(
     return zero_shot + gamma * kl_logits + alpha * cache_logits(affinity, onehot, beta)
 
 
-def _between_neighbours(values: list[float], i: int, steps: int) -> list[float]:
-    """`steps` evenly spaced values from the grid neighbour before values[i] to the one after (duplicates dropped)."""
-    lo, hi = values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]
-    return list(dict.fromkeys(np.linspace(lo, hi, steps).tolist()))
-
-
 def _row_chunks(x: np.ndarray, rows: int) -> list[np.ndarray]:
     x = np.asarray(x, dtype=np.float32)
     return [x[i : i + rows] for i in range(0, len(x), rows)]
-
-
-def _check_dims(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
-    if np.ndim(a) != 2 or np.ndim(b) != 2 or np.shape(a)[1] != np.shape(b)[1]:
-        raise ValueError(
-            f"{name_a} {np.shape(a)} and {name_b} {np.shape(b)} must be 2-D with the same embedding width; "
-            "use embeddings from the same model (and the same text bank for CODER vectors)"
-        )
