@@ -105,21 +105,21 @@ def watch_regressions(suite_id: str, workdir: str) -> list[dict[str, Any]]:
     (tasks/suite/watch.py): a warning and the `suite-regressions` artifact naming them."""
     from prefect.artifacts import create_markdown_artifact
 
-    from coderflow.tasks.report.tables import markdown_escape
+    from coderflow.tasks.report.tables import markdown_table
     from coderflow.tasks.suite.watch import suite_regressions
 
     previous, worse = suite_regressions(Layout.at(workdir), suite_id)
     if not worse:
         return []
     columns = ("dataset", "model_id", "textbank_id", "method", "shots", "before", "now", "drop", "interval")
-    lines = [
-        f"{len(worse)} results of suite run {suite_id} fell below suite run {previous} by more than their 95% "
-        "interval:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
-    ]  # fmt: skip
-    for r in worse:
-        cells = [f"{r[c]:.4f}" if isinstance(r[c], float) else "" if r[c] is None else str(r[c]) for c in columns]
-        lines.append("| " + " | ".join(markdown_escape(c) for c in cells) + " |")
-    create_markdown_artifact("\n".join(lines), key="suite-regressions", description=f"suite {suite_id}: got worse")
+    head = (
+        f"{len(worse)} results of suite run {suite_id} fell below suite run {previous} by more than their 95% interval:"
+    )
+    create_markdown_artifact(
+        f"{head}\n\n{markdown_table(worse, columns)}",
+        key="suite-regressions",
+        description=f"suite {suite_id}: got worse",
+    )
     get_run_logger().warning(
         "suite %s: %d results fell below suite run %s by more than their 95%% interval (artifact suite-regressions)",
         suite_id, len(worse), previous,

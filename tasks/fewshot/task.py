@@ -44,7 +44,7 @@ from coderflow.tasks.fewshot.support import (
 )
 from coderflow.tasks.ingest.checks import check_distinct_splits, check_same_classes
 from coderflow.tasks.report.shift import SHIFT_NOTE, shift_table
-from coderflow.tasks.report.tables import markdown_escape
+from coderflow.tasks.report.tables import markdown_escape, markdown_table
 
 
 @task(name="check-splits")
@@ -274,8 +274,10 @@ def fewshot_predict(
         zs_test = fm.zero_shot_logits(images[""].x, w, device=device)
         test_dist = {  # Tip-X's KL on a test set: distributions over the classes it has (the source's: all)
             "test": fm.class_distribution(images[""].x, w[cols], cfg.kl_temperature, device=device),
-            "support_test": fm.class_distribution(orig.support, w[cols], cfg.kl_temperature, device=device),
-        }
+            "support_test": dist["support"]
+            if source
+            else fm.class_distribution(orig.support, w[cols], cfg.kl_temperature, device=device),
+        }  # fmt: skip
         if zero_shot:  # the baseline every few-shot method starts from: the same in every cell, so stored once
             out.predictions(test, images[""], "clip", zs_test, logits=True, cell=False)
         record = out.recorder(test, images[""], params=source)  # the chosen values are the source's: recorded once
@@ -372,14 +374,9 @@ def shift_summary(run_id: str, workdir: str) -> list[dict[str, Any]]:
 
     rows = shift_table(Layout.at(workdir), run_id)
     if rows:
-        columns = list(rows[0])
-        lines = ["| " + " | ".join(map(markdown_escape, columns)) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(markdown_escape(_cell_text(r[c])) for c in columns) + " |" for r in rows]
         create_markdown_artifact(
-            "\n".join([SHIFT_NOTE, "", *lines]), key="few-shot-shift", description=f"few-shot run {run_id}: shift"
+            f"{SHIFT_NOTE}\n\n{markdown_table(rows, list(rows[0]))}",
+            key="few-shot-shift",
+            description=f"few-shot run {run_id}: shift",
         )
     return rows
-
-
-def _cell_text(value: Any) -> str:
-    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

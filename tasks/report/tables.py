@@ -52,12 +52,13 @@ def markdown_escape(value: Any) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """A GitHub-flavoured markdown table; values are escaped (markdown_escape), None is blank."""
+    """A GitHub-flavoured markdown table; values and column names (which may be dataset names) are escaped
+    (markdown_escape), None is blank."""
 
     def fmt(v: Any) -> str:
         return "" if v is None else markdown_escape(_cell(v))
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(markdown_escape, columns)) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
