@@ -20,6 +20,7 @@ from coderflow.config import (
     load_yaml,
     merge_settings,
 )
+from coderflow.sections import StrictSection
 from coderflow.storage.layout import content_id
 from coderflow.tasks.classify import zeroshot
 from coderflow.tasks.fewshot import scorers
@@ -34,11 +35,7 @@ class SuiteError(ValueError):
     """A suite file that cannot run: one line naming the entry and the fix."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BankEntry(_Strict):
+class BankEntry(StrictSection):
     """A text bank of the grid: generated offline (WordNet) or by an LLM (texts.* / llm.* settings), or imported."""
 
     source: Literal["offline", "llm", "import"]
@@ -112,7 +109,7 @@ def _short(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
-class FewShotGrid(_Strict):
+class FewShotGrid(StrictSection):
     """The few-shot part: one few-shot run (shots x seeds x methods) per dataset, model, generated bank and adapter."""
 
     shots: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -133,7 +130,7 @@ class FewShotGrid(_Strict):
         return v
 
 
-class SuiteSpec(_Strict):
+class SuiteSpec(StrictSection):
     """The `suite:` section of a suite file."""
 
     name: str = Field(description="the suite's name (in suite ids and `coderflow suites`)")
