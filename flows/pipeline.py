@@ -196,7 +196,7 @@ def classify(
     with recorded_run(run_id, workdir, record) as extra:
         predictions = classify_zero_shot(
             run_id, dataset.name, dataset.split, mid, textbank_id, list(methods), workdir, classify, waffle_ids,
-            classify.banks,
+            classify.banks, device=model.device,
         )  # fmt: skip
         counters = [
             {"method": m, "metric": k, "value": float(v)}

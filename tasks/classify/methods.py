@@ -152,18 +152,29 @@ def class_mean_embeddings(texts: np.ndarray, class_index: np.ndarray, n_classes:
     return l2_normalize(sums / counts[:, None])
 
 
-def mean_cosine_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:
+def product(x: np.ndarray, w_t: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """x @ w_t (N x D @ D x n_classes): numpy on device "cpu", else torch on `device` in row blocks (device.py)."""
+    if device == "cpu":
+        return x @ w_t
+    from coderflow.tasks.classify.device import scores  # torch is imported only for a model on another device
+
+    return scores(x, w_t, device)
+
+
+def mean_cosine_scores(
+    images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int, device: str = "cpu"
+) -> np.ndarray:
     """Score of class c = mean cosine of the image to the class's text rows (N x n_classes).
 
     The mean of the cosines is the cosine-product with the class's mean text row (x.t_1 + ... + x.t_k = x.(t_1 + ...
     + t_k)), so one (N x D) @ (D x n_classes) product replaces the (N x M) cosine matrix: 10-20x less work for
-    WaffleCLIP's and DCLIP's many texts per class."""
+    WaffleCLIP's and DCLIP's many texts per class. The product runs on `device` (see `product`)."""
     x, t = _embeddings(images, texts)
     ci = _class_index(class_index, len(t), n_classes)
     counts = np.bincount(ci, minlength=n_classes)
     _missing(counts, "selected")
     means = _group_sum(t.T, ci, n_classes) / counts.astype(np.float32)  # D x n_classes
-    return x @ means
+    return product(x, means, device)
 
 
 # ---------------------------------------------------------------------------------------------------- methods
@@ -174,10 +185,11 @@ def clip_logits(
     text_type: np.ndarray | Sequence[str],
     n_classes: int,
     scale: float = LOGIT_SCALE,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """CLIP prompt ensemble: logits = scale * X @ W.T (W: see `ensemble_classifier`)."""
+    """CLIP prompt ensemble: logits = scale * X @ W.T (W: see `ensemble_classifier`; the product on `device`)."""
     x, t = _embeddings(images, texts)
-    return scale * (x @ ensemble_classifier(t, class_index, text_type, n_classes).T)
+    return scale * product(x, ensemble_classifier(t, class_index, text_type, n_classes).T, device)
 
 
 def ensemble_classifier(
@@ -198,14 +210,16 @@ def dclip_scores(
     class_index: np.ndarray,
     text_type: np.ndarray | Sequence[str],
     n_classes: int,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """DCLIP (Menon & Vondrick 2023): mean cosine over the class's 'att' descriptors; no 'att' -> its 'name' texts."""
+    """DCLIP (Menon & Vondrick 2023): mean cosine over the class's 'att' descriptors; no 'att' -> its 'name' texts.
+    The product runs on `device`."""
     x, t = _embeddings(images, texts)
     tt = _text_type(text_type, len(t))
     ci = _class_index(class_index, len(t), n_classes)
     has_att = np.bincount(ci[tt == "att"], minlength=n_classes) > 0
     keep = (tt == "att") | ((tt == "name") & ~has_att[ci])
-    return mean_cosine_scores(x, t[keep], ci[keep], n_classes)
+    return mean_cosine_scores(x, t[keep], ci[keep], n_classes, device)
 
 
 CUPL_SOURCE = "import:cupl:"  # the `source` of the rows `coderflow texts import --format cupl` adds (CuPL sentences)
@@ -230,12 +244,13 @@ def cupl_scores(
     n_classes: int,
     sentences: np.ndarray,
     mode: Literal["sentences", "both"] = "sentences",
+    device: str = "cpu",
 ) -> np.ndarray:
     """CuPL (Pratt et al. 2023; sarahpratt/CuPL classify_imagenet.py zeroshot_classifier_gpt): cosine to the
     normalised mean of the class's L2-normalised CuPL sentences (`sentences`: the rows flagged in `sentences`, see
     cupl_sentence_rows), with its `template` prompts added to the mean when mode="both" (use_both=True). No other
     row (name, att, ana, syno, ovo) counts. A class without CuPL sentences is scored on its template prompts alone
-    (CLIP's classifier for it)."""
+    (CLIP's classifier for it). The product runs on `device`."""
     x, t = _embeddings(images, texts)
     tt = _text_type(text_type, len(t))
     ci = _class_index(class_index, len(t), n_classes)
@@ -247,7 +262,7 @@ def cupl_scores(
     has_sentences = np.bincount(ci[sent], minlength=n_classes) > 0
     template = tt == "template"
     keep = sent | (template & ~has_sentences[ci]) if mode == "sentences" else sent | template
-    return x @ class_mean_embeddings(l2_normalize(t[keep]), ci[keep], n_classes).T
+    return product(x, class_mean_embeddings(l2_normalize(t[keep]), ci[keep], n_classes).T, device)
 
 
 def waffle_shape(classnames: Sequence[str]) -> tuple[int, int, int, int]:
@@ -306,9 +321,11 @@ def waffle_texts(
     return [[f"A photo of a {name}, {descriptor_sentence(d)}." for d in descriptors] for name in classnames]
 
 
-def waffle_scores(images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int) -> np.ndarray:
-    """WaffleCLIP score: mean cosine over the class's waffle prompts (embedded from `waffle_texts`)."""
-    return mean_cosine_scores(images, texts, class_index, n_classes)
+def waffle_scores(
+    images: np.ndarray, texts: np.ndarray, class_index: np.ndarray, n_classes: int, device: str = "cpu"
+) -> np.ndarray:
+    """WaffleCLIP score: mean cosine over the class's waffle prompts (embedded from `waffle_texts`), on `device`."""
+    return mean_cosine_scores(images, texts, class_index, n_classes, device)
 
 
 def coder_scores(
@@ -321,7 +338,8 @@ def coder_scores(
 
     Score of class c = mean of the list [every 'att' cosine of c, every 'ana' cosine of c, max over c's 'name' and
     'syno' cosines]: one term for the name/synonym group, one per attribute or analogous-class text. A class with
-    no att/ana texts scores its max term; 'ovo' texts are not used here (see `coder_rerank`).
+    no att/ana texts scores its max term; 'ovo' texts are not used here (see `coder_rerank`). For a model on
+    another torch device, device.py's `coder_on_device` computes the same scores there.
     """
     c = np.asarray(cosines, dtype=np.float32)
     if c.ndim != 2:

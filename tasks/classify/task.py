@@ -32,8 +32,10 @@ def classify_zero_shot(
     waffle_textbank_ids: list[str] | None = None,
     method_banks: dict[str, str] | None = None,
     chunk_size: int = 4096,
+    device: str = "cpu",
 ) -> Predictions:
-    """All requested methods over one load of the embeddings; predictions land in runs/<run_id>/."""
+    """All requested methods over one load of the embeddings; predictions land in runs/<run_id>/. The products run
+    on `device` (model.device; numpy on "cpu")."""
     check_methods(methods)
     layout = Layout.at(workdir)
     images = load_images(layout, model_id, dataset, split)
@@ -63,7 +65,7 @@ def classify_zero_shot(
         for start in range(0, len(images.keys), chunk_size):
             stop = start + chunk_size
             chunk = images.x[start:stop]
-            for r in run_methods(methods, chunk, bank, classify or ClassifyConfig(), waffles, others):
+            for r in run_methods(methods, chunk, bank, classify or ClassifyConfig(), waffles, others, device):
                 for key, value in r.info.items():
                     info.setdefault(r.method, {})[key] = info.get(r.method, {}).get(key, 0) + value
                 yield prediction_table(

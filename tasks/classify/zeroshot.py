@@ -37,40 +37,53 @@ class MethodResult:
 
 @dataclass
 class Inputs:
-    """What every scorer reads: image embeddings, the run's bank (or a method's own), and the CODER cosines once."""
+    """What every scorer reads: image embeddings, the run's bank (or a method's own), the torch device of the
+    products (model.device; "cpu" runs numpy), and the CODER scores once."""
 
     x: np.ndarray
     bank: TextSet
     classify: ZeroShotParams
     waffles: Sequence[TextSet] = ()
     method_banks: dict[str, TextSet] = field(default_factory=dict)
+    device: str = "cpu"
     _coder: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def bank_of(self, method: str) -> TextSet:
         return self.method_banks.get(method, self.bank)
 
     def coder(self, b: TextSet) -> tuple[np.ndarray, np.ndarray]:
-        """(image-text cosines, CODER class scores) of a bank, computed once per bank."""
+        """(cosines to the bank's 'ovo' rows, CODER class scores) of a bank, computed once per bank."""
         if id(b) not in self._coder:
-            cosines = self.x @ b.t.T
-            self._coder[id(b)] = (cosines, m.coder_scores(cosines, b.class_index, b.text_type, b.n_classes))
+            if self.device == "cpu":
+                cosines = self.x @ b.t.T
+                scores = m.coder_scores(cosines, b.class_index, b.text_type, b.n_classes)
+                self._coder[id(b)] = (cosines[:, b.text_type == "ovo"], scores)
+            else:
+                from coderflow.tasks.classify.device import coder_on_device
+
+                scores, ovo = coder_on_device(self.x, b.t, b.class_index, b.text_type, b.n_classes, self.device)
+                self._coder[id(b)] = (ovo, scores)
         return self._coder[id(b)]
 
 
 def _clip(name: str, i: Inputs) -> list[MethodResult]:
     b = i.bank_of(name)
-    return [MethodResult(name, m.clip_logits(i.x, b.t, b.class_index, b.text_type, b.n_classes), logits=True)]
+    scores = m.clip_logits(i.x, b.t, b.class_index, b.text_type, b.n_classes, device=i.device)
+    return [MethodResult(name, scores, logits=True)]
 
 
 def _dclip(name: str, i: Inputs) -> list[MethodResult]:
     b = i.bank_of(name)
-    return [MethodResult(name, m.dclip_scores(i.x, b.t, b.class_index, b.text_type, b.n_classes), logits=False)]
+    scores = m.dclip_scores(i.x, b.t, b.class_index, b.text_type, b.n_classes, device=i.device)
+    return [MethodResult(name, scores, logits=False)]
 
 
 def _cupl(name: str, i: Inputs) -> list[MethodResult]:
     b = i.bank_of(name)
     sentences = m.cupl_sentence_rows(b.source, len(b.t))
-    scores = m.cupl_scores(i.x, b.t, b.class_index, b.text_type, b.n_classes, sentences, i.classify.cupl_mode)
+    scores = m.cupl_scores(
+        i.x, b.t, b.class_index, b.text_type, b.n_classes, sentences, i.classify.cupl_mode, device=i.device
+    )
     return [MethodResult(name, scores, logits=False)]
 
 
@@ -80,7 +93,7 @@ def _waffle(name: str, i: Inputs) -> list[MethodResult]:
     out = []
     for rep, w in enumerate(i.waffles):
         seed = i.classify.waffle_seed + rep if len(i.waffles) > 1 else None
-        scores = m.waffle_scores(i.x, w.t, w.class_index, i.bank.n_classes)
+        scores = m.waffle_scores(i.x, w.t, w.class_index, i.bank.n_classes, device=i.device)
         out.append(MethodResult(name, scores, logits=False, seed=seed))
     return out
 
@@ -91,9 +104,10 @@ def _coder(name: str, i: Inputs) -> list[MethodResult]:
 
 def _coder_rerank(name: str, i: Inputs) -> list[MethodResult]:
     b = i.bank_of(name)
-    cosines, coder = i.coder(b)
+    ovo_cosines, coder = i.coder(b)
+    ovo = b.text_type == "ovo"  # CODER* reads only the ovo columns: passing those alone changes none of its results
     r = m.coder_rerank(
-        cosines, coder, b.class_index, b.text_type, b.other_class_index, b.n_classes,
+        ovo_cosines, coder, b.class_index[ovo], b.text_type[ovo], b.other_class_index[ovo], b.n_classes,
         threshold=i.classify.rerank_threshold, k=i.classify.rerank_k,
     )  # fmt: skip
     top5 = r.top_k[:, :5] if r.top_k.shape[1] >= min(5, b.n_classes) else None
@@ -131,12 +145,14 @@ def run_methods(
     classify: ZeroShotParams,
     waffles: Sequence[TextSet] = (),
     method_banks: dict[str, TextSet] | None = None,
+    device: str = "cpu",
 ) -> list[MethodResult]:
-    """Every requested method over the same image embeddings; the image-text cosines of a bank are computed once.
+    """Every requested method over the same image embeddings; the CODER scores of a bank are computed once.
 
     `waffles`: one WaffleCLIP bank per rep (seeds waffle_seed, waffle_seed + 1, ...; `seed` is set when there are
     several). `method_banks`: another bank for some methods (e.g. dclip on an imported DCLIP bank), else `bank`.
+    `device`: the torch device of the products (model.device); "cpu" computes them with numpy.
     """
     check_methods(methods)
-    inputs = Inputs(x, bank, classify, waffles, dict(method_banks or {}))
+    inputs = Inputs(x, bank, classify, waffles, dict(method_banks or {}), device)
     return [result for name in methods for result in SCORERS[name](name, inputs)]
