@@ -200,6 +200,49 @@ def test_errors_match_the_reference():
         fm.cache_logits(TIE_AFF, np.eye(3, dtype=np.float32), 1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_cache_is_the_references_bit_for_bit(monkeypatch, dtype):
+    """On the CPU the cache product, split over two threads, equals numpy's exp @ onehot exactly; where the
+    reference's exps go subnormal (CODER's large betas) they are raised to float32's smallest normal instead, so the
+    logits zero_shot + alpha * cache stay equal bit for bit."""
+    monkeypatch.setattr(fdev, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    d = _cell(4, n=301)
+    aff = ref.coder_affinity(d["val"], d["support"]).astype(dtype)
+    onehot, zs = ref.one_hot(d["ys"], d["c"]), ref.zero_shot_logits(d["val"], d["w"])
+    np.testing.assert_array_equal(fm.cache_logits(aff, onehot, 5.5), ref.cache_logits(aff, onehot, 5.5))
+    want, got = ref.cache_logits(aff, onehot, 150.0), fm.cache_logits(aff, onehot, 150.0)
+    assert np.abs(got - want).max() <= len(onehot) * np.exp(np.float32(fdev.EXP_FLOOR))
+    np.testing.assert_array_equal(zs + np.float32(2.0) * got, zs + np.float32(2.0) * want)
+    work = fdev.CacheWork.of(torch.from_numpy(aff), torch.from_numpy(onehot))
+    fdev.cache_product(torch.from_numpy(aff), torch.from_numpy(onehot), 150.0, work)
+    exps, tiny = work.buffer.numpy(), np.finfo(np.float32).tiny  # float32 subnormals, even after a float64 exp
+    assert (np.exp(-150.0 * (1 - aff)) < tiny).any()  # the reference's exps go subnormal here, these do not
+    assert exps.min() >= tiny
+
+
+@pytest.mark.parametrize("layout", ["grouped", "uneven", "shuffled"])
+def test_class_sums_are_the_one_hot_product(layout):
+    """The CPU cache sums each class's exps in support order: numpy's exp @ onehot bit for bit when each class's
+    images are consecutive (equal or uneven shots, classes in any order, a class with none), within 2 ulp when the
+    support is shuffled."""
+    rng = np.random.default_rng(5)
+    counts = {"grouped": [3] * 7, "uneven": [4, 1, 0, 6, 2, 5, 3], "shuffled": [3, 1, 4, 1, 5, 0, 2]}[layout]
+    labels = np.repeat(rng.permutation(7), counts)
+    labels = rng.permutation(labels) if layout == "shuffled" else labels
+    aff = rng.uniform(-0.2, 1.0, size=(40, len(labels))).astype(np.float32)
+    onehot = ref.one_hot(labels, 7)
+    want, got = ref.cache_logits(aff, onehot, 3.0), fm.cache_logits(aff, onehot, 3.0)
+    if layout == "shuffled":
+        np.testing.assert_allclose(got, want, rtol=3e-7, atol=0)
+    else:
+        np.testing.assert_array_equal(got, want)
+    assert (
+        fdev.CacheWork.of(torch.from_numpy(aff), torch.from_numpy(onehot)).counts.tolist()
+        == np.bincount(labels, minlength=7).tolist()
+    )
+
+
 def test_block_rows_follow_the_budget(monkeypatch):
     monkeypatch.setattr(fdev, "CPU_BUDGET", 1 << 20)
     assert fdev.memory_budget("cpu") == 1 << 20
@@ -215,9 +258,11 @@ def test_methods_import_no_torch_until_called():
 
 
 @pytest.mark.parametrize("candidates", [16, 2, 0])
-def test_alpha_axis_counts_equal_the_full_broadcast(dev, monkeypatch, candidates):
-    """right_per_alpha against argmax over every class, on rows built to tie exactly, to lead at one end of the alpha
-    grid only, and with many contenders (CANDIDATES 0 and 2 send rows to the full broadcast)."""
+@pytest.mark.parametrize("kl_dtype", [None, np.float32, np.float64])
+def test_grid_counts_equal_the_full_broadcast(dev, monkeypatch, candidates, kl_dtype):
+    """right_counts against the reference's argmax over every class at every (gamma, alpha), on rows built to tie
+    exactly, to lead at one end of the grid only, to cross at a grid alpha, with one cache value for every class, and with many contenders (CANDIDATES 0 and
+    2 send rows to the full broadcast); alphas out of order; with no KL term, a float32 and a float64 one."""
     monkeypatch.setattr(fdev, "CANDIDATES", candidates)
     rng = np.random.default_rng(11)
     base = rng.normal(size=(300, 12)).astype(np.float32)
@@ -227,12 +272,25 @@ def test_alpha_axis_counts_equal_the_full_broadcast(dev, monkeypatch, candidates
     base[rows, 3], cache[rows, 3] = base[rows, y[:50]], cache[rows, y[:50]]  # class 3 equals the label: ties
     base[50:100] = base[50:100, :1]  # equal zero-shot logits: the cache decides
     cache[100:150] = cache[100:150, :1] + np.float32(1e-7)  # equal cache up to rounding: the zero-shot decides
-    alphas = np.linspace(0, 20, 200).astype(np.float32)
-    b, ca, yt, a = (fdev.to_device(x, torch.device(dev)) for x in (base, cache, y[:, None], alphas))
-    got = fdev.right_per_alpha(b, ca, yt, a, (0.0, 20.0, 20.0))
-    want = ((base[:, None, :] + alphas[None, :, None] * cache[:, None, :]).argmax(2) == y[:, None]).sum(0)
-    np.testing.assert_array_equal(fdev.to_numpy(got), want)
-    assert 0 < want.min() < want.max() < 300
+    cross = np.arange(150, 200)
+    other = (y[cross] + 1) % 12  # crossings exactly at alpha 2.5: base gap 2.5 * cache gap
+    cache[cross, other] = cache[cross, y[cross]] + np.float32(0.5)
+    base[cross, other] = base[cross, y[cross]] - np.float32(1.25)
+    cache[250:280] = 4.0  # one cache value for every class (beta 0): the KL term and the zero-shot decide
+    alphas = np.concatenate([np.linspace(0, 20, 81), [1.0, 0.0]]).astype(np.float32)[::-1].copy()
+    gammas = [0.0, 0.5, 3.0] if kl_dtype else [0.0, 1.0]
+    kl = None if kl_dtype is None else rng.normal(size=(300, 12)).astype(kl_dtype)
+    if kl is not None:
+        level = np.arange(200, 250)
+        kl[level, 5] = kl[level, y[level]]  # equal KL terms: every gamma ties as gamma 0 does
+    t = torch.device(dev)
+    b, ca, yt, a = (fdev.to_device(x, t) for x in (base, cache, y[:, None], alphas))
+    got = fdev.right_counts(b, None if kl is None else fdev.to_device(kl, t), ca, yt, gammas, a)
+    for ig, g in enumerate(gammas):
+        zs = base if kl is None or g == 0 else base + np.float32(g) * kl
+        want = ((zs[:, None, :] + alphas[None, :, None] * cache[:, None, :]).argmax(2) == y[:, None]).sum(0)
+        np.testing.assert_array_equal(fdev.to_numpy(got[ig]), want, err_msg=f"gamma {g}")
+        assert 0 < want.min() < want.max() < 300
 
 
 def test_the_scale_benchmark_runs_at_its_tiny_size():

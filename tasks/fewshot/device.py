@@ -10,7 +10,10 @@ results differ only by the rounding of products and exp.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,22 +87,99 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.to(dt) @ b.to(dt)
 
 
-def cache_product(
-    aff: torch.Tensor, onehot: torch.Tensor, beta: float, work: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> torch.Tensor:
-    """exp(-beta * (1 - A)) as float32, @ onehot (the reference's cache_logits, same roundings). `work`: 1 - A and a
-    float32 buffer of its shape, when the caller holds them (a search reuses them for every beta instead of
-    allocating, and page-faulting, a fresh [rows, S] tensor each time). On the CPU the exp is numpy's ufunc in place
-    on the tensor's memory: the reference's own exp, bit for bit (torch's CPU exp differs from it in the last bit for
-    about 40% of values), and single-threaded SIMD that does not stall on a busy machine."""
+EXP_FLOOR = -87.0  # CPU exponents are raised to this: exp(-87) = 1.6e-38, above float32's subnormals (< 1.2e-38)
+PARALLEL_ROWS = 1 << 20  # elements from which the CPU's exp is split by rows over torch's thread count
+
+
+@dataclass
+class CacheWork:
+    """What every beta of a search reuses for one block of rows of A [rows, S]: 1 - A, a buffer of its shape (instead
+    of allocating, and page-faulting, a fresh one per beta) and the largest 1 - A (whether exp can go subnormal).
+
+    On the CPU, with a float32 one-hot, both are held transposed, [S, rows], the support in class order (stable:
+    each class's images in support order), and `counts` holds the images per class: a class's exps are then
+    consecutive rows, and its cache column is their sum in support order (class_sums)."""
+
+    one_minus: torch.Tensor
+    buffer: torch.Tensor
+    widest: float
+    counts: np.ndarray | None = None  # support images per class, when held transposed in class order
+
+    @classmethod
+    def of(cls, aff: torch.Tensor, onehot: torch.Tensor) -> CacheWork:
+        import torch
+
+        counts = None
+        if aff.device.type == "cpu" and onehot.dtype == torch.float32 and _is_one_hot(onehot):
+            labels = onehot.argmax(dim=1).numpy()
+            counts = np.bincount(labels, minlength=onehot.shape[1])
+            aff = aff.T[torch.from_numpy(np.argsort(labels, kind="stable"))]
+        one_minus = (1.0 - aff).contiguous()
+        widest = float(one_minus.max()) if one_minus.numel() else 0.0
+        return cls(one_minus, torch.empty_like(one_minus), widest, counts)
+
+
+def _is_one_hot(onehot: torch.Tensor) -> bool:
+    return bool(((onehot == 0) | (onehot == 1)).all() & (onehot.sum(dim=1) == 1).all())
+
+
+def cache_product(aff: torch.Tensor, onehot: torch.Tensor, beta: float, work: CacheWork | None = None) -> torch.Tensor:
+    """exp(-beta * (1 - A)) as float32, @ onehot (the reference's cache_logits, same roundings). `work`: the caller's
+    CacheWork of A and onehot (a search holds one per block of rows).
+
+    On the CPU the multiply and the exp are numpy's ufuncs in place, split by rows over torch's thread count: the
+    reference's own exp, bit for bit (torch's CPU exp differs from it in the last bit for about 40% of values).
+    There, exponents below EXP_FLOOR (-87) are raised to it first: an exp under float32's smallest normal (1.2e-38)
+    would send the exp and the product down the CPU's slow subnormal path (5x slower per beta); a cache logit moves
+    by at most S x 1.6e-38, which leaves every logit above 1e-30 in magnitude bit for bit as it was. The product
+    with a one-hot is then each class's sum (class_sums), a hundredth of the matmul's work at 100 classes."""
     import torch
 
-    e = (1.0 - aff) * -beta if work is None else torch.mul(work[0], -beta, out=work[1])
-    if e.device.type == "cpu":
-        np.exp(e.numpy(), out=e.numpy())
+    w = work or CacheWork.of(aff, onehot)
+    if w.buffer.device.type != "cpu":
+        return matmul(torch.mul(w.one_minus, -beta, out=w.buffer).exp_().float(), onehot)
+    src, out = w.one_minus.numpy(), w.buffer.numpy()
+    floor = -beta * w.widest < EXP_FLOOR
+
+    def part(rows: slice) -> None:
+        np.multiply(src[rows], -beta, out=out[rows])
+        if floor:
+            np.maximum(out[rows], EXP_FLOOR, out=out[rows])
+        np.exp(out[rows], out=out[rows])
+
+    parts = max(1, min(torch.get_num_threads(), len(src))) if src.size >= PARALLEL_ROWS else 1
+    bounds = np.linspace(0, len(src), parts + 1).astype(int).tolist()
+    list(_pool(parts).map(part, [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]))
+    if w.counts is None:
+        return matmul(w.buffer.float(), onehot)
+    return class_sums(w.buffer.float(), w.counts)
+
+
+def class_sums(exps: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+    """[rows, C] sums of consecutive rows of exps [S, rows], counts[c] of them for class c, each added in row order
+    from zero: exactly the float32 sums a BLAS kernel forms for exps.T @ onehot when each class's support images
+    are consecutive (as every support set coderflow samples is; measured equal bit for bit to numpy's and torch's
+    matmul on x86-64), within an ulp or two otherwise."""
+    import torch
+
+    n_c, most, n = len(counts), int(counts.max()) if len(counts) else 0, exps.shape[1]
+    if most and bool((counts == most).all()):  # as many images in every class: one strided view
+        per_class = exps.view(n_c, most, n)
+        acc = per_class[:, 0].clone()
+        for j in range(1, most):
+            acc += per_class[:, j]
     else:
-        e.exp_()
-    return matmul(e.float(), onehot)
+        acc = exps.new_zeros((n_c, n))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        for j in range(most):
+            cls = np.flatnonzero(counts > j)
+            acc[torch.from_numpy(cls)] += exps[torch.from_numpy(starts[cls] + j)]
+    return acc.T.contiguous()
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="coderflow-exp")
 
 
 def minmax_rows(a: torch.Tensor) -> torch.Tensor:
@@ -121,77 +201,250 @@ class ValArrays:
     kl: torch.Tensor | None
 
 
-CANDIDATES = 16  # classes per row compared over the whole alpha axis; rows with more contenders are broadcast in full
+CANDIDATES = 16  # contending classes per row in the first pass; rows with more take a second, wider pass
 TOLERANCE = 4e-6  # relative to a row's largest |logit|: margins this close to 0 count as contenders (rounding, ~64 ulp)
 
 
 def accuracy_grid(v: ValArrays, alphas: Sequence[float], betas: Sequence[float], gammas: Sequence[float]) -> np.ndarray:
     """[betas, gammas, alphas] accuracies: per block of rows and beta one exp of the affinity block and one cache
-    product; per gamma the whole alpha axis at once (right_per_alpha)."""
+    product, then the whole (gamma, alpha) grid of that beta at once (right_counts)."""
     import torch
 
     dev, (n, s), c = v.zs.device, v.aff.shape, v.zs.shape[1]
     a = to_device(np.asarray(alphas, dtype=np.float32), dev)
-    ends = (float(a.min()), float(a.max()), float(a.abs().max())) if len(a) else (0.0, 0.0, 0.0)
     gs = [float(np.float32(g)) for g in gammas]
-    rows = block_rows(4 * 2 * s + 8 * c * (12 + len(gs)) + 2 * len(a) * (c + 4) * 8, dev)
+    rows = block_rows(4 * 2 * s + 8 * c * 16, dev)
     correct = torch.zeros((len(betas), len(gs), len(a)), dtype=torch.int64, device=dev)
     for i in range(0, n, rows):
         sl = slice(i, i + rows)
-        one_minus, y = 1.0 - v.aff[sl], v.y[sl, None]  # beta-independent: once per block
-        work = (one_minus, torch.empty_like(one_minus))
-        bases = [v.zs[sl] if v.kl is None or g == 0 else v.zs[sl] + g * v.kl[sl] for g in gs]
+        work, y = CacheWork.of(v.aff[sl], v.onehot), v.y[sl, None]  # beta-independent: once per block
+        kl = None if v.kl is None else v.kl[sl]
         for ib, b in enumerate(betas):
             cache = cache_product(v.aff[sl], v.onehot, float(b), work)
-            for ig, base in enumerate(bases):
-                correct[ib, ig] += right_per_alpha(base, cache, y, a, ends)
+            correct[ib] += right_counts(v.zs[sl], kl, cache, y, gs, a)
     return to_numpy(correct) / max(1, n)
 
 
-def _broadcast_right(base: torch.Tensor, cache: torch.Tensor, y: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """(rows, alphas): argmax over classes of base + alpha * cache == y, computed as the reference does."""
-    return (base[:, None, :] + a[None, :, None] * cache[:, None, :]).argmax(dim=2) == y
-
-
-def right_per_alpha(
-    base: torch.Tensor, cache: torch.Tensor, y: torch.Tensor, a: torch.Tensor, ends: tuple[float, float, float]
+def right_counts(
+    zs: torch.Tensor,
+    kl: torch.Tensor | None,
+    cache: torch.Tensor,
+    y: torch.Tensor,
+    gammas: Sequence[float],
+    a: torch.Tensor,
 ) -> torch.Tensor:
-    """Per alpha, how many rows have argmax(base + alpha * cache) == y: the count the reference's broadcast over
-    (rows, alphas, classes) gives, bit for bit, without broadcasting every class.
+    """[gammas, alphas] counts of rows whose argmax over classes of zs + gamma * kl + alpha * cache is the label y:
+    the counts the reference's broadcast over (rows, alphas, classes) per gamma gives, bit for bit, without
+    broadcasting.
 
-    A class's margin over the label, (base_c - base_y) + alpha * (cache_c - cache_y), is linear in alpha, so its
-    values at the grid's two ends bound it. A row where some class leads at both ends by more than rounding can
-    (TOLERANCE) is wrong at every alpha; a row where no class comes within rounding of the label at either end is
-    right at every alpha; otherwise only its contenders (at most CANDIDATES) are evaluated at every alpha with the
-    reference's float operations and tie rule (a lower class index wins a tie); rows with more contenders are
-    broadcast in full.
+    A class's margin over the label, (zs_c - zs_y) + gamma * (kl_c - kl_y) + alpha * (cache_c - cache_y), is linear
+    in (gamma, alpha), so its values at the grid's four corners bound it. A row where some class leads at every
+    corner by more than rounding can (TOLERANCE) is wrong everywhere; a row where no class comes within rounding of
+    the label at any corner is right everywhere. For the other rows, with at most CANDIDATES contending classes, each
+    gamma's alphas split by the margins' zero crossings: alphas where every contender trails by more than rounding
+    are right, alphas where some contender leads by more are wrong, and only the few alphas within rounding of a
+    crossing are evaluated with the reference's float operations and tie rule (a lower class index wins a tie).
+    Rows with more contenders than CANDIDATES take a second pass as wide as the most any of them has.
     """
     import torch
 
-    lo, hi, top = ends
-    by, cy = base.gather(1, y), cache.gather(1, y)
-    db, dc = base - by, cache - cy
-    at_lo, at_hi = db + lo * dc, db + hi * dc
-    tol = TOLERANCE * (base.abs().amax(dim=1, keepdim=True) + top * cache.abs().amax(dim=1, keepdim=True))
-    most, least = (
-        torch.maximum(at_lo, at_hi).scatter_(1, y, -np.inf),
-        torch.minimum(at_lo, at_hi).scatter_(1, y, -np.inf),
-    )
+    dev, kl = zs.device, kl if kl is not None and any(g != 0 for g in gammas) else None
+    if kl is None and len(gammas) > 1:  # every gamma scores zs + alpha * cache: count once
+        return right_counts(zs, None, cache, y, [0.0], a).expand(len(gammas), -1).clone()
+    a64, order = torch.sort(a.double())
+    n_a = len(a64)
+    g_lo, g_hi = (min(gammas), max(gammas)) if kl is not None else (0.0, 0.0)
+    a_lo, a_hi = float(a64[0]), float(a64[-1])
+    zy, cy = zs.gather(1, y), cache.gather(1, y)
+    dz, dc = zs - zy, cache - cy
+    dl = None if kl is None else (kl - kl.gather(1, y)).float()
+    size = zs.abs().amax(dim=1, keepdim=True) + max(abs(a_lo), abs(a_hi)) * cache.abs().amax(dim=1, keepdim=True)
+    if kl is not None:
+        size = size + max(abs(g_lo), abs(g_hi)) * kl.abs().amax(dim=1, keepdim=True).float()
+    tol = TOLERANCE * size
+    corners = [
+        (dz if dl is None else dz + g * dl) + al * dc for g in dict.fromkeys((g_lo, g_hi)) for al in (a_lo, a_hi)
+    ]
+    most, least = corners[0], corners[0]
+    for m in corners[1:]:
+        most, least = torch.maximum(most, m), torch.minimum(least, m)
+    most, least = most.scatter(1, y, -np.inf), least.scatter(1, y, -np.inf)
     contender = most >= -tol
     count = contender.sum(dim=1)
     open_ = ~(least > tol).any(dim=1)
-    out = (open_ & (count == 0)).sum().expand(len(a)).clone()
+    out = torch.zeros((len(gammas), n_a + 1), dtype=torch.int64, device=dev)
     few, many = open_ & (count > 0) & (count <= CANDIDATES), open_ & (count > CANDIDATES)
-    if bool(few.any()):
-        r = few.nonzero().squeeze(1)
-        k = min(CANDIDATES, base.shape[1] - 1)
+    for rows in (few, many):  # rows with more contenders: a second pass wide enough for all of theirs
+        if not bool(rows.any()):
+            continue
+        r = rows.nonzero().squeeze(1)
+        k = min(int(count[r].max()) if rows is many else CANDIDATES, zs.shape[1] - 1)
         idx = most[r].topk(k, dim=1).indices  # every contender, then the closest others
-        valid = contender[r].gather(1, idx)[:, None, :]
-        logits = base[r].gather(1, idx)[:, None, :] + a[None, :, None] * cache[r].gather(1, idx)[:, None, :]
-        label = by[r][:, None, :] + a[None, :, None] * cy[r][:, None, :]
-        beaten = torch.where((idx < y[r])[:, None, :], logits >= label, logits > label) & valid
-        out += (~beaten.any(dim=2)).sum(dim=0)
-    if bool(many.any()):
-        r = many.nonzero().squeeze(1)
-        out += _broadcast_right(base[r], cache[r], y[r], a).sum(dim=0)
+        valid = contender[r].gather(1, idx)
+        step = block_rows(8 * 16 * len(gammas) * k, dev)
+        for j in range(0, len(r), step):
+            rr = slice(j, j + step)
+            out += _interval_counts(zs, kl, cache, y, gammas, a64, tol, r[rr], idx[rr], valid[rr])
+    counts = torch.empty((len(gammas), n_a), dtype=torch.int64, device=dev)
+    counts[:, order] = out[:, :n_a].cumsum(dim=1)  # back to the grid's own alpha order
+    return counts + (open_ & (count == 0)).sum()
+
+
+GAMMA_CHUNK = 8  # gammas screened together by their corners before their alpha intervals are computed
+
+
+def _interval_counts(
+    zs: torch.Tensor,
+    kl: torch.Tensor | None,
+    cache: torch.Tensor,
+    y: torch.Tensor,
+    gammas: Sequence[float],
+    a64: torch.Tensor,
+    tol: torch.Tensor,
+    r: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """right_counts' rows `r` with contenders `idx` (valid where contending), as a [gammas, alphas + 1] difference
+    array over the ascending alphas a64. Per chunk of GAMMA_CHUNK gammas the rows are screened again by the chunk's
+    corners; for the undecided ones, per gamma, the alphas where the label surely wins are one +1/-1 step, and the
+    alphas within rounding of a crossing are evaluated exactly.
+
+    The margins and crossings are float32: their rounding (a few ulp of the row's largest logit) stays far inside
+    TOLERANCE (about 64 ulp), so a crossing is never misplaced by more than the band evaluated exactly."""
+    import torch
+
+    dev, n_g, n_a = zs.device, len(gammas), len(a64)
+    width, a32 = n_a + 1, a64.float()
+    yr = y[r]
+    dz = zs[r].gather(1, idx) - zs[r].gather(1, yr)
+    dk = cache[r].gather(1, idx) - cache[r].gather(1, yr)
+    dl = None if kl is None else (kl[r].gather(1, idx) - kl[r].gather(1, yr)).float()
+    t = tol[r]
+    a_ends = (float(a32[0]), float(a32[-1]))
+    pos, neg, flat = valid & (dk > 0), valid & (dk < 0), valid & (dk == 0)
+    step = torch.where(dk == 0, torch.ones((), dtype=dk.dtype, device=dev), dk)[:, None, :]  # never 0: no NaN
+    inf = torch.full((), np.inf, device=dev)
+    hi_pen = torch.where(pos, 0.0, inf)[:, None, :]  # +inf where a contender gives no upper bound
+    lo_pen = torch.where(neg, 0.0, inf)[:, None, :]
+    out = torch.zeros((n_g, width), dtype=torch.int64, device=dev)
+    for c0 in range(0, n_g, GAMMA_CHUNK):
+        gs = gammas[c0 : c0 + GAMMA_CHUNK]
+        corners = [
+            (dz if dl is None else dz + g * dl) + al * dk for g in dict.fromkeys((min(gs), max(gs))) for al in a_ends
+        ]
+        most, least = corners[0], corners[0]
+        for m in corners[1:]:
+            most, least = torch.maximum(most, m), torch.minimum(least, m)
+        lost_all = ((least > t) & valid).any(dim=1)
+        won_all = ~((most >= -t) & valid).any(dim=1) & ~lost_all
+        out[c0 : c0 + len(gs), 0] += won_all.sum()
+        out[c0 : c0 + len(gs), n_a] -= won_all.sum()
+        u = (~lost_all & ~won_all).nonzero().squeeze(1)
+        if len(u):
+            g = torch.tensor(gs, dtype=torch.float32, device=dev)[None, :, None]
+            nd = -dz[u][:, None, :] if dl is None else -dz[u][:, None, :] - g * dl[u][:, None, :]
+            tu, su = t[u][:, :, None], step[u]
+            safe, beat = (
+                (nd - tu) / su,
+                (nd + tu) / su,
+            )  # a contender trails by more than t beyond safe, leads beyond beat
+            s_lo, s_hi = (safe - lo_pen[u]).amax(dim=2), (safe + hi_pen[u]).amin(dim=2)
+            b_lo, b_hi = (beat - lo_pen[u]).amax(dim=2), (beat + hi_pen[u]).amin(dim=2)
+            bounds = _alpha_ranges(a32, s_lo, s_hi, b_lo, b_hi, flat[u], nd, tu)
+            out[c0 : c0 + len(gs)] += _range_counts(zs, kl, cache, y, gammas, a32, r[u], idx[u], valid[u], c0, bounds)
     return out
+
+
+def _alpha_ranges(
+    a32: torch.Tensor,
+    s_lo: torch.Tensor,
+    s_hi: torch.Tensor,
+    b_lo: torch.Tensor,
+    b_hi: torch.Tensor,
+    flat: torch.Tensor,
+    nd: torch.Tensor,
+    t: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices j0 <= i0 <= i1 <= j1 into the ascending alphas, per (row, gamma): [i0, i1) surely right, [j0, i0) and
+    [i1, j1) to evaluate exactly, the rest surely wrong. A contender with the label's very cache (flat) and within t
+    of its zero-shot score leaves no alpha surely right; one ahead by more than t, none right at all."""
+    import torch
+
+    never = (flat[:, None, :] & (nd <= t)).any(dim=2)
+    lost = (flat[:, None, :] & (nd < -t)).any(dim=2)
+    j0 = torch.searchsorted(a32, b_lo.contiguous())  # alphas below j0 are lost, as are those from j1 on
+    j1 = torch.maximum(torch.searchsorted(a32, b_hi.contiguous(), right=True), j0)
+    j0, j1 = torch.where(lost, 0, j0), torch.where(lost, 0, j1)
+    i0 = torch.searchsorted(a32, s_lo.contiguous(), right=True).clamp(min=j0).minimum(j1)
+    i1 = torch.searchsorted(a32, s_hi.contiguous()).clamp(max=j1).maximum(i0)
+    return j0, torch.where(never, j0, i0), torch.where(never, j0, i1), j1
+
+
+def _range_counts(
+    zs: torch.Tensor,
+    kl: torch.Tensor | None,
+    cache: torch.Tensor,
+    y: torch.Tensor,
+    gammas: Sequence[float],
+    a32: torch.Tensor,
+    r: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    g_first: int,
+    bounds: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The difference array of one chunk of gammas: +1/-1 for each surely right range, +1/-1 around each alpha of
+    the bands [j0, i0) and [i1, j1) that the exact evaluation finds right."""
+    import torch
+
+    j0, i0, i1, j1 = bounds
+    dev, n_g, width = zs.device, i0.shape[1], len(a32) + 1
+    gi = torch.arange(n_g, device=dev).expand_as(i0)
+    out = torch.bincount((gi * width + i0).reshape(-1), minlength=n_g * width)
+    out -= torch.bincount((gi * width + i1).reshape(-1), minlength=n_g * width)
+    starts = torch.cat([j0.reshape(-1), i1.reshape(-1)])
+    lens = torch.cat([(i0 - j0).reshape(-1), (j1 - i1).reshape(-1)])
+    total = int(lens.sum())
+    if total:
+        owner = torch.repeat_interleave(torch.arange(len(lens), device=dev), lens)
+        ai = starts[owner] + torch.arange(total, device=dev) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+        owner = owner % i0.numel()
+        row, g_idx = owner // n_g, owner % n_g
+        right = _exact_right(zs, kl, cache, y, gammas, a32, r[row], idx[row], valid[row], g_first + g_idx, ai)
+        keys = (g_idx * width + ai)[right]
+        out += torch.bincount(keys, minlength=n_g * width)
+        out -= torch.bincount(keys + 1, minlength=n_g * width + 1)[:-1]
+    return out.reshape(n_g, width)
+
+
+def _exact_right(
+    zs: torch.Tensor,
+    kl: torch.Tensor | None,
+    cache: torch.Tensor,
+    y: torch.Tensor,
+    gammas: Sequence[float],
+    a32: torch.Tensor,
+    r: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    g_idx: torch.Tensor,
+    ai: torch.Tensor,
+) -> torch.Tensor:
+    """Per (row, gamma, alpha) triple: does the label win over the contenders idx with the reference's float
+    operations (zs + gamma * kl, then + alpha * cache) and tie rule?"""
+    import torch
+
+    yr = y[r]
+    cols = torch.cat([yr, idx], dim=1)  # the label first, then the contenders
+    al = a32[ai][:, None]
+    fixed = zs[r[:, None], cols] + al * cache[r[:, None], cols]  # gamma 0 (or no kl): float32 as the reference
+    if kl is not None:
+        g = torch.tensor(gammas, dtype=torch.float32, device=zs.device)[g_idx][:, None]
+        shifted = (zs[r[:, None], cols] + g * kl[r[:, None], cols]) + al * cache[r[:, None], cols]
+        logits = torch.where((g == 0), fixed.to(shifted.dtype), shifted)
+    else:
+        logits = fixed
+    label, others = logits[:, :1], logits[:, 1:]
+    beaten = torch.where(idx < yr, others >= label, others > label) & valid
+    return ~beaten.any(dim=1)
