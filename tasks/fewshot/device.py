@@ -98,7 +98,7 @@ class CacheWork:
 
     On the CPU, with a float32 one-hot, both are held transposed, [S, rows], the support in class order (stable:
     each class's images in support order), and `counts` holds the images per class: a class's exps are then
-    consecutive rows, and its cache column is their sum in support order (class_sums)."""
+    consecutive rows, and its cache column is their sum in support order (class_sum)."""
 
     one_minus: torch.Tensor
     buffer: torch.Tensor
@@ -132,7 +132,7 @@ def cache_product(aff: torch.Tensor, onehot: torch.Tensor, beta: float, work: Ca
     There, exponents below EXP_FLOOR (-87) are raised to it first: an exp under float32's smallest normal (1.2e-38)
     would send the exp and the product down the CPU's slow subnormal path (5x slower per beta); a cache logit moves
     by at most S x 1.6e-38, which leaves every logit above 1e-30 in magnitude bit for bit as it was. The product
-    with a one-hot is then each class's sum (class_sums), a hundredth of the matmul's work at 100 classes."""
+    with a one-hot is then each class's sum (class_sum), a hundredth of the matmul's work at 100 classes."""
     import torch
 
     w = work or CacheWork.of(aff, onehot)
@@ -141,40 +141,43 @@ def cache_product(aff: torch.Tensor, onehot: torch.Tensor, beta: float, work: Ca
     src, out = w.one_minus.numpy(), w.buffer.numpy()
     floor = -beta * w.widest < EXP_FLOOR
 
-    def part(rows: slice) -> None:
+    def exps(rows: slice) -> np.ndarray:
         np.multiply(src[rows], -beta, out=out[rows])
         if floor:
             np.maximum(out[rows], EXP_FLOOR, out=out[rows])
-        np.exp(out[rows], out=out[rows])
+        return np.exp(out[rows], out=out[rows])
 
-    parts = max(1, min(torch.get_num_threads(), len(src))) if src.size >= PARALLEL_ROWS else 1
-    bounds = np.linspace(0, len(src), parts + 1).astype(int).tolist()
-    list(_pool(parts).map(part, [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]))
+    parts = torch.get_num_threads() if src.size >= PARALLEL_ROWS else 1
     if w.counts is None:
+        _split(lambda rows: exps(rows), len(src), parts)
         return matmul(w.buffer.float(), onehot)
-    return class_sums(w.buffer.float(), w.counts)
+    acc = np.zeros((len(w.counts), src.shape[1]), dtype=np.float32)
+    ends = np.cumsum(w.counts).tolist()
+
+    def classes(cs: slice) -> None:  # per class while its exps are in cache: a tenth of the memory traffic
+        for c in range(cs.start, cs.stop):
+            if w.counts[c]:
+                class_sum(exps(slice(ends[c] - int(w.counts[c]), ends[c])), acc[c])
+
+    _split(classes, len(w.counts), parts)
+    return torch.from_numpy(acc).T.contiguous()
 
 
-def class_sums(exps: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
-    """[rows, C] sums of consecutive rows of exps [S, rows], counts[c] of them for class c, each added in row order
-    from zero: exactly the float32 sums a BLAS kernel forms for exps.T @ onehot when each class's support images
-    are consecutive (as every support set coderflow samples is; measured equal bit for bit to numpy's and torch's
-    matmul on x86-64), within an ulp or two otherwise."""
-    import torch
+def class_sum(exps: np.ndarray, out: np.ndarray) -> None:
+    """out = exps[0] + exps[1] + ... in row order, from zero, in float32: exactly the sums a BLAS kernel forms for a
+    class's column of exps.T @ onehot when its support images are consecutive (every support set coderflow samples;
+    measured equal bit for bit to numpy's and torch's matmul on x86-64), within an ulp or two otherwise."""
+    rows = exps if exps.dtype == np.float32 else exps.astype(np.float32)  # the reference's astype before the product
+    out[:] = rows[0]
+    for row in rows[1:]:
+        out += row
 
-    n_c, most, n = len(counts), int(counts.max()) if len(counts) else 0, exps.shape[1]
-    if most and bool((counts == most).all()):  # as many images in every class: one strided view
-        per_class = exps.view(n_c, most, n)
-        acc = per_class[:, 0].clone()
-        for j in range(1, most):
-            acc += per_class[:, j]
-    else:
-        acc = exps.new_zeros((n_c, n))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        for j in range(most):
-            cls = np.flatnonzero(counts > j)
-            acc[torch.from_numpy(cls)] += exps[torch.from_numpy(starts[cls] + j)]
-    return acc.T.contiguous()
+
+def _split(fn: Callable[[slice], Any], n: int, parts: int) -> None:
+    """fn over `parts` consecutive slices of range(n) on the thread pool (numpy releases the GIL in its loops)."""
+    parts = max(1, min(parts, n))
+    bounds = np.linspace(0, n, parts + 1).astype(int).tolist()
+    list(_pool(parts).map(fn, [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]))
 
 
 @functools.cache

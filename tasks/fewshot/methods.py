@@ -13,7 +13,7 @@ reference (tasks/fewshot/reference_numpy.py): float32 throughout (TF32 off), exc
 class_distribution and the KL matrix, float64 as there; a float64 input stays float64 where the reference's numpy
 promotion keeps it so. Logits equal the reference's up to the rounding of the matrix products (and of exp on CUDA; on
 the CPU the cache's exp is numpy's own), within 1e-4; searches count right answers exactly as the reference's argmax
-over float32 logits would (fewshot.device.right_per_alpha) and keep the first maximum in the reference's loop order.
+over float32 logits would (fewshot.device.right_counts) and keep the first maximum in the reference's loop order.
 """
 
 from __future__ import annotations
