@@ -281,9 +281,8 @@ def right_counts(
         if not bool(rows.any()):
             continue
         r = rows.nonzero().squeeze(1)
-        k = min(int(count[r].max()) if rows is many else CANDIDATES, zs.shape[1] - 1)
-        idx = most[r].topk(k, dim=1).indices  # every contender, then the closest others
-        valid = contender[r].gather(1, idx)
+        k = int(count[r].max())
+        idx, valid = _packed(contender[r], k)
         step = block_rows(8 * 16 * len(gammas) * k, dev)
         for j in range(0, len(r), step):
             rr = slice(j, j + step)
@@ -291,6 +290,18 @@ def right_counts(
     counts = torch.empty((len(gammas), n_a), dtype=torch.int64, device=dev)
     counts[:, order] = out[:, :n_a].cumsum(dim=1)  # back to the grid's own alpha order
     return counts + (open_ & (count == 0)).sum()
+
+
+def _packed(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, k] column indices of each row's true entries (at most k), padded with column 0, and which are real."""
+    import torch
+
+    rows, cols = mask.nonzero(as_tuple=True)
+    slot = mask.cumsum(dim=1)[rows, cols] - 1
+    idx = torch.zeros((len(mask), k), dtype=torch.int64, device=mask.device)
+    valid = torch.zeros((len(mask), k), dtype=torch.bool, device=mask.device)
+    idx[rows, slot], valid[rows, slot] = cols, True
+    return idx, valid
 
 
 GAMMA_CHUNK = 8  # gammas screened together by their corners before their alpha intervals are computed
