@@ -220,9 +220,11 @@ class Cell:
 
 
 def model_label(model: ModelConfig) -> str:
-    """'ViT-B-32/openai', 'ViT-S-32-alt/random', 'ViT-B-32/openai/bf16'."""
+    """'ViT-B-32/openai', 'ViT-S-32-alt/random', 'ViT-B-32/openai/bf16', 'ViT-B-16/openai/adapter=ID': what tells
+    the image features of two models entries apart (a suite refuses two entries with one label)."""
     label = f"{model.name}/{model.pretrained or 'random'}"
-    return label + (f"/{model.precision}" if model.precision != "fp32" else "")
+    label += f"/{model.precision}" if model.precision != "fp32" else ""
+    return label + (f"/adapter={model.adapter}" if model.adapter else "")
 
 
 def cell_id(kind: str, dataset: dict[str, Any], model: dict[str, Any], bank: BankEntry, grid: dict[str, Any]) -> str:
@@ -243,6 +245,7 @@ def expand(file: SuiteFile) -> list[Cell]:
     model together (they share its image embeddings), zero-shot first; errors name the entry."""
     spec, base = file.suite, file.settings
     cells: list[Cell] = []
+    labels: dict[str, int] = {}  # model label -> the first models entry that gave it
     for di, ds, classes in _datasets(spec, base):
         ds_settings = {k: v for k, v in ds.items() if k != "preset"}
         for mi, md in enumerate(spec.models):
@@ -252,9 +255,16 @@ def expand(file: SuiteFile) -> list[Cell]:
             for bank in spec.banks:
                 zs = {"methods": list(spec.methods)} if spec.methods else {}
                 cfg = _config(base, layer, bank.settings(), zs, where=f"{where} x bank {bank.label}")
+                label = model_label(cfg.model)  # the entry's own: a few-shot adapter is the cell's axis
+                if labels.setdefault(label, mi) != mi:
+                    raise SuiteError(
+                        f"suite.models[{labels[label]}] and suite.models[{mi}] are both model {label}: their image "
+                        "features are the same and the suite's tables would mix their results; drop one, or make "
+                        "them differ in name, pretrained, precision or adapter"
+                    )
                 grid = {"methods": list(cfg.methods)}
                 imported = bank if bank.source == "import" else None
-                cells.append(_cell("zeroshot", cfg, ds, md, bank, grid, imported=imported, axis=classes))
+                cells.append(_cell("zeroshot", cfg, ds, md, bank, grid, label, imported=imported, axis=classes))
             fs = spec.fewshot
             if fs is None or (fs.datasets is not None and cells[-1].dataset not in fs.datasets):
                 continue
@@ -266,7 +276,7 @@ def expand(file: SuiteFile) -> list[Cell]:
                     cfg = _config(base, layer, bank.settings(), extra, where=f"{where} x few-shot bank {bank.label}")
                     grid = {"fewshot": {**few, "methods": list(cfg.fewshot.methods)}, "adapter": adapter}
                     axis = ",".join(a for a in (classes, f"adapter={adapter}" if adapter else None) if a) or None
-                    cells.append(_cell("fewshot", cfg, ds, md, bank, grid, axis=axis))
+                    cells.append(_cell("fewshot", cfg, ds, md, bank, grid, label, axis=axis))
     names = {c.dataset for c in cells}
     missing = [n for n in (spec.fewshot.datasets or ()) if n not in names] if spec.fewshot else []
     if missing:
@@ -315,9 +325,11 @@ def _entries(message: str) -> str:
     return re.sub(r"suite\.(datasets|models): \1\[", r"suite.\1[", message)
 
 
-def _cell(kind: Any, cfg: PipelineConfig, ds: dict, md: dict, bank: BankEntry, grid: dict, **more: Any) -> Cell:
+def _cell(
+    kind: Any, cfg: PipelineConfig, ds: dict, md: dict, bank: BankEntry, grid: dict, label: str, **more: Any
+) -> Cell:
     cid = cell_id(kind, ds, md, bank, grid)
-    return Cell(cid, kind, cfg.dataset.name, model_label(cfg.model), bank.label, cfg, **more)
+    return Cell(cid, kind, cfg.dataset.name, label, bank.label, cfg, **more)
 
 
 def read_suite(path: str | Path, flags: dict[str, Any] | None = None) -> SuiteFile:

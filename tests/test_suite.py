@@ -126,6 +126,19 @@ def test_few_shot_adapters_are_cells_of_their_own(tmp_path: Path):
     assert cells[0].cell_id != cells[1].cell_id
 
 
+def test_two_models_entries_never_share_a_label(tmp_path: Path):
+    """An entry's label names what sets its image features apart (an adapter too); two entries that would share one
+    (differing only in batch size) are refused, naming both, before any cell runs."""
+    data = _suite(tmp_path)
+    data["suite"]["models"] = [{"name": "RN50"}, {"name": "RN50", "adapter": "adapter-0123"}]
+    assert {c.model for c in expand(read_suite(_write(tmp_path / "s.yaml", data)))} == {
+        "RN50/random", "RN50/random/adapter=adapter-0123"
+    }  # fmt: skip
+    data["suite"]["models"] = [{"name": "RN50"}, {"name": "RN50", "batch_size": 8}]
+    with pytest.raises(SuiteError, match=r"suite\.models\[0\] and suite\.models\[1\] are both model RN50/random"):
+        expand(read_suite(_write(tmp_path / "s.yaml", data)))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -171,6 +171,7 @@ def test_benchmark_csv_and_the_csv_report(suite):
                   and m["method"] == key[0] and str(m["shots"] or "") == key[1] and m["class_index"] is None]  # fmt: skip
         assert float(by[key]["acc5"]) == pytest.approx(statistics.fmean(values))
         assert by[key]["model"] == "ViT-S-32-alt" and by[key]["pretrained"] == ""
+        assert (by[key]["precision"], by[key]["adapter"]) == ("fp32", "")  # what else sets a model's rows apart
     done = run_cli(["suite", "report", SUITE, "--workdir", suite["work"], "--format", "csv"])
     assert done.exit_code == 0 and done.stdout == text
 

@@ -27,7 +27,7 @@ PREDICTIONS_SQL = (
 )
 CELLS_SQL = "SELECT * FROM suite_cells WHERE suite_id = ? ORDER BY dataset, model, bank, kind, axis, cell_id"
 BENCHMARK_COLUMNS = ("dataset", "model", "pretrained", "method", "shots", "acc1", "acc5", "mean_per_class_recall",
-                     "bank", "axis")  # fmt: skip
+                     "bank", "axis", "precision", "adapter")  # fmt: skip
 
 
 def _clip_group(groups: Mapping[tuple[str, int, int], np.ndarray], shots: int, seed: int) -> tuple | None:
@@ -163,10 +163,11 @@ def benchmark_rows(layout: Layout, suite_id: str) -> list[dict[str, Any]]:
             "dataset": r["dataset"], "model": model.get("name") or name, "pretrained": model.get("pretrained") or tag,
             "method": r["method"], "shots": r["shots"], "acc1": r["acc1"], "acc5": r["acc5"],
             "mean_per_class_recall": r["mean_per_class_recall"], "bank": r["bank"], "axis": r["axis"],
+            "precision": model.get("precision") or "fp32", "adapter": model.get("adapter"),
         }  # fmt: skip
-        out.setdefault(
-            tuple(row[c] for c in ("dataset", "model", "pretrained", "bank", "axis", "method", "shots")), row
-        )
+        # keyed by the cell's model label (name, weights, precision, adapter; one per models entry): two entries
+        # that share a name and weights stay two rows
+        out.setdefault((r["dataset"], r["model"], r["bank"], r["axis"], r["method"], r["shots"]), row)
     return list(out.values())
 
 
