@@ -49,10 +49,10 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
     refuse_shared_splits(config.dataset, list(splits), workdir)
     for ds in splits.values():
         ingest_dataset(ds, workdir)
-    refuse_overlapping_splits(config.dataset.name, list(splits), workdir)
     targets = fs.target_datasets(config.dataset)  # distribution shift: other test sets, same support and search
     for target in targets:
         ingest_dataset(target, workdir)
+    refuse_overlapping_splits(config.dataset.name, list(splits), workdir, [(t.name, t.split) for t in targets])
     shift = map_test_classes(config.dataset.name, targets, workdir)
     original = model.model_copy(update={"adapter": None})  # the zero-shot term and Tip-X's KL use these features
     models = [original, model] if model.adapter else [original]

@@ -94,6 +94,10 @@ def test_shift_run_scores_each_test_set_on_its_own_classes(prefect_server, tmp_p
     assert refused.exit_code != 0 and "'purple cat'" in refused.output and "lacks" in refused.output
     assert not (workdir / "runs").exists()  # refused before any work
 
+    copied = run_cli([*base, "--fewshot.test-datasets", f"copy={src}"])  # the source's own images as a test set
+    assert copied.exit_code != 0 and "test set copy and train share" in copied.output, copied.output
+    assert not (workdir / "runs").exists()  # refused before any scoring
+
     out = run_cli([*base, "--fewshot.test-datasets", f"full={full},part={part}"])
     assert out.exit_code == 0, out.output
     assert "distribution shift of run" in out.output

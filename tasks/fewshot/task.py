@@ -27,6 +27,7 @@ from coderflow.storage.shards import (
     list_shards,
     read_class_file,
     sample_label,
+    split_image_hashes,
     split_overlaps,
     write_split,
 )
@@ -55,14 +56,23 @@ def refuse_shared_splits(dataset: DatasetConfig, splits: list[str], workdir: str
 
 
 @task(name="check-split-overlap")
-def refuse_overlapping_splits(dataset: str, splits: list[str], workdir: str) -> None:
-    """After ingest, before embedding: no image (by content hash) may be in two of the splits."""
-    overlaps = split_overlaps(Layout.at(workdir), dataset, splits)
-    if overlaps:
-        shared = "; ".join(f"{a} and {b} share {n} images" for a, b, n in overlaps)
+def refuse_overlapping_splits(
+    dataset: str, splits: list[str], workdir: str, tests: list[tuple[str, str]] | None = None
+) -> None:
+    """After ingest, before embedding: no image (by content hash) may be in two of the splits (train, val, test in
+    that order), nor may a shifted test set (`tests`: (dataset, split) pairs) hold an image of train or val: the
+    support sets are drawn from the one and the search runs on the other."""
+    layout = Layout.at(workdir)
+    shared = [f"{a} and {b} share {n} images" for a, b, n in split_overlaps(layout, dataset, splits)]
+    seen = {s: set(split_image_hashes(layout, dataset, s)) for s in splits[:2]}
+    for name, split in tests or []:
+        hashes = set(split_image_hashes(layout, name, split))
+        shared += [f"test set {name} and {s} share {n} images" for s, h in seen.items() if (n := len(hashes & h))]
+    if shared:
         raise ValueError(
-            f"dataset {dataset!r}: {shared} (same image content): few-shot figures would be measured on images "
-            "seen in the support set or the search; give disjoint splits or use --split-ratio on one folder"
+            f"dataset {dataset!r}: {'; '.join(shared)} (same image content): few-shot figures would be "
+            "measured on images seen in the support set or the search; give disjoint splits and test sets, or use "
+            "--split-ratio on one folder"
         )
 
 
