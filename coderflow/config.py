@@ -129,12 +129,13 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _split_names(cls, data: Any) -> Any:
-        """Bare split shares ('0.5,0.2,0.3') name the few-shot splits in order (train, val, test by default)."""
+        """Bare split shares ('0.5,0.2,0.3') name the few-shot splits in order (train, val, test by default; two
+        shares when val is the test split)."""
         ds = data.get("dataset") if isinstance(data, dict) else None
         if isinstance(ds, dict) and isinstance(ds.get("split_ratio"), str):
             fs = data.get("fewshot") or {}
             fs = fs.model_dump() if isinstance(fs, BaseModel) else fs
-            names = [fs.get(f"{k}_split") or k for k in SPLIT_NAMES]
+            names = list(dict.fromkeys(fs.get(f"{k}_split") or k for k in SPLIT_NAMES))
             data = {**data, "dataset": {**ds, "split_ratio": parse_mapping(ds["split_ratio"], names, "--split-ratio")}}
         return data
 

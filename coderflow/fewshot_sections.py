@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from coderflow.presets.benchmarks import DEFAULT_BENCHMARK_BASE, find_benchmark, unknown_benchmark
 from coderflow.sections import DatasetConfig, StrictSection, TextsConfig, parse_mapping, with_inferred_kind
@@ -33,7 +33,11 @@ class FewShotConfig(StrictSection):
         "order, as CoOp/Tip-Adapter/CODER); per_class (a numpy generator per (seed, class))",
     )
     train_split: str = Field("train", description="split the support sets are drawn from")
-    val_split: str = Field("val", description="split the hyper-parameters are searched on")
+    val_split: str = Field(
+        "val",
+        description="split the hyper-parameters are searched on; the test split itself searches on test, as "
+        "Tip-Adapter's ImageNet script does (main_imagenet.py: ImageNet has no val split)",
+    )
     test_split: str = Field("test", description="split the reported accuracies are measured on")
     augment_views: int = Field(
         10, ge=0, description="random crop+flip views averaged per support image; 0: the stored train embeddings"
@@ -108,6 +112,20 @@ class FewShotConfig(StrictSection):
             raise ValueError(f"fewshot.texts: {unknown} are not texts settings: use keys of the texts section")
         valid = TextsConfig.model_validate(v or {})  # the values themselves are valid texts settings
         return {k: getattr(valid, k) for k in v or {}}
+
+    @model_validator(mode="after")
+    def _support_not_scored(self) -> FewShotConfig:
+        if self.train_split in (self.val_split, self.test_split):
+            raise ValueError(
+                f"fewshot.train_split {self.train_split!r} is also the val or test split: the support images would "
+                "be searched or scored on; name another split (e.g. --fewshot.val-split val)"
+            )
+        return self
+
+    @property
+    def searches_on_test(self) -> bool:
+        """The reference's ImageNet protocol: hyper-parameters searched on the test split (val_split = test_split)."""
+        return self.val_split == self.test_split
 
     def bank_texts(self, texts: TextsConfig) -> TextsConfig:
         """The texts settings of the few-shot bank: the run's, with `fewshot.texts` laid over them."""

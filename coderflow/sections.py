@@ -44,7 +44,8 @@ def parse_mapping(text: str, names: Sequence[str] = (), what: str = "value") -> 
         return {k.strip(): v.strip() for k, v in (x.split("=", 1) for x in items)}
     if names and len(items) == len(names):
         return dict(zip(names, items, strict=True))
-    example = f"{','.join(names)} as e.g. 0.5,0.2,0.3 or " if names else ""
+    shares = {2: "0.6,0.4", 3: "0.5,0.2,0.3"}.get(len(names), ",".join(["1"] * len(names)))
+    example = f"{','.join(names)} as e.g. {shares} or " if names else ""
     raise ValueError(f"{what} {text!r}: give {example}key=value pairs separated by commas (a=1,b=2)")
 
 

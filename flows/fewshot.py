@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger, unmapped
 
 from coderflow.config import PipelineConfig
 from coderflow.flows.bookkeeping import flow_run_id, recorded_run, refreshed_on_error, resolved_workdir
@@ -47,6 +47,12 @@ def _fewshot(config: PipelineConfig, workdir: str) -> FewShotResult:
         for name in (fs.train_split, fs.val_split, fs.test_split)
     }
     refuse_shared_splits(config.dataset, list(splits), workdir)
+    if fs.searches_on_test:
+        get_run_logger().warning(
+            "fewshot.val_split is the test split %r: hyper-parameters are searched on the images the figures are "
+            "measured on, as Tip-Adapter's ImageNet script does; the figures are optimistic",
+            fs.test_split,
+        )
     for ds in splits.values():
         ingest_dataset(ds, workdir)
     targets = fs.target_datasets(config.dataset)  # distribution shift: other test sets, same support and search

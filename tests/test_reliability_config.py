@@ -216,3 +216,32 @@ def test_a_lock_wait_that_times_out_is_one_line(prefect_server, tmp_path: Path):
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: work directory") and "still in use by" in last and ENV_TIMEOUT in last, last
     assert "Traceback" not in result.output, result.output
+
+
+def test_a_support_split_that_is_also_scored_is_refused(tmp_path: Path):
+    _refused(["fewshot", "--fewshot.val-split", "train"], tmp_path / "w", "fewshot.train_split 'train' is also")
+
+
+def test_searching_on_test_is_said_in_the_report():
+    """`--fewshot.val-split test` is the reference's ImageNet protocol: allowed, and the report's settings say so."""
+    from coderflow.config import FewShotConfig
+    from coderflow.tasks.report.document import _fewshot_settings
+
+    fs = FewShotConfig(val_split="test")
+    assert fs.searches_on_test and not FewShotConfig().searches_on_test
+    rows = {r["setting"]: r["value"] for r in _fewshot_settings({"fewshot": fs.model_dump()})}
+    assert rows["search"] == "grid on the test split (the reference's ImageNet protocol)"
+    assert rows["splits (support / val / test)"] == "train / test / test"
+    plain = {r["setting"]: r["value"] for r in _fewshot_settings({"fewshot": FewShotConfig().model_dump()})}
+    assert plain["search"] == "grid"
+
+
+def test_bare_split_shares_name_each_split_once(tmp_path: Path):
+    """With val the test split, two bare shares are train and test; three are refused with a two-share example."""
+    from coderflow.config import PipelineConfig
+
+    layer = {"dataset": {"kind": "folder", "source": str(tmp_path)}, "fewshot": {"val_split": "test"}}
+    cfg = PipelineConfig(**{**layer, "dataset": {**layer["dataset"], "split_ratio": "0.6,0.4"}})
+    assert cfg.dataset.split_ratio == {"train": 0.6, "test": 0.4}
+    with pytest.raises(ValueError, match=r"give train,test as e\.g\. 0\.6,0\.4"):
+        PipelineConfig(**{**layer, "dataset": {**layer["dataset"], "split_ratio": "0.5,0.2,0.3"}})

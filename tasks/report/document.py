@@ -141,7 +141,8 @@ def _fewshot_settings(config: Mapping[str, Any]) -> list[dict[str, Any]]:
         {"setting": "seeds", "value": joined("seeds")},
         {"setting": "augment views", "value": fs.get("augment_views")},
         {"setting": "few-shot methods", "value": joined("methods")},
-        {"setting": "search", "value": fs.get("search")},
+        {"setting": "search", "value": f"{fs.get('search')} on the test split (the reference's ImageNet protocol)"
+         if fs.get("val_split") == fs.get("test_split") else fs.get("search")},
         {"setting": "adapter", "value": (config.get("model") or {}).get("adapter") or "none"},
     ]  # fmt: skip
 
