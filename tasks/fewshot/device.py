@@ -255,7 +255,7 @@ def right_counts(
     if kl is None and len(gammas) > 1:  # every gamma scores zs + alpha * cache: count once
         return right_counts(zs, None, cache, y, [0.0], a).expand(len(gammas), -1).clone()
     a64, order = torch.sort(a.double())
-    n_a = len(a64)
+    n_a, grid = len(a64), _Grid(zs, kl, cache, y, gammas, a64.float())
     g_lo, g_hi = (min(gammas), max(gammas)) if kl is not None else (0.0, 0.0)
     a_lo, a_hi = float(a64[0]), float(a64[-1])
     zy, cy = zs.gather(1, y), cache.gather(1, y)
@@ -286,7 +286,7 @@ def right_counts(
         step = block_rows(8 * 16 * len(gammas) * k, dev)
         for j in range(0, len(r), step):
             rr = slice(j, j + step)
-            out += _interval_counts(zs, kl, cache, y, gammas, a64, tol, r[rr], idx[rr], valid[rr])
+            out += _interval_counts(grid, tol, _Contenders(r[rr], idx[rr], valid[rr]))
     counts = torch.empty((len(gammas), n_a), dtype=torch.int64, device=dev)
     counts[:, order] = out[:, :n_a].cumsum(dim=1)  # back to the grid's own alpha order
     return counts + (open_ & (count == 0)).sum()
@@ -307,35 +307,50 @@ def _packed(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 GAMMA_CHUNK = 8  # gammas screened together by their corners before their alpha intervals are computed
 
 
-def _interval_counts(
-    zs: torch.Tensor,
-    kl: torch.Tensor | None,
-    cache: torch.Tensor,
-    y: torch.Tensor,
-    gammas: Sequence[float],
-    a64: torch.Tensor,
-    tol: torch.Tensor,
-    r: torch.Tensor,
-    idx: torch.Tensor,
-    valid: torch.Tensor,
-) -> torch.Tensor:
-    """right_counts' rows `r` with contenders `idx` (valid where contending), as a [gammas, alphas + 1] difference
-    array over the ascending alphas a64. Per chunk of GAMMA_CHUNK gammas the rows are screened again by the chunk's
-    corners; for the undecided ones, per gamma, the alphas where the label surely wins are one +1/-1 step, and the
-    alphas within rounding of a crossing are evaluated exactly.
+@dataclass(frozen=True)
+class _Grid:
+    """What right_counts scores: a block's zero-shot logits, KL term (None: unused), cache logits and labels
+    [rows, 1], the gammas, and the alphas ascending (float32)."""
+
+    zs: torch.Tensor
+    kl: torch.Tensor | None
+    cache: torch.Tensor
+    y: torch.Tensor
+    gammas: Sequence[float]
+    a32: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Contenders:
+    """Rows `r` of a block with their contending classes `idx` ([rows, k]; `valid` where a real contender)."""
+
+    r: torch.Tensor
+    idx: torch.Tensor
+    valid: torch.Tensor
+
+    def __getitem__(self, sel: Any) -> _Contenders:
+        return _Contenders(self.r[sel], self.idx[sel], self.valid[sel])
+
+
+def _interval_counts(grid: _Grid, tol: torch.Tensor, cont: _Contenders) -> torch.Tensor:
+    """right_counts' contending rows as a [gammas, alphas + 1] difference array over the ascending alphas. Per
+    chunk of GAMMA_CHUNK gammas the rows are screened again by the chunk's corners; for the undecided ones, per
+    gamma, the alphas where the label surely wins are one +1/-1 step, and the alphas within rounding of a crossing
+    are evaluated exactly.
 
     The margins and crossings are float32: their rounding (a few ulp of the row's largest logit) stays far inside
     TOLERANCE (about 64 ulp), so a crossing is never misplaced by more than the band evaluated exactly."""
     import torch
 
-    dev, n_g, n_a = zs.device, len(gammas), len(a64)
-    width, a32 = n_a + 1, a64.float()
-    yr = y[r]
-    dz = zs[r].gather(1, idx) - zs[r].gather(1, yr)
-    dk = cache[r].gather(1, idx) - cache[r].gather(1, yr)
-    dl = None if kl is None else (kl[r].gather(1, idx) - kl[r].gather(1, yr)).float()
-    t = tol[r]
-    a_ends = (float(a32[0]), float(a32[-1]))
+    dev, n_g, n_a = grid.zs.device, len(grid.gammas), len(grid.a32)
+    r, idx, valid, yr = cont.r, cont.idx, cont.valid, grid.y[cont.r]
+
+    def gap(x: torch.Tensor) -> torch.Tensor:  # each contender's value minus the label's
+        return x[r].gather(1, idx) - x[r].gather(1, yr)
+
+    dz, dk, dl = gap(grid.zs), gap(grid.cache), None if grid.kl is None else gap(grid.kl).float()
+    t, width = tol[r], n_a + 1
+    a_ends = (float(grid.a32[0]), float(grid.a32[-1]))
     pos, neg, flat = valid & (dk > 0), valid & (dk < 0), valid & (dk == 0)
     step = torch.where(dk == 0, torch.ones((), dtype=dk.dtype, device=dev), dk)[:, None, :]  # never 0: no NaN
     inf = torch.full((), np.inf, device=dev)
@@ -343,7 +358,7 @@ def _interval_counts(
     lo_pen = torch.where(neg, 0.0, inf)[:, None, :]
     out = torch.zeros((n_g, width), dtype=torch.int64, device=dev)
     for c0 in range(0, n_g, GAMMA_CHUNK):
-        gs = gammas[c0 : c0 + GAMMA_CHUNK]
+        gs = grid.gammas[c0 : c0 + GAMMA_CHUNK]
         corners = [
             (dz if dl is None else dz + g * dl) + al * dk for g in dict.fromkeys((min(gs), max(gs))) for al in a_ends
         ]
@@ -359,14 +374,12 @@ def _interval_counts(
             g = torch.tensor(gs, dtype=torch.float32, device=dev)[None, :, None]
             nd = -dz[u][:, None, :] if dl is None else -dz[u][:, None, :] - g * dl[u][:, None, :]
             tu, su = t[u][:, :, None], step[u]
-            safe, beat = (
-                (nd - tu) / su,
-                (nd + tu) / su,
-            )  # a contender trails by more than t beyond safe, leads beyond beat
+            # beyond `safe` a contender trails the label by more than t, beyond `beat` it leads by more
+            safe, beat = (nd - tu) / su, (nd + tu) / su
             s_lo, s_hi = (safe - lo_pen[u]).amax(dim=2), (safe + hi_pen[u]).amin(dim=2)
             b_lo, b_hi = (beat - lo_pen[u]).amax(dim=2), (beat + hi_pen[u]).amin(dim=2)
-            bounds = _alpha_ranges(a32, s_lo, s_hi, b_lo, b_hi, flat[u], nd, tu)
-            out[c0 : c0 + len(gs)] += _range_counts(zs, kl, cache, y, gammas, a32, r[u], idx[u], valid[u], c0, bounds)
+            bounds = _alpha_ranges(grid.a32, s_lo, s_hi, b_lo, b_hi, flat[u], nd, tu)
+            out[c0 : c0 + len(gs)] += _range_counts(grid, cont[u], c0, bounds)
     return out
 
 
@@ -396,24 +409,14 @@ def _alpha_ranges(
 
 
 def _range_counts(
-    zs: torch.Tensor,
-    kl: torch.Tensor | None,
-    cache: torch.Tensor,
-    y: torch.Tensor,
-    gammas: Sequence[float],
-    a32: torch.Tensor,
-    r: torch.Tensor,
-    idx: torch.Tensor,
-    valid: torch.Tensor,
-    g_first: int,
-    bounds: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    grid: _Grid, cont: _Contenders, g_first: int, bounds: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
     """The difference array of one chunk of gammas: +1/-1 for each surely right range, +1/-1 around each alpha of
     the bands [j0, i0) and [i1, j1) that the exact evaluation finds right."""
     import torch
 
     j0, i0, i1, j1 = bounds
-    dev, n_g, width = zs.device, i0.shape[1], len(a32) + 1
+    dev, n_g, width = grid.zs.device, i0.shape[1], len(grid.a32) + 1
     gi = torch.arange(n_g, device=dev).expand_as(i0)
     out = torch.bincount((gi * width + i0).reshape(-1), minlength=n_g * width)
     out -= torch.bincount((gi * width + i1).reshape(-1), minlength=n_g * width)
@@ -425,40 +428,28 @@ def _range_counts(
         ai = starts[owner] + torch.arange(total, device=dev) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
         owner = owner % i0.numel()
         row, g_idx = owner // n_g, owner % n_g
-        right = _exact_right(zs, kl, cache, y, gammas, a32, r[row], idx[row], valid[row], g_first + g_idx, ai)
+        right = _exact_right(grid, cont[row], g_first + g_idx, ai)
         keys = (g_idx * width + ai)[right]
         out += torch.bincount(keys, minlength=n_g * width)
         out -= torch.bincount(keys + 1, minlength=n_g * width + 1)[:-1]
     return out.reshape(n_g, width)
 
 
-def _exact_right(
-    zs: torch.Tensor,
-    kl: torch.Tensor | None,
-    cache: torch.Tensor,
-    y: torch.Tensor,
-    gammas: Sequence[float],
-    a32: torch.Tensor,
-    r: torch.Tensor,
-    idx: torch.Tensor,
-    valid: torch.Tensor,
-    g_idx: torch.Tensor,
-    ai: torch.Tensor,
-) -> torch.Tensor:
-    """Per (row, gamma, alpha) triple: does the label win over the contenders idx with the reference's float
-    operations (zs + gamma * kl, then + alpha * cache) and tie rule?"""
+def _exact_right(grid: _Grid, cont: _Contenders, g_idx: torch.Tensor, ai: torch.Tensor) -> torch.Tensor:
+    """Per (row, gamma, alpha) triple (cont's rows, gamma indices, indices of the ascending alphas): does the label
+    win over the row's contenders with the reference's float operations (zs + gamma * kl, then + alpha * cache)
+    and tie rule?"""
     import torch
 
-    yr = y[r]
-    cols = torch.cat([yr, idx], dim=1)  # the label first, then the contenders
-    al = a32[ai][:, None]
-    fixed = zs[r[:, None], cols] + al * cache[r[:, None], cols]  # gamma 0 (or no kl): float32 as the reference
-    if kl is not None:
-        g = torch.tensor(gammas, dtype=torch.float32, device=zs.device)[g_idx][:, None]
-        shifted = (zs[r[:, None], cols] + g * kl[r[:, None], cols]) + al * cache[r[:, None], cols]
-        logits = torch.where((g == 0), fixed.to(shifted.dtype), shifted)
-    else:
-        logits = fixed
+    r, yr = cont.r[:, None], grid.y[cont.r]
+    cols = torch.cat([yr, cont.idx], dim=1)  # the label first, then the contenders
+    zs, cache, al = grid.zs[r, cols], grid.cache[r, cols], grid.a32[ai][:, None]
+    fixed = zs + al * cache  # gamma 0 (or no kl): float32 as the reference
+    logits = fixed
+    if grid.kl is not None:
+        g = torch.tensor(grid.gammas, dtype=torch.float32, device=zs.device)[g_idx][:, None]
+        shifted = (zs + g * grid.kl[r, cols]) + al * cache
+        logits = torch.where(g == 0, fixed.to(shifted.dtype), shifted)
     label, others = logits[:, :1], logits[:, 1:]
-    beaten = torch.where(idx < yr, others >= label, others > label) & valid
+    beaten = torch.where(cont.idx < yr, others >= label, others > label) & cont.valid
     return ~beaten.any(dim=1)
