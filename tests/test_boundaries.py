@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coderflow.tasks.fewshot.scorers",
             "coderflow.tasks.fewshot.methods",
             "coderflow.tasks.fewshot.device",  # the torch plumbing of fewshot.methods
+            "coderflow.tasks.classify.device",  # the torch plumbing of classify.methods, and fewshot.device's base
         ),
     ),
     (

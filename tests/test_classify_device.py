@@ -120,7 +120,7 @@ def test_scores_equal_numpy_in_blocks(small_blocks: list[int]) -> None:
 def test_coder_on_device_equals_coder_scores(seed: int, small_blocks: list[int]) -> None:
     bank, x = random_bank(seed), _images(seed)
     cos = x @ bank.t.T
-    scores, ovo = d.coder_on_device(x, bank.t, bank.class_index, bank.text_type, bank.n_classes, "cpu")
+    scores, ovo = m.coder_on_device(x, bank.t, bank.class_index, bank.text_type, bank.n_classes, "cpu")
     assert 1 <= small_blocks[-1] < len(x)
     assert scores.dtype == ovo.dtype == np.float32
     np.testing.assert_allclose(scores, m.coder_scores(cos, bank.class_index, bank.text_type, bank.n_classes), atol=1e-5)
@@ -132,7 +132,7 @@ def test_coder_on_device_equals_coder_scores(seed: int, small_blocks: list[int])
 def test_coder_on_device_without_ovo_or_name_texts(ovo: bool, names: bool) -> None:
     bank, x = random_bank(3, ovo=ovo, names=names), _images(3)
     assert ((bank.text_type == "ovo").any(), (bank.text_type == "name").any()) == (ovo, names)
-    scores, cos_ovo = d.coder_on_device(x, bank.t, bank.class_index, bank.text_type, bank.n_classes, "cpu", rows=5)
+    scores, cos_ovo = m.coder_on_device(x, bank.t, bank.class_index, bank.text_type, bank.n_classes, "cpu", rows=5)
     expected = m.coder_scores(x @ bank.t.T, bank.class_index, bank.text_type, bank.n_classes)
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     assert cos_ovo.shape == (len(x), (bank.text_type == "ovo").sum())
@@ -145,7 +145,7 @@ def test_coder_on_device_refuses_classes_without_texts() -> None:
     with pytest.raises(ValueError, match=r"classes \[5\] have no name, syno, att or ana texts"):
         m.coder_scores(x @ bank.t[keep].T, *args)
     with pytest.raises(ValueError, match=r"classes \[5\] have no name, syno, att or ana texts"):
-        d.coder_on_device(x, bank.t[keep], *args, "cpu")
+        m.coder_on_device(x, bank.t[keep], *args, "cpu")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

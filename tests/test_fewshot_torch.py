@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from coderflow.tasks.classify import device as cdev
 from coderflow.tasks.fewshot import device as fdev
 from coderflow.tasks.fewshot import methods as fm
 from coderflow.tasks.fewshot import reference_numpy as ref
@@ -40,7 +41,7 @@ def dev(request) -> str:
 
 @pytest.fixture(params=[512 << 20, 3000])  # the default budget, and one that forces blocks of a few rows
 def budget(request, monkeypatch) -> int:
-    monkeypatch.setattr(fdev, "CPU_BUDGET", request.param)
+    monkeypatch.setattr(cdev, "CPU_BUDGET", request.param)
     return request.param
 
 
@@ -244,7 +245,7 @@ def test_class_sums_are_the_one_hot_product(layout):
 
 
 def test_block_rows_follow_the_budget(monkeypatch):
-    monkeypatch.setattr(fdev, "CPU_BUDGET", 1 << 20)
+    monkeypatch.setattr(cdev, "CPU_BUDGET", 1 << 20)
     assert fdev.memory_budget("cpu") == 1 << 20
     assert fdev.block_rows(4096, torch.device("cpu")) == 256
     assert fdev.block_rows(4096, torch.device("cpu"), cap=100) == 100

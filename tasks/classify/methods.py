@@ -339,7 +339,7 @@ def coder_scores(
     Score of class c = mean of the list [every 'att' cosine of c, every 'ana' cosine of c, max over c's 'name' and
     'syno' cosines]: one term for the name/synonym group, one per attribute or analogous-class text. A class with
     no att/ana texts scores its max term; 'ovo' texts are not used here (see `coder_rerank`). For a model on
-    another torch device, device.py's `coder_on_device` computes the same scores there.
+    another torch device, `coder_on_device` computes the same scores there.
     """
     c = np.asarray(cosines, dtype=np.float32)
     if c.ndim != 2:
@@ -357,6 +357,34 @@ def coder_scores(
         present, starts = np.unique(ci[order], return_index=True)
         total[:, present] += np.maximum.reduceat(c[:, order], starts, axis=1)
     return total / (n_aa + has_max)
+
+
+def coder_on_device(
+    images: np.ndarray,
+    texts: np.ndarray,
+    class_index: np.ndarray,
+    text_type: np.ndarray | Sequence[str],
+    n_classes: int,
+    device: str,
+    rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(coder_scores, cosines to the 'ovo' rows in bank order) by torch on `device` (device.coder_products), for a
+    model on a GPU: the N x texts cosine matrix is never formed. The sum of a class's att/ana cosines is one product
+    with the sum of its att/ana rows (x.t_1 + ... + x.t_k = x.(t_1 + ... + t_k): equal up to float rounding), the
+    max a scatter of its name/syno cosines; the ovo cosines are all CODER* (`coder_rerank`) reads."""
+    from coderflow.tasks.classify.device import coder_products  # torch only for a model on a device
+
+    x, t = _embeddings(images, texts)
+    tt = _text_type(text_type, len(t))
+    ci = _class_index(class_index, len(t), n_classes)
+    aa = (tt == "att") | (tt == "ana")
+    ns = np.flatnonzero((tt == "name") | (tt == "syno"))
+    n_aa = np.bincount(ci[aa], minlength=n_classes).astype(np.float32)
+    has_max = np.bincount(ci[ns], minlength=n_classes) > 0
+    _missing(n_aa + has_max, "name, syno, att or ana")
+    sums = _group_sum(t[aa].T, ci[aa], n_classes).T  # n_classes x D: the att/ana rows summed per class
+    w = np.concatenate([sums, t[ns], t[tt == "ovo"]])
+    return coder_products(x, w, ci[ns], n_aa + has_max, device, rows)
 
 
 @dataclass(frozen=True)

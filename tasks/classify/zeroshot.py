@@ -59,9 +59,7 @@ class Inputs:
                 scores = m.coder_scores(cosines, b.class_index, b.text_type, b.n_classes)
                 self._coder[id(b)] = (cosines[:, b.text_type == "ovo"], scores)
             else:
-                from coderflow.tasks.classify.device import coder_on_device
-
-                scores, ovo = coder_on_device(self.x, b.t, b.class_index, b.text_type, b.n_classes, self.device)
+                scores, ovo = m.coder_on_device(self.x, b.t, b.class_index, b.text_type, b.n_classes, self.device)
                 self._coder[id(b)] = (ovo, scores)
         return self._coder[id(b)]
 

@@ -1,7 +1,7 @@
 """Torch plumbing of the few-shot methods: numpy in and out, row blocks sized from device memory, the search kernel.
 
-The search kernel computes each beta's exp once per block of rows, the alpha axis as one broadcast, and counts
-accuracies on the device.
+The search kernel computes each beta's cache once per block of rows and counts the right answers of its whole
+(gamma, alpha) grid from the margins' zero crossings (right_counts), on the device.
 
 The operations repeat the numpy reference's (tasks/fewshot/reference_numpy.py) step by step and dtype by dtype, so that
 results differ only by the rounding of products and exp.
@@ -9,57 +9,26 @@ results differ only by the rounding of products and exp.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from coderflow.tasks.classify.device import memory_budget
+from coderflow.tasks.classify.device import on_device as on_device  # re-exported: fewshot.methods uses them from here
+from coderflow.tasks.classify.device import to_device as to_device
+
 if TYPE_CHECKING:
     import torch
-
-CPU_BUDGET = 512 << 20  # bytes a block of rows may hold on the CPU; on CUDA a quarter of the free memory
-
-
-@contextlib.contextmanager
-def on_device(device: str) -> Iterator[torch.device]:
-    """The torch device, with exact fp32 matmuls (no TF32) and no autograd for the duration."""
-    import torch
-
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        with torch.inference_mode():
-            yield torch.device(device)
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
-def memory_budget(device: str) -> int:
-    """Bytes one block of rows may use: a quarter of the free memory on CUDA (at least 64 MiB), CPU_BUDGET otherwise."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return max(64 << 20, torch.cuda.mem_get_info(dev)[0] // 4)
-    return CPU_BUDGET
 
 
 def block_rows(row_bytes: int, dev: torch.device, cap: int | None = None) -> int:
     rows = max(1, memory_budget(str(dev)) // max(1, row_bytes))
     return min(rows, cap) if cap else rows
-
-
-def to_device(x: Any, dev: torch.device, dtype: Any = None) -> torch.Tensor:
-    """numpy -> tensor on dev (shares memory on the CPU: never modify it in place)."""
-    import torch
-
-    a = np.require(np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype), requirements=["C", "W"])
-    return torch.from_numpy(a).to(dev)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
