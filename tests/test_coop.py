@@ -208,6 +208,8 @@ def test_fgvc_and_imagenet_read_as_the_references(tmp_path: Path):
     assert got == [("val/n01/a.JPEG", 0), ("val/n01/b.JPEG", 0), ("val/n02/a.JPEG", 1), ("val/n02/b.JPEG", 1)]
     with pytest.raises(ValueError, match="no test split of its own"):  # val and test would be the same images
         check_distinct_splits(cfg, ["train", "val", "test"])
+    check_distinct_splits(cfg, ["train", "test"])  # searched on test, as the references: the preset's default
+    assert build_config(None, preset="imagenet", **base).fewshot.searches_on_test
 
 
 @pytest.mark.flow

@@ -167,9 +167,9 @@ def check_distinct_splits(cfg: DatasetConfig, splits: list[str]) -> None:
     content check after ingest (storage.shards.split_overlaps) catches copies across folders."""
     if is_coop_imagenet(cfg) and len({IMAGENET_FOLDERS.get(s, s) for s in splits}) < len(set(splits)):
         raise ValueError(
-            f"CoOp's ImageNet has no test split of its own: splits {', '.join(splits)} would read images/val/ twice "
-            "(the references test and search on it; coderflow searches on val and reports test): run it zero-shot "
-            "(`coderflow run --split test`), or give its images as a folder split with --split-ratio"
+            f"CoOp's ImageNet has no test split of its own: splits {', '.join(splits)} would read images/val/ twice: "
+            "search on test as the references do (--fewshot.val-split test, the imagenet preset's default), run it "
+            "zero-shot (`coderflow run --split test`), or give its images as a folder split with --split-ratio"
         )
     if cfg.kind != "folder" or "{split}" in str(cfg.source) or cfg.split_ratio or len(set(splits)) < 2:
         return
