@@ -96,8 +96,8 @@ def cache_product(aff: torch.Tensor, onehot: torch.Tensor, beta: float, work: Ca
     """exp(-beta * (1 - A)) as float32, @ onehot (the reference's cache_logits, same roundings). `work`: the caller's
     CacheWork of A and onehot (a search holds one per block of rows).
 
-    On the CPU the multiply and the exp are numpy's ufuncs in place, split by rows over torch's thread count: the
-    reference's own exp, bit for bit (torch's CPU exp differs from it in the last bit for about 40% of values).
+    On the CPU the multiply and the exp are numpy's ufuncs in place, split over torch's thread count (by classes; by
+    rows when onehot is not a one-hot): the reference's own exp, bit for bit (torch's CPU exp differs from it in the last bit for about 40% of values).
     There, exponents below EXP_FLOOR (-87) are raised to it first: an exp under float32's smallest normal (1.2e-38)
     would send the exp and the product down the CPU's slow subnormal path (5x slower per beta); a cache logit moves
     by at most S x 1.6e-38, which leaves every logit above 1e-30 in magnitude bit for bit as it was. The product
@@ -118,12 +118,12 @@ def cache_product(aff: torch.Tensor, onehot: torch.Tensor, beta: float, work: Ca
 
     parts = torch.get_num_threads() if src.size >= PARALLEL_ROWS else 1
     if w.counts is None:
-        _split(lambda rows: exps(rows), len(src), parts)
+        _split(exps, len(src), parts)
         return matmul(w.buffer.float(), onehot)
     acc = np.zeros((len(w.counts), src.shape[1]), dtype=np.float32)
     ends = np.cumsum(w.counts).tolist()
 
-    def classes(cs: slice) -> None:  # per class while its exps are in cache: a tenth of the memory traffic
+    def classes(cs: slice) -> None:  # a class's exps are summed while they are in cache
         for c in range(cs.start, cs.stop):
             if w.counts[c]:
                 class_sum(exps(slice(ends[c] - int(w.counts[c]), ends[c])), acc[c])
