@@ -95,20 +95,14 @@ def _numpy_blocks(x: np.ndarray, t: np.ndarray, batch_size: int) -> Iterator[tup
 
 
 def device_blocks(x: np.ndarray, t: np.ndarray, batch_size: int, device: str) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, x[start:start + batch_size] @ t.T) computed by torch on `device` in full fp32 precision."""
-    import torch
+    """(start, x[start:start + batch_size] @ t.T) computed by torch on `device` in full fp32 precision (no TF32:
+    cosines equal the CPU's to float32 rounding)."""
+    from coderflow.tasks.classify.device import on_device, to_device
 
-    dev = torch.device(device)
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # no TF32: cosines equal the CPU's to float32 rounding
-    try:
-        with torch.no_grad():
-            t_dev = torch.as_tensor(t).to(dev)
-            for start in range(0, len(x), batch_size):
-                block = torch.as_tensor(x[start : start + batch_size]).to(dev, non_blocking=True) @ t_dev.T
-                yield start, block.cpu().numpy()
-    finally:
-        torch.set_float32_matmul_precision(previous)
+    with on_device(device) as dev:
+        t_dev = to_device(t, dev, np.float32)
+        for start in range(0, len(x), batch_size):
+            yield start, (to_device(x[start : start + batch_size], dev, np.float32) @ t_dev.T).cpu().numpy()
 
 
 def coder_matrix(images: np.ndarray, texts: np.ndarray, batch_size: int = 4096) -> np.ndarray:
