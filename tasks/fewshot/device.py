@@ -234,13 +234,12 @@ def right_counts(
     if kl is not None:
         size = size + max(abs(g_lo), abs(g_hi)) * kl.abs().amax(dim=1, keepdim=True).float()
     tol = TOLERANCE * size
-    corners = [
-        (dz if dl is None else dz + g * dl) + al * dc for g in dict.fromkeys((g_lo, g_hi)) for al in (a_lo, a_hi)
-    ]
-    most, least = corners[0], corners[0]
-    for m in corners[1:]:
-        most, least = torch.maximum(most, m), torch.minimum(least, m)
-    most, least = most.scatter(1, y, -np.inf), least.scatter(1, y, -np.inf)
+    bases = [dz if dl is None else dz.add(dl, alpha=g) for g in dict.fromkeys((g_lo, g_hi))]
+    corners = [base.add(dc, alpha=al) for base in bases for al in (a_lo, a_hi)]  # screening only: fused rounding
+    most, least = torch.maximum(corners[0], corners[1]), torch.minimum(corners[0], corners[1])
+    for m in corners[2:]:
+        most, least = torch.maximum(most, m, out=most), torch.minimum(least, m, out=least)
+    most, least = most.scatter_(1, y, -np.inf), least.scatter_(1, y, -np.inf)
     contender = most >= -tol
     count = contender.sum(dim=1)
     open_ = ~(least > tol).any(dim=1)
@@ -328,12 +327,11 @@ def _interval_counts(grid: _Grid, tol: torch.Tensor, cont: _Contenders) -> torch
     out = torch.zeros((n_g, width), dtype=torch.int64, device=dev)
     for c0 in range(0, n_g, GAMMA_CHUNK):
         gs = grid.gammas[c0 : c0 + GAMMA_CHUNK]
-        corners = [
-            (dz if dl is None else dz + g * dl) + al * dk for g in dict.fromkeys((min(gs), max(gs))) for al in a_ends
-        ]
-        most, least = corners[0], corners[0]
-        for m in corners[1:]:
-            most, least = torch.maximum(most, m), torch.minimum(least, m)
+        bases = [dz if dl is None else dz.add(dl, alpha=g) for g in dict.fromkeys((min(gs), max(gs)))]
+        corners = [base.add(dk, alpha=al) for base in bases for al in a_ends]
+        most, least = torch.maximum(corners[0], corners[1]), torch.minimum(corners[0], corners[1])
+        for m in corners[2:]:
+            most, least = torch.maximum(most, m, out=most), torch.minimum(least, m, out=least)
         lost_all = ((least > t) & valid).any(dim=1)
         won_all = ~((most >= -t) & valid).any(dim=1) & ~lost_all
         out[c0 : c0 + len(gs), 0] += won_all.sum()
@@ -367,14 +365,18 @@ def _alpha_ranges(
     of its zero-shot score leaves no alpha surely right; one ahead by more than t, none right at all."""
     import torch
 
-    never = (flat[:, None, :] & (nd <= t)).any(dim=2)
-    lost = (flat[:, None, :] & (nd < -t)).any(dim=2)
     j0 = torch.searchsorted(a32, b_lo.contiguous())  # alphas below j0 are lost, as are those from j1 on
     j1 = torch.maximum(torch.searchsorted(a32, b_hi.contiguous(), right=True), j0)
-    j0, j1 = torch.where(lost, 0, j0), torch.where(lost, 0, j1)
+    level = bool(flat.any())  # rare (two classes with the very same cache, e.g. beta 0): checked only then
+    if level:
+        lost = (flat[:, None, :] & (nd < -t)).any(dim=2)
+        j0, j1 = torch.where(lost, 0, j0), torch.where(lost, 0, j1)
     i0 = torch.searchsorted(a32, s_lo.contiguous(), right=True).clamp(min=j0).minimum(j1)
     i1 = torch.searchsorted(a32, s_hi.contiguous()).clamp(max=j1).maximum(i0)
-    return j0, torch.where(never, j0, i0), torch.where(never, j0, i1), j1
+    if level:
+        never = (flat[:, None, :] & (nd <= t)).any(dim=2)
+        i0, i1 = torch.where(never, j0, i0), torch.where(never, j0, i1)
+    return j0, i0, i1, j1
 
 
 def _range_counts(
