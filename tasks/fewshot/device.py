@@ -36,8 +36,16 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def map_rows(fn: Callable[[slice], torch.Tensor], n: int, rows: int) -> np.ndarray:
-    """fn over consecutive blocks of rows, results gathered on the host."""
-    return np.concatenate([to_numpy(fn(slice(i, i + rows))) for i in range(0, max(n, 1), rows)])
+    """fn over consecutive blocks of rows, results gathered on the host: one block is returned as it is (no copy),
+    more are written into one array as they come (no list of blocks held beside it)."""
+    if n <= rows:
+        return np.ascontiguousarray(to_numpy(fn(slice(0, n))))
+    first = to_numpy(fn(slice(0, rows)))
+    out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+    out[:rows] = first
+    for i in range(rows, n, rows):
+        out[i : i + rows] = to_numpy(fn(slice(i, i + rows)))
+    return out
 
 
 def normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
