@@ -425,8 +425,7 @@ def kl_matrix(
 
         def block(s: slice) -> torch.Tensor:
             ps = p[s].clamp_min(eps)
-            neg_entropy = (ps * ps.log()).sum(dim=1, keepdim=True)
-            return (ps @ log_q.T).sub_(neg_entropy).neg_().float()  # -(x - h) is h - x to the bit, without a copy
+            return (ps @ log_q.T).sub_((ps * ps.log()).sum(dim=1, keepdim=True)).neg_().float()  # h - x, in place
 
         return map_rows(block, len(p), block_rows(8 * (3 * p.shape[1] + 2 * len(q)), dev))
 
