@@ -44,17 +44,11 @@ def matmul_flops(device: str, dtype: torch.dtype, n: int, repeats: int = 3) -> f
     """FLOP/s of one n x n matmul on the device (best of `repeats`, TF32 off)."""
     torch.set_float32_matmul_precision("highest")
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return 2 * n**3 / min(timed(lambda: a @ b, device) for _ in range(repeats + 1))
 
 
-def timed(fn: Callable[[], None], device: str) -> float:
+def timed(fn: Callable[[], Any], device: str) -> float:
+    """Seconds of one call of fn, the device synchronised before and after."""
     _sync(device)
     start = time.perf_counter()
     fn()

@@ -242,11 +242,7 @@ def right_counts(
     if kl is not None:
         size = size + max(abs(g_lo), abs(g_hi)) * kl.abs().amax(dim=1, keepdim=True).float()
     tol = TOLERANCE * size
-    bases = [dz if dl is None else dz.add(dl, alpha=g) for g in dict.fromkeys((g_lo, g_hi))]
-    corners = [base.add(dc, alpha=al) for base in bases for al in (a_lo, a_hi)]  # screening only: fused rounding
-    most, least = torch.maximum(corners[0], corners[1]), torch.minimum(corners[0], corners[1])
-    for m in corners[2:]:
-        most, least = torch.maximum(most, m, out=most), torch.minimum(least, m, out=least)
+    most, least = _corner_bounds(dz, dl, dc, (g_lo, g_hi), (a_lo, a_hi))
     most, least = most.scatter_(1, y, -np.inf), least.scatter_(1, y, -np.inf)
     contender = most >= -tol
     count = contender.sum(dim=1)
@@ -266,6 +262,25 @@ def right_counts(
     counts = torch.empty((len(gammas), n_a), dtype=torch.int64, device=dev)
     counts[:, order] = out[:, :n_a].cumsum(dim=1)  # back to the grid's own alpha order
     return counts + (open_ & (count == 0)).sum()
+
+
+def _corner_bounds(
+    dz: torch.Tensor,
+    dl: torch.Tensor | None,
+    dc: torch.Tensor,
+    g_ends: tuple[float, float],
+    a_ends: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest and smallest of the margins dz + gamma * dl + alpha * dc (dl None: no gamma term) over the corners of
+    [g_ends] x [a_ends]; fused rounding, for screening only (the callers' tolerance covers it)."""
+    import torch
+
+    bases = [dz if dl is None else dz.add(dl, alpha=g) for g in dict.fromkeys(g_ends)]
+    corners = [base.add(dc, alpha=al) for base in bases for al in a_ends]
+    most, least = torch.maximum(corners[0], corners[1]), torch.minimum(corners[0], corners[1])
+    for m in corners[2:]:
+        most, least = torch.maximum(most, m, out=most), torch.minimum(least, m, out=least)
+    return most, least
 
 
 def _packed(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,11 +350,7 @@ def _interval_counts(grid: _Grid, tol: torch.Tensor, cont: _Contenders) -> torch
     out = torch.zeros((n_g, width), dtype=torch.int64, device=dev)
     for c0 in range(0, n_g, GAMMA_CHUNK):
         gs = grid.gammas[c0 : c0 + GAMMA_CHUNK]
-        bases = [dz if dl is None else dz.add(dl, alpha=g) for g in dict.fromkeys((min(gs), max(gs)))]
-        corners = [base.add(dk, alpha=al) for base in bases for al in a_ends]
-        most, least = torch.maximum(corners[0], corners[1]), torch.minimum(corners[0], corners[1])
-        for m in corners[2:]:
-            most, least = torch.maximum(most, m, out=most), torch.minimum(least, m, out=least)
+        most, least = _corner_bounds(dz, dl, dk, (min(gs), max(gs)), a_ends)
         lost_all = ((least > t) & valid).any(dim=1)
         won_all = ~((most >= -t) & valid).any(dim=1) & ~lost_all
         out[c0 : c0 + len(gs), 0] += won_all.sum()
